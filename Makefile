@@ -1,0 +1,30 @@
+# featdb: `make demo` runs the main job end to end; `make test` runs the tests.
+# Both create .venv when it is missing or older than pyproject.toml.
+PY      ?= python3
+VENV    := .venv
+STAMP   := $(VENV)/.installed
+BIN     := $(VENV)/bin
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: demo test lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[gnn,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/featdb demo --store .demo-store
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check featdb trainer tests tools
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .demo-store .pytest_cache

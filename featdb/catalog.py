@@ -1,0 +1,126 @@
+"""The LMDB catalog: metadata only, never feature rows. Every transaction lives here.
+
+Values are JSON documents keyed by ``<kind>/<name>`` strings. Writes run as a
+function inside one write transaction, retried after growing the map when LMDB
+reports ``MapFullError``. The environment is opened lazily and reopened after a
+fork, so each process has its own handle (DESIGN invariant 7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from .errors import CatalogError, ReadOnlyError
+
+T = TypeVar("T")
+INITIAL_MAP_SIZE = 64 << 20
+MAX_MAP_SIZE = 1 << 40
+
+
+class Txn:
+    """A write transaction: JSON get/put/delete on string keys."""
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self._txn = txn
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self._txn.get(key.encode())
+        return default if raw is None else json.loads(bytes(raw))
+
+    def put(self, key: str, value: Any) -> None:
+        self._txn.put(key.encode(), json.dumps(value, separators=(",", ":")).encode())
+
+    def delete(self, key: str) -> bool:
+        return bool(self._txn.delete(key.encode()))
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        cur = self._txn.cursor()
+        p = prefix.encode()
+        if not cur.set_range(p):
+            return
+        for k, v in cur:
+            if not bytes(k).startswith(p):
+                break
+            yield bytes(k).decode(), json.loads(bytes(v))
+
+
+class Catalog:
+    """One LMDB environment in ``<store>/catalog``."""
+
+    def __init__(self, path: Path, readonly: bool, create: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._create = create
+        self._env: lmdb.Environment | None = None
+        self._pid = -1
+
+    @property
+    def env(self) -> lmdb.Environment:
+        if self._env is None or self._pid != os.getpid():
+            self._env = self._open()
+            self._pid = os.getpid()
+        return self._env
+
+    def _open(self) -> lmdb.Environment:
+        try:
+            map_size = max(INITIAL_MAP_SIZE, _file_size(self.path / "data.mdb") * 2)
+            return lmdb.open(
+                str(self.path), map_size=map_size, subdir=True, readonly=self.readonly,
+                create=self._create, max_readers=512, lock=True, readahead=False,
+            )
+        except lmdb.Error as exc:
+            raise CatalogError(f"cannot open catalog at {self.path}: {exc}") from exc
+
+    def read(self, fn: Callable[[Txn], T]) -> T:
+        """Run ``fn`` in a short read transaction; results must not hold LMDB buffers."""
+        try:
+            with self.env.begin(write=False) as txn:
+                return fn(Txn(txn))
+        except lmdb.Error as exc:
+            raise CatalogError(f"catalog read failed: {exc}") from exc
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.read(lambda t: t.get(key, default))
+
+    def scan(self, prefix: str) -> list[tuple[str, Any]]:
+        return self.read(lambda t: list(t.scan(prefix)))
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """Run ``fn`` in one write transaction, growing the map when it fills."""
+        if self.readonly:
+            raise ReadOnlyError(f"store at {self.path.parent} is open read-only")
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(Txn(txn))
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                raise CatalogError(f"catalog write failed: {exc}") from exc
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"] * 2
+        if size > MAX_MAP_SIZE:
+            raise CatalogError(f"catalog map would exceed {MAX_MAP_SIZE} bytes")
+        try:
+            self.env.set_mapsize(size)
+        except lmdb.Error as exc:
+            raise CatalogError(f"cannot grow catalog map: {exc}") from exc
+
+    def close(self) -> None:
+        if self._env is not None and self._pid == os.getpid():
+            self._env.close()
+        self._env = None
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,279 @@
+"""Page-aligned file I/O: aligned buffers, direct/buffered reads, atomic writes, checksums.
+
+Everything that touches a data file's bytes goes through here, so the rules of
+direct I/O (page-aligned buffer, offset and length) live in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorruptDataError
+
+PAGE = 4096
+CHECKSUM_BLOCK = 1 << 20  # bytes covered by one crc32 in a file's checksum list
+DIRECT = "direct"
+BUFFERED = "buffered"
+
+
+def round_up(n: int, to: int = PAGE) -> int:
+    return -(-n // to) * to
+
+
+def aligned_buffer(nbytes: int) -> mmap.mmap:
+    """An anonymous, page-aligned buffer usable as an O_DIRECT target."""
+    return mmap.mmap(-1, max(PAGE, round_up(nbytes)))
+
+
+def crc32_blocks(data: memoryview | bytes, block: int = CHECKSUM_BLOCK) -> list[int]:
+    mv = memoryview(data)
+    return [zlib.crc32(mv[i : i + block]) for i in range(0, len(mv), block)]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def drop_page_cache(path: Path | str) -> None:
+    """Evict one file's pages from the page cache (no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+class ChecksumWriter:
+    """Sequential writer that pads, checksums per block and publishes atomically.
+
+    Bytes go to ``<path>.partial``; :meth:`commit` fsyncs, renames and fsyncs
+    the directory. Leaving the ``with`` block on an exception removes the
+    partial file, so nothing half-written is ever visible under ``path``.
+    """
+
+    def __init__(self, path: Path, block: int = CHECKSUM_BLOCK) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.partial, "wb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        self._block = block
+        self._pending = bytearray()
+        self.crcs: list[int] = []
+        self.size = 0
+
+    def write(self, data: bytes | memoryview | np.ndarray) -> int:
+        mv = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else memoryview(data).cast("B")
+        offset = self.size
+        self._f.write(mv)
+        self.size += len(mv)
+        self._checksum(mv)
+        return offset
+
+    def pad_to(self, alignment: int = PAGE) -> int:
+        pad = round_up(self.size, alignment) - self.size
+        if pad:
+            self.write(bytes(pad))
+        return self.size
+
+    def _checksum(self, mv: memoryview) -> None:
+        pos = 0
+        while pos < len(mv):
+            take = min(self._block - len(self._pending), len(mv) - pos)
+            if not self._pending and take == self._block:
+                self.crcs.append(zlib.crc32(mv[pos : pos + take]))
+            else:
+                self._pending += mv[pos : pos + take]
+                if len(self._pending) == self._block:
+                    self.crcs.append(zlib.crc32(self._pending))
+                    self._pending.clear()
+            pos += take
+
+    def commit(self) -> None:
+        if self._pending:
+            self.crcs.append(zlib.crc32(self._pending))
+            self._pending.clear()
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.partial, self.path)
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.partial.unlink()
+
+    def __enter__(self) -> ChecksumWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def write_atomic(path: Path, data: bytes) -> tuple[int, list[int]]:
+    """Write a whole small file atomically; returns (size, crcs)."""
+    with ChecksumWriter(path) as w:
+        w.write(data)
+        w.commit()
+    return w.size, w.crcs
+
+
+def verify_file(path: Path, crcs: Sequence[int], size: int, block: int = CHECKSUM_BLOCK) -> list[int]:
+    """Return the indices of blocks whose crc32 differs (or that are missing)."""
+    bad: list[int] = []
+    actual = path.stat().st_size
+    if actual != size:
+        raise CorruptDataError(f"{path}: size {actual} bytes, catalog says {size}")
+    with open(path, "rb", buffering=0) as f:
+        for i, expected in enumerate(crcs):
+            chunk = f.read(block)
+            if zlib.crc32(chunk) != expected:
+                bad.append(i)
+    return bad
+
+
+class PageFile:
+    """A read-only data file read page-aligned, by O_DIRECT where the filesystem allows.
+
+    ``mode`` says which path runs: ``"direct"`` or ``"buffered"`` (tmpfs and
+    other filesystems refuse O_DIRECT with EINVAL; the first refusal, at open
+    or at the first read, switches the file to buffered reads for good).
+    """
+
+    def __init__(self, path: Path | str, direct: bool = True) -> None:
+        self.path = Path(path)
+        self.size = self.path.stat().st_size
+        self._lock = threading.Lock()
+        self._buffered_fd = os.open(self.path, os.O_RDONLY)
+        self._direct_fd: int | None = None
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+
+    @property
+    def mode(self) -> str:
+        return DIRECT if self._direct_fd is not None else BUFFERED
+
+    def read_into(self, buf: memoryview, offset: int) -> int:
+        """Fill ``buf`` (page-aligned memory, page-multiple length) from ``offset``."""
+        fd = self._direct_fd
+        if fd is not None:
+            try:
+                return self._read_all(fd, buf, offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._fall_back()
+        return self._read_all(self._buffered_fd, buf, offset)
+
+    def _read_all(self, fd: int, buf: memoryview, offset: int) -> int:
+        done = 0
+        want = min(len(buf), max(0, self.size - offset))
+        while done < want:
+            n = os.preadv(fd, [buf[done:]], offset + done)
+            if n == 0:
+                break
+            done += n
+        if done < want:
+            raise CorruptDataError(f"{self.path}: short read at offset {offset + done}")
+        return done
+
+    def _fall_back(self) -> None:
+        with self._lock:
+            if self._direct_fd is not None:
+                os.close(self._direct_fd)
+                self._direct_fd = None
+
+    def close(self) -> None:
+        for fd in (self._direct_fd, self._buffered_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._direct_fd = None
+
+    def __enter__(self) -> PageFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class PageRuns:
+    """Runs of consecutive pages covering a sorted set of byte ranges."""
+
+    start: np.ndarray  # first page of each run
+    npages: np.ndarray  # pages in each run
+    buf_offset: np.ndarray  # byte offset of each run in the scratch buffer
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.npages.sum()) * PAGE
+
+
+def page_runs(first_byte: np.ndarray, nbytes: int, max_run_pages: int = 256) -> tuple[PageRuns, np.ndarray]:
+    """Coalesce the pages of sorted, equal-length byte ranges into runs.
+
+    Returns the runs and, for every range, its byte position in a scratch
+    buffer that holds the runs back to back.
+    """
+    first_page = first_byte // PAGE
+    last_page = (first_byte + nbytes - 1) // PAGE
+    reach = np.maximum.accumulate(last_page)
+    new_run = np.ones(len(first_page), dtype=bool)
+    new_run[1:] = first_page[1:] > reach[:-1] + 1
+    # split runs that grow past max_run_pages, so one request stays bounded
+    starts = first_page[new_run]
+    ends = np.maximum.reduceat(last_page, np.flatnonzero(new_run)) + 1
+    run_start, run_pages = _split_runs(starts, ends - starts, max_run_pages)
+    buf_offset = np.zeros(len(run_start), dtype=np.int64)
+    np.cumsum(run_pages[:-1] * PAGE, out=buf_offset[1:])
+    # position of each range: locate its first page inside the (split) runs
+    idx = np.searchsorted(run_start, first_page, side="right") - 1
+    pos = buf_offset[idx] + (first_byte - run_start[idx] * PAGE)
+    return PageRuns(run_start, run_pages, buf_offset), pos
+
+
+def _split_runs(starts: np.ndarray, lengths: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    pieces = -(-lengths // cap)
+    if int(pieces.max(initial=1)) <= 1:
+        return starts.astype(np.int64), lengths.astype(np.int64)
+    owner = np.repeat(np.arange(len(starts)), pieces)
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    s = starts[owner] + k * cap
+    n = np.minimum(cap, starts[owner] + lengths[owner] - s)
+    return s.astype(np.int64), n.astype(np.int64)
+
+
+def gather_rows(buf: mmap.mmap | memoryview, pos: np.ndarray, row_bytes: int, out: np.ndarray) -> None:
+    """Copy ``row_bytes`` at each byte position of ``buf`` into the rows of ``out`` (uint8 2-D)."""
+    u = np.frombuffer(buf, dtype=np.uint8)
+    if len(pos) == 0:
+        return
+    windows = np.lib.stride_tricks.as_strided(u, shape=(len(u) - row_bytes + 1, row_bytes), strides=(1, 1))
+    np.take(windows, pos, axis=0, out=out)
+
+
+def iter_chunks(total: int, chunk: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, chunk):
+        yield start, min(total, start + chunk)

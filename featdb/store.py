@@ -1,0 +1,222 @@
+"""The store: one directory holding the catalog and its data files."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .catalog import Catalog, Txn
+from .errors import (
+    AlreadyExistsError,
+    CorruptDataError,
+    FormatVersionError,
+    InvalidInputError,
+    InvalidKeyError,
+    ReadOnlyError,
+    StoreExistsError,
+    StoreNotFoundError,
+    TableNotFoundError,
+)
+from .io import verify_file
+from .tables import Schema, TableReader, TableWriter
+
+FORMAT_VERSION = 1
+KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
+RESERVED_DOMAINS = ("graph",)
+
+
+def check_key(key: str, internal: bool = False) -> str:
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise InvalidKeyError(f"table key {key!r} is not of the form domain/type/name (e.g. node/paper/feat)")
+    if not internal and key.split("/", 1)[0] in RESERVED_DOMAINS:
+        raise InvalidKeyError(f"table key {key!r}: domain 'graph' is reserved for the stored graph")
+    return key
+
+
+def create(path: str | Path) -> Store:
+    """Make a new, empty store at ``path`` and open it for writing."""
+    root = Path(path)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise StoreExistsError(f"{root} already exists and is not an empty directory")
+    root.mkdir(parents=True, exist_ok=True)
+    cat = Catalog(root / "catalog", readonly=False, create=True)
+    cat.write(lambda t: t.put("meta", {"format_version": FORMAT_VERSION, "created": time.time()}))
+    cat.close()
+    return Store(root, mode="a")
+
+
+def open(path: str | Path, mode: str = "r") -> Store:  # noqa: A001 - the public name users expect
+    """Open an existing store; ``mode`` is ``"r"`` (read-only) or ``"a"`` (read/write)."""
+    return Store(Path(path), mode=mode)
+
+
+class Store:
+    """A featdb store. Use as a context manager; readers and files open lazily per process."""
+
+    def __init__(self, root: Path, mode: str = "r") -> None:
+        if mode not in ("r", "a"):
+            raise InvalidInputError(f"mode must be 'r' or 'a', got {mode!r}")
+        if not (root / "catalog" / "data.mdb").exists():
+            raise StoreNotFoundError(f"no featdb store at {root}")
+        self.root = root
+        self.mode = mode
+        self.catalog = Catalog(root / "catalog", readonly=(mode == "r"))
+        meta = self.catalog.get("meta") or {}
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"store at {root} has format {meta['format_version']}; this featdb reads up to {FORMAT_VERSION}")
+        self._readers: dict[str, TableReader] = {}
+        self.direct = True
+
+    # -- lifecycle -----------------------------------------------------------------
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers.clear()
+        self.catalog.close()
+
+    @property
+    def writable(self) -> bool:
+        return self.mode == "a"
+
+    def require_writable(self) -> None:
+        if not self.writable:
+            raise ReadOnlyError(f"store at {self.root} is open read-only; open it with mode='a'")
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    # -- tables --------------------------------------------------------------------
+    def tables(self, include_internal: bool = False) -> list[dict[str, Any]]:
+        docs = [doc for _, doc in self.catalog.scan("table/")]
+        return [d for d in docs if include_internal or d["key"].split("/", 1)[0] not in RESERVED_DOMAINS]
+
+    def table_info(self, key: str) -> dict[str, Any]:
+        doc = self.catalog.get(f"table/{key}")
+        if doc is None:
+            raise TableNotFoundError(f"no table {key!r} in {self.root}")
+        return dict(doc)
+
+    def schema(self, key: str) -> Schema:
+        d = self.table_info(key)
+        return Schema(d["dtype"], d["rows"], d["dim"])
+
+    def has_table(self, key: str) -> bool:
+        return self.catalog.get(f"table/{key}") is not None
+
+    @contextmanager
+    def table_writer(self, key: str, schema: Schema, internal: bool = False,
+                     replace: bool = False, extra: dict[str, Any] | None = None) -> Iterator[TableWriter]:
+        """Write a new table; it becomes visible in one catalog transaction after the file is durable."""
+        self.require_writable()
+        check_key(key, internal)
+        _check_schema(schema)
+        if self.has_table(key) and not replace:
+            raise AlreadyExistsError(f"table {key!r} already exists")
+        rel = f"tables/{key.replace('/', '.')}.{time.time_ns():x}.tbl"
+        with TableWriter(self.root / rel, schema) as w:
+            yield w
+            rec = w.commit()
+        try:
+            self._record_table(key, schema, rel, rec, extra or {}, replace)
+        except BaseException:
+            (self.root / rel).unlink(missing_ok=True)
+            raise
+
+    def _record_table(self, key: str, schema: Schema, rel: str, rec: dict[str, Any],
+                      extra: dict[str, Any], replace: bool) -> None:
+        def txn(t: Txn) -> str | None:
+            old = t.get(f"table/{key}")
+            if old is not None and not replace:
+                raise AlreadyExistsError(f"table {key!r} already exists")
+            t.put(f"file/{rel}", {"size": rec["size"], "crcs": rec["crcs"], "kind": "table"})
+            t.put(f"table/{key}", {"key": key, "dtype": schema.dtype, "rows": schema.rows,
+                                   "dim": schema.dim, "file": rel, "created": time.time(), **extra})
+            if old is not None:
+                t.delete(f"file/{old['file']}")
+                return str(old["file"])
+            return None
+
+        old_rel = self.catalog.write(txn)
+        self._readers.pop(key, None)
+        if old_rel:
+            (self.root / old_rel).unlink(missing_ok=True)
+
+    def write_table(self, key: str, data: np.ndarray | Iterable[np.ndarray], schema: Schema | None = None,
+                    internal: bool = False, replace: bool = False) -> Schema:
+        """Write a whole table from an array or an iterable of row chunks."""
+        if schema is None:
+            arr = np.asarray(data)
+            arr2 = arr.reshape(len(arr), -1) if arr.ndim != 2 else arr
+            schema = Schema(arr2.dtype.name, arr2.shape[0], arr2.shape[1] if arr2.ndim == 2 else 1)
+            data = [arr2]
+        with self.table_writer(key, schema, internal=internal, replace=replace) as w:
+            for chunk in data:
+                w.write(chunk)
+        return schema
+
+    def reader(self, key: str) -> TableReader:
+        r = self._readers.get(key)
+        if r is None:
+            info = self.table_info(key)
+            r = TableReader(self.root / info["file"], direct=self.direct)
+            self._readers[key] = r
+        return r
+
+    def read(self, key: str, ids: Any) -> np.ndarray:
+        """Rows of table ``key`` in the order of ``ids`` (duplicates allowed, any length)."""
+        return self.reader(key).read(ids)
+
+    def read_all(self, key: str) -> np.ndarray:
+        s = self.schema(key)
+        return self.reader(key).read_range(0, s.rows).copy()
+
+    def io_mode(self, key: str) -> str:
+        """``"direct"`` or ``"buffered"``: which read path this table's reads use."""
+        return self.reader(key).mode
+
+    def stats(self) -> dict[str, Any]:
+        return {k: {"io": r.mode, **r.stats.as_dict()} for k, r in self._readers.items()}
+
+    # -- integrity -----------------------------------------------------------------
+    def files(self) -> dict[str, dict[str, Any]]:
+        return {k[len("file/"):]: v for k, v in self.catalog.scan("file/")}
+
+    def verify(self) -> list[str]:
+        """Recompute every checksum; returns one readable line per problem found."""
+        problems: list[str] = []
+        for rel, rec in sorted(self.files().items()):
+            path = self.root / rel
+            if not path.exists():
+                problems.append(f"{rel}: missing")
+                continue
+            try:
+                bad = verify_file(path, rec["crcs"], rec["size"], rec.get("block", 1 << 20))
+            except CorruptDataError as exc:
+                problems.append(str(exc))
+                continue
+            problems += [f"{rel}: checksum mismatch in block {b} (bytes {b << 20}..{(b + 1) << 20})" for b in bad]
+        return problems
+
+
+def _check_schema(schema: Schema) -> None:
+    try:
+        dt = np.dtype(schema.dtype)
+    except TypeError as exc:
+        raise InvalidInputError(f"unknown dtype {schema.dtype!r}") from exc
+    if dt.kind not in "iufb" or dt.hasobject:
+        raise InvalidInputError(f"dtype {schema.dtype!r} is not a fixed-width numeric type")
+    if schema.rows < 0 or schema.dim < 1:
+        raise InvalidInputError(f"shape ({schema.rows}, {schema.dim}) is not a valid table shape")

@@ -1,0 +1,209 @@
+"""Base tables: the page-aligned file format, the streaming writer and the row reader.
+
+File layout: one header page (magic, format version, dtype, shape as JSON),
+then rows back to back from byte 4096, zero-padded to a page multiple. A crc32
+per 1 MiB block of the whole file goes to the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptDataError, FormatVersionError, IdsOutOfRangeError, InvalidIdsError
+from .io import PAGE, ChecksumWriter, PageFile, aligned_buffer, gather_rows, page_runs
+
+MAGIC = b"FEATDBT\x01"
+FILE_FORMAT = 1
+HEADER_BYTES = PAGE
+SCRATCH_BYTES = 32 << 20  # per read call: bounds the page buffer of one chunk of ids
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    dtype: str
+    rows: int
+    dim: int
+
+    @property
+    def row_bytes(self) -> int:
+        return np.dtype(self.dtype).itemsize * self.dim
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_bytes * self.rows
+
+
+def encode_header(schema: Schema) -> bytes:
+    doc = {"format": FILE_FORMAT, "dtype": schema.dtype, "rows": schema.rows, "dim": schema.dim,
+           "data_offset": HEADER_BYTES}
+    body = MAGIC + json.dumps(doc).encode()
+    return body + bytes(HEADER_BYTES - len(body))
+
+
+def decode_header(raw: bytes, path: Path) -> Schema:
+    if raw[: len(MAGIC)] != MAGIC:
+        raise CorruptDataError(f"{path}: not a featdb table file (bad magic)")
+    try:
+        doc = json.loads(raw[len(MAGIC) :].rstrip(b"\x00"))
+    except ValueError as exc:
+        raise CorruptDataError(f"{path}: unreadable header") from exc
+    if doc.get("format", 0) > FILE_FORMAT:
+        raise FormatVersionError(f"{path}: file format {doc['format']} is newer than {FILE_FORMAT}")
+    return Schema(doc["dtype"], int(doc["rows"]), int(doc["dim"]))
+
+
+class TableWriter:
+    """Streams rows into a new table file; :meth:`commit` publishes it atomically."""
+
+    def __init__(self, path: Path, schema: Schema) -> None:
+        self.schema = schema
+        self._w = ChecksumWriter(path)
+        self._w.write(encode_header(schema))
+        self.rows_written = 0
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=self.schema.dtype).reshape(-1, self.schema.dim)
+        if self.rows_written + len(rows) > self.schema.rows:
+            raise ValueError("more rows written than the schema declares")
+        self._w.write(rows)
+        self.rows_written += len(rows)
+
+    def commit(self) -> dict[str, Any]:
+        if self.rows_written != self.schema.rows:
+            raise ValueError(f"wrote {self.rows_written} rows, schema declares {self.schema.rows}")
+        self._w.pad_to(PAGE)
+        self._w.commit()
+        return {"size": self._w.size, "crcs": self._w.crcs}
+
+    def abort(self) -> None:
+        self._w.abort()
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+@dataclass
+class ReadStats:
+    """Counters of one reader: rows asked for, rows fetched, bytes read from the file."""
+
+    rows_served: int = 0
+    rows_fetched: int = 0
+    bytes_read: int = 0
+    row_bytes: int = 0
+    calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, served: int, fetched: int, nbytes: int) -> None:
+        with self._lock:
+            self.rows_served += served
+            self.rows_fetched += fetched
+            self.bytes_read += nbytes
+            self.calls += 1
+
+    @property
+    def amplification(self) -> float:
+        need = self.rows_fetched * self.row_bytes
+        return self.bytes_read / need if need else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows_served": self.rows_served, "rows_fetched": self.rows_fetched,
+                "bytes_read": self.bytes_read, "read_amplification": round(self.amplification, 4),
+                "calls": self.calls}
+
+
+def check_ids(ids: Any, rows: int) -> np.ndarray:
+    """Validate row ids: a 1-D integer array, every id in [0, rows)."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or (arr.size == 0 and arr.dtype == np.float64)):
+        raise InvalidIdsError(f"ids must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= rows):
+        bad = arr[(arr < 0) | (arr >= rows)][0]
+        raise IdsOutOfRangeError(f"row id {int(bad)} out of range [0, {rows})")
+    return arr
+
+
+class TableReader:
+    """Reads rows of one table file: coalesced page runs, O_DIRECT, a small thread pool."""
+
+    def __init__(self, path: Path, direct: bool = True, threads: int = 8) -> None:
+        self.file = PageFile(path, direct=direct)
+        head = aligned_buffer(HEADER_BYTES)
+        self.file.read_into(memoryview(head), 0)
+        self.schema = decode_header(bytes(head[:HEADER_BYTES]), path)
+        self.stats = ReadStats(row_bytes=self.schema.row_bytes)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featdb-read")
+        self._threads = threads
+        self._local = threading.local()
+
+    @property
+    def mode(self) -> str:
+        return self.file.mode
+
+    def read(self, ids: Any, out: np.ndarray | None = None) -> np.ndarray:
+        ids = check_ids(ids, self.schema.rows)
+        s = self.schema
+        if out is None:
+            out = np.empty((len(ids), s.dim), dtype=s.dtype)
+        if len(ids) == 0:
+            return out
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        rows = np.empty((len(uniq), s.row_bytes), dtype=np.uint8)
+        per_chunk = max(1, SCRATCH_BYTES // ((s.row_bytes // PAGE + 2) * PAGE))
+        nbytes = 0
+        for lo in range(0, len(uniq), per_chunk):
+            nbytes += self._fetch(uniq[lo : lo + per_chunk], rows[lo : lo + per_chunk])
+        np.take(rows.view(s.dtype).reshape(len(uniq), s.dim), inverse, axis=0, out=out)
+        self.stats.add(len(ids), len(uniq), nbytes)
+        return out
+
+    def _fetch(self, sorted_ids: np.ndarray, out: np.ndarray) -> int:
+        rb = self.schema.row_bytes
+        runs, pos = page_runs(HEADER_BYTES + sorted_ids * rb, rb)
+        buf = self._scratch(runs.total_bytes)
+        mv = memoryview(buf)
+        jobs = np.array_split(np.arange(len(runs.start)), min(self._threads, len(runs.start)))
+        futures = [self._pool.submit(self._read_runs, mv, runs.start[j], runs.npages[j], runs.buf_offset[j])
+                   for j in jobs if len(j)]
+        for f in futures:
+            f.result()
+        gather_rows(buf, pos, rb, out)
+        return runs.total_bytes
+
+    def _read_runs(self, mv: memoryview, start: np.ndarray, npages: np.ndarray, boff: np.ndarray) -> None:
+        for s, n, b in zip(start.tolist(), npages.tolist(), boff.tolist(), strict=True):
+            self.file.read_into(mv[b : b + n * PAGE], s * PAGE)
+
+    def _scratch(self, nbytes: int) -> Any:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < nbytes:
+            buf = aligned_buffer(max(nbytes, 1 << 20))
+            self._local.buf = buf
+        return buf
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) with one sequential read (used by packing and export)."""
+        s = self.schema
+        lo = HEADER_BYTES + start * s.row_bytes
+        first = lo // PAGE * PAGE
+        length = (stop - start) * s.row_bytes
+        buf = aligned_buffer(lo - first + length)
+        n = self.file.read_into(memoryview(buf), first)
+        self.stats.add(stop - start, stop - start, n)
+        u = np.frombuffer(buf, dtype=np.uint8)[lo - first : lo - first + length]
+        return u.view(s.dtype).reshape(stop - start, s.dim)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.file.close()
