@@ -1,0 +1,12 @@
+"""The ``featdb`` admin CLI: one click group, one module per command family."""
+
+from __future__ import annotations
+
+from .common import cli
+from . import store_cmds, graph_cmds  # noqa: F401,E402 - registers commands
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    cli(prog_name="featdb")

@@ -1,0 +1,104 @@
+"""What every command shares: the group, --json/-q, output, progress bars, error mapping."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import FeatDBError
+from ..units import parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FeatDBGroup(click.Group):
+    """Turns library errors into one readable line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FeatDBError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@click.group(cls=FeatDBGroup)
+@click.version_option(package_name="featdb")
+def cli() -> None:
+    """featdb: a feature store for training GNNs on tables larger than memory.
+
+    Typical flow: synth (or ingest + ingest-graph) -> sample -> pack -> train.
+    """
+
+
+def output_options(fn: F) -> F:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars or chatter.")(fn)
+    return fn
+
+
+def emit(as_json: bool, obj: Any, text: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, default=_jsonable))
+    elif text is not None:
+        click.echo(text)
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+@contextmanager
+def progress(total: int, label: str, silent: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr; ``silent`` (under --json or -q) shows nothing."""
+    if silent or total <= 0:
+        yield lambda n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False,
+                           show_percent=True, show_eta=True) as bar:
+        yield bar.update
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            return parse_size(value)
+        except FeatDBError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeType()
+
+
+def parse_shape(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",")]
+    except ValueError as exc:
+        raise click.BadParameter(f"shape {text!r}: use ROWS,DIM") from exc
+    if len(parts) == 1:
+        parts.append(1)
+    if len(parts) != 2 or min(parts) < 0:
+        raise click.BadParameter(f"shape {text!r}: use ROWS,DIM")
+    return parts[0], parts[1]
+
+
+def parse_ids(text: str) -> list[int]:
+    """``1,2,5-9`` -> [1, 2, 5, 6, 7, 8, 9]."""
+    ids: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, sep, hi = part.partition("-")
+        try:
+            ids += list(range(int(lo), int(hi) + 1)) if sep and lo else [int(part)]
+        except ValueError as exc:
+            raise click.BadParameter(f"ids {text!r}: use e.g. 1,2,5-9") from exc
+    return ids

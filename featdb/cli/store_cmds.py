@@ -1,0 +1,99 @@
+"""Store commands: ingest, info, verify, read."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .. import store as store_mod
+from ..ingest import DEFAULT_BUDGET, ingest as ingest_table
+from ..ingest import npy_layout
+from ..inspect import describe, render
+from .common import SIZE, cli, emit, output_options, parse_ids, parse_shape, progress
+
+
+def open_or_create(path: str) -> store_mod.Store:
+    p = Path(path)
+    if (p / "catalog" / "data.mdb").exists():
+        return store_mod.open(p, mode="a")
+    return store_mod.create(p)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("key")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dtype", help="Element type of a raw binary source (float32, float16, int8, ...).")
+@click.option("--shape", help="ROWS,DIM of a raw binary source.")
+@click.option("--as-dtype", help="Convert rows to this dtype while ingesting.")
+@click.option("--memory-budget", type=SIZE, default=DEFAULT_BUDGET, show_default=True,
+              help="Bound on the working set (e.g. 256MiB).")
+@click.option("--replace", is_flag=True, help="Replace an existing table of that key.")
+@output_options
+def ingest(store: str, key: str, source: str, dtype: str | None, shape: str | None,
+           as_dtype: str | None, memory_budget: int, replace: bool, as_json: bool, quiet: bool) -> None:
+    """Ingest a feature table from SOURCE (.npy, or raw row-major binary).
+
+    Example: featdb ingest ./store node/paper/feat feats.npy
+    """
+    shp = parse_shape(shape)
+    rows = shp[0] if shp else npy_layout(Path(source))[1][0] if source.endswith(".npy") else 0
+    with open_or_create(store) as st, progress(rows, f"ingest {key}", as_json or quiet) as bar:
+        schema = ingest_table(st, key, source, dtype=dtype, shape=parse_shape(shape),
+                              memory_budget=memory_budget, progress=bar, replace=replace,
+                              as_dtype=as_dtype)
+    emit(as_json, {"key": key, "rows": schema.rows, "dim": schema.dim, "dtype": schema.dtype},
+         None if quiet else f"ingested {key}: {schema.rows:,} x {schema.dim} {schema.dtype}")
+
+
+@cli.command()
+@click.argument("store")
+@output_options
+def info(store: str, as_json: bool, quiet: bool) -> None:
+    """Describe a store: tables, graph, sample sets, current layout.
+
+    Example: featdb info ./store --json
+    """
+    with store_mod.open(store) as st:
+        d = describe(st)
+    emit(as_json, d, render(d))
+
+
+@cli.command()
+@click.argument("store")
+@output_options
+def verify(store: str, as_json: bool, quiet: bool) -> None:
+    """Recompute every checksum in the store; exit 1 naming each bad file and block.
+
+    Example: featdb verify ./store
+    """
+    with store_mod.open(store) as st:
+        problems = st.verify()
+        nfiles = len(st.files())
+    emit(as_json, {"ok": not problems, "files": nfiles, "problems": problems},
+         None if quiet else ("\n".join(problems) or f"ok: {nfiles} files verified"))
+    if problems:
+        if not as_json and quiet:
+            click.echo("\n".join(problems), err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("key")
+@click.argument("ids")
+@output_options
+def read(store: str, key: str, ids: str, as_json: bool, quiet: bool) -> None:
+    """Print rows of table KEY for IDS such as 0,5,10-12 (for debugging).
+
+    Example: featdb read ./store node/_/feat 0,1,2
+    """
+    with store_mod.open(store) as st:
+        rows = st.read(key, np.array(parse_ids(ids), dtype=np.int64))
+        mode = st.io_mode(key)
+    emit(as_json, {"key": key, "ids": parse_ids(ids), "rows": rows.tolist(), "io": mode},
+         "\n".join(f"{i}: {np.array2string(r, precision=4, max_line_width=120)}"
+                   for i, r in zip(parse_ids(ids), rows, strict=True)))

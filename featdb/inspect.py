@@ -1,0 +1,52 @@
+"""What ``featdb info`` reports: a plain dict describing a store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .store import FORMAT_VERSION, Store
+
+
+def describe(store: Store) -> dict[str, Any]:
+    meta = store.catalog.get("meta") or {}
+    tables = [{"key": t["key"], "rows": t["rows"], "dim": t["dim"], "dtype": t["dtype"],
+               "bytes": (store.root / t["file"]).stat().st_size, "file": t["file"]}
+              for t in store.tables()]
+    graph = store.catalog.get("graph")
+    samples = [{k: v for k, v in doc.items() if k not in ("index", "files")}
+               for _, doc in store.catalog.scan("sampleset/")]
+    current = store.catalog.get("layout/current")
+    layout = store.catalog.get(f"generation/{current}") if current else None
+    gens = [doc["id"] for _, doc in store.catalog.scan("generation/")]
+    return {"path": str(store.root), "format_version": meta.get("format_version", FORMAT_VERSION),
+            "tables": tables, "graph": graph, "sample_sets": samples,
+            "layout": _layout_summary(layout), "generations": gens}
+
+
+def _layout_summary(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
+        return None
+    return {k: v for k, v in doc.items() if k not in ("files",)}
+
+
+def render(info: dict[str, Any]) -> str:
+    lines = [f"store {info['path']} (format {info['format_version']})"]
+    lines.append(f"tables: {len(info['tables'])}")
+    for t in info["tables"]:
+        lines.append(f"  {t['key']:<28} {t['rows']:>12,} x {t['dim']:<5} {t['dtype']:<8} {t['bytes']:>14,} B")
+    g = info["graph"]
+    lines.append("graph: none" if g is None else
+                 f"graph: {g['num_nodes']:,} nodes, {g['num_edges']:,} edges, {g.get('num_classes', '?')} classes")
+    lines.append(f"sample sets: {len(info['sample_sets'])}")
+    for s in info["sample_sets"]:
+        lines.append(f"  {s['name']:<16} epochs={s['epochs']} batches={s['batches']} "
+                     f"fanouts={s['fanouts']} batch_size={s['batch_size']} bytes={s['bytes']:,}")
+    lay = info["layout"]
+    if lay is None:
+        lines.append("layout: none (serving reads the base table)")
+    else:
+        lines.append(f"layout: generation {lay['id']} policy={lay['policy']} sample_set={lay['sample_set']}")
+        for k in ("l1_rows", "l2_rows", "l3_rows", "l4_rows", "blowup", "predicted_amplification"):
+            if k in lay:
+                lines.append(f"  {k}: {lay[k]}")
+    return "\n".join(lines)
