@@ -192,6 +192,18 @@ class TableReader:
             self._local.buf = buf
         return buf
 
+    def read_range_into(self, buf: Any, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) read sequentially into an aligned ``buf``; returns a uint8 view."""
+        s = self.schema
+        lo = HEADER_BYTES + start * s.row_bytes
+        first = lo // PAGE * PAGE
+        length = (stop - start) * s.row_bytes
+        need = lo - first + length
+        n = self.file.read_into(memoryview(buf)[: -(-need // PAGE) * PAGE], first)
+        self.stats.add(stop - start, stop - start, n)
+        u = np.frombuffer(buf, dtype=np.uint8)[lo - first : lo - first + length]
+        return u.reshape(stop - start, s.row_bytes)
+
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) with one sequential read (used by packing and export)."""
         s = self.schema

@@ -1,0 +1,1 @@
+"""Layout: the pure planner, the batched packer and generations."""

@@ -1,0 +1,283 @@
+"""The batched packer: applies a placement, writing a complete new generation.
+
+The base table is streamed sequentially in chunks sized by the memory budget
+(the next chunk is read while the current one is scattered). Each chunk's rows
+go to every extent that needs them: L4 rows with one positioned write per
+(chunk, extent) piece — an extent holds its rows sorted by node id, so a
+chunk's share of it is contiguous — with the extent's crc32 carried along;
+L3 rows into a staging buffer written whole per segment. When the work for all
+batches does not fit the budget, batches are packed in groups, one sequential
+pass of the base table per group.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, SchemaMismatchError
+from ..io import PAGE, ChecksumWriter, aligned_buffer, round_up, write_atomic
+from ..sampling.sampleset import SampleSet
+from ..store import Store
+from ..tables import Schema, TableReader, TableWriter
+from . import generation
+from .plan import Budgets, Placement, SegmentPlan, assign_segment, plan
+
+Progress = Callable[[int], None] | None
+BATCH_COLS = 8  # n4, n3, n2, n1, l4_offset, l4_crc, map_offset, segment
+SEG_COLS = 5  # first_batch, n_batches, l3_offset, l3_rows, l3_crc
+DEFAULT_BUDGET = 1 << 30
+
+
+@dataclass
+class _Group:
+    """Extents whose rows one pass over the base table will fill."""
+
+    l4_ids: list[np.ndarray] = field(default_factory=list)
+    l4_batch: list[int] = field(default_factory=list)
+    l4_off: list[int] = field(default_factory=list)
+    l3_ids: list[np.ndarray] = field(default_factory=list)
+    l3_seg: list[int] = field(default_factory=list)
+    l3_off: list[int] = field(default_factory=list)
+    bytes: int = 0
+
+    def empty(self) -> bool:
+        return not self.l4_ids and not self.l3_ids
+
+
+def pack(store: Store, sample_set: str, table: str, budgets: Budgets,
+         memory_budget: int = DEFAULT_BUDGET, dry_run: bool = False,
+         progress: Progress = None) -> dict[str, Any]:
+    """Plan and (unless ``dry_run``) write a new generation; returns its document."""
+    if not dry_run:
+        store.require_writable()
+    schema = store.schema(table)
+    with SampleSet(store, sample_set) as ss:
+        if ss.num_nodes != schema.rows:
+            raise SchemaMismatchError(f"sample set {sample_set!r} covers {ss.num_nodes:,} nodes, "
+                                      f"table {table!r} has {schema.rows:,} rows")
+        if memory_budget < 4 * schema.row_bytes + (8 << 20):
+            raise ConfigError(f"memory budget {memory_budget} bytes is too small to pack (need >= 8 MiB)")
+        started = time.perf_counter()
+        placement = plan(ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets)
+        plan_s = time.perf_counter() - started
+        doc = _doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
+        doc["table_file"] = store.table_info(table)["file"]
+        if dry_run:
+            return doc | {"dry_run": True}
+        gen_id = generation.new_id()
+        tmp = generation.partial_dir(store, gen_id)
+        try:
+            files = _write(store, ss, placement, schema, table, tmp, memory_budget, progress)
+            doc["pack_s"] = round(time.perf_counter() - started, 3)
+            generation.publish(store, gen_id, tmp, doc, files)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return doc | {"id": gen_id}
+
+
+def _doc(p: Placement, sample_set: str, table: str, schema: Schema, b: Budgets,
+         memory_budget: int, plan_s: float) -> dict[str, Any]:
+    pr = p.predictions
+    return {"sample_set": sample_set, "table": table, "policy": p.policy, "dtype": schema.dtype,
+            "dim": schema.dim, "row_bytes": schema.row_bytes, "num_nodes": p.num_nodes,
+            "num_batches": p.num_batches, "segment_len": p.segment_len,
+            "l1_rows": len(p.l1_ids), "l2_rows": len(p.l2_ids),
+            "l3_rows": pr["stored_rows"] - pr["rows_per_tier"]["l4"] if p.packs else 0,
+            "l4_rows": pr["rows_per_tier"]["l4"], "blowup": pr["blowup"],
+            "predicted_amplification": pr["predicted_amplification"], "predictions": pr,
+            "budgets": {"device_bytes": b.device_bytes, "host_bytes": b.host_bytes,
+                        "max_blowup": b.max_blowup, "seed": b.seed},
+            "table_file": "", "memory_budget": memory_budget, "plan_s": round(plan_s, 3), "created": time.time()}
+
+
+def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str, tmp: Path,
+           memory_budget: int, progress: Progress) -> dict[str, dict[str, Any]]:
+    rb = schema.row_bytes
+    id_dt = np.dtype("<i4") if p.num_nodes < 2**31 else np.dtype("<i8")
+    tier = p.tier_map()
+    scratch = np.full(p.num_nodes, -1, dtype=np.int64)
+    batches = np.zeros((p.num_batches, BATCH_COLS), dtype=np.int64)
+    segs = np.zeros((len(p.segments()), SEG_COLS), dtype=np.int64)
+    reader = TableReader(store.root / store.table_info(table)["file"], direct=store.direct)
+    fd4 = os.open(tmp / "l4.dat", os.O_RDWR | os.O_CREAT, 0o644)
+    fd3 = os.open(tmp / "l3.dat", os.O_RDWR | os.O_CREAT, 0o644)
+    files: dict[str, dict[str, Any]] = {}
+    try:
+        with ChecksumWriter(tmp / "map.bin") as mapw:
+            cursor = {"l4": 0, "l3": 0}
+            group = _Group()
+            hot_all = _HotWriters(tmp, p, schema)
+            hot: _HotWriters | None = hot_all
+            for si, (lo, hi) in enumerate(p.segments()):
+                sp = assign_segment(p, lo, list(ss.inputs_of(range(lo, hi))), tier, scratch)
+                _record_segment(sp, si, batches, segs, mapw, group, cursor, rb, id_dt)
+                if progress:
+                    progress(hi - lo)
+                if group.bytes > memory_budget // 2:
+                    _base_pass(reader, group, hot, fd4, fd3, batches, segs, memory_budget, progress)
+                    group, hot = _Group(), None
+            if not group.empty() or hot is not None:
+                _base_pass(reader, group, hot, fd4, fd3, batches, segs, memory_budget, progress)
+            mapw.commit()
+            files["map.bin"] = {"size": mapw.size, "crcs": mapw.crcs, "kind": "layout"}
+        for fd, name, total in ((fd4, "l4.dat", cursor["l4"]), (fd3, "l3.dat", cursor["l3"])):
+            os.ftruncate(fd, total)
+            os.fsync(fd)
+            files[name] = {"size": total, "crcs": [], "kind": "extents", "index":
+                           "batches.i64" if name == "l4.dat" else "segments.i64"}
+        for name, arr in (("batches.i64", batches), ("segments.i64", segs),
+                          ("l1_ids.i64", p.l1_ids.astype("<i8")), ("l2_ids.i64", p.l2_ids.astype("<i8"))):
+            size, crcs = write_atomic(tmp / name, arr.astype("<i8").tobytes())
+            files[name] = {"size": size, "crcs": crcs, "kind": "layout"}
+        files |= hot_all.records
+    finally:
+        os.close(fd4)
+        os.close(fd3)
+        reader.close()
+    return files
+
+
+def _record_segment(sp: SegmentPlan, si: int, batches: np.ndarray, segs: np.ndarray,
+                    mapw: ChecksumWriter, group: _Group, cursor: dict[str, int], rb: int,
+                    id_dt: np.dtype) -> None:
+    n3 = len(sp.l3_ids)
+    segs[si] = (sp.first_batch, len(sp.batches), cursor["l3"], n3, 0)
+    if n3:
+        group.l3_ids.append(sp.l3_ids)
+        group.l3_seg.append(si)
+        group.l3_off.append(cursor["l3"])
+        cursor["l3"] += round_up(n3 * rb)
+        group.bytes += n3 * (rb + 32)
+    for k, bp in enumerate(sp.batches):
+        b = sp.first_batch + k
+        map_off = mapw.size
+        for arr, dt in ((bp.order, "<i4"), (bp.l3_rows, id_dt), (bp.l2_slots, "<i4"), (bp.l1_slots, "<i4")):
+            mapw.write(np.asarray(arr).astype(dt, copy=False).tobytes())
+        batches[b] = (bp.n4, bp.n3, bp.n2, bp.n1, cursor["l4"], 0, map_off, si)
+        if bp.n4:
+            group.l4_ids.append(bp.l4_ids)
+            group.l4_batch.append(b)
+            group.l4_off.append(cursor["l4"])
+            cursor["l4"] += round_up(bp.n4 * rb)
+            group.bytes += bp.n4 * 40
+
+
+class _HotWriters:
+    """Writes the L1 (device) and L2 (host) row files during the first base-table pass."""
+
+    def __init__(self, tmp: Path, p: Placement, schema: Schema) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.parts = [(name, ids, TableWriter(tmp / name, Schema(schema.dtype, len(ids), schema.dim)))
+                      for name, ids in (("device.tbl", p.l1_ids), ("host.tbl", p.l2_ids))]
+
+    def take(self, chunk: np.ndarray, lo: int, hi: int) -> None:
+        for _, ids, w in self.parts:
+            a, b = np.searchsorted(ids, [lo, hi])
+            if b > a:
+                w.write(chunk[ids[a:b] - lo].view(w.schema.dtype))
+
+    def commit(self) -> None:
+        for name, _, w in self.parts:
+            rec = w.commit()
+            self.records[name] = {"size": rec["size"], "crcs": rec["crcs"], "kind": "layout"}
+
+
+def _chunks(reader: TableReader, chunk_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Base-table chunks in order, the next one read ahead on a thread."""
+    rows = reader.schema.rows
+    spans = [(lo, min(rows, lo + chunk_rows)) for lo in range(0, rows, chunk_rows)]
+    nbytes = chunk_rows * reader.schema.row_bytes + 2 * PAGE
+    bufs = [aligned_buffer(nbytes), aligned_buffer(nbytes)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-pack-read") as pool:
+        fut = pool.submit(reader.read_range_into, bufs[0], *spans[0]) if spans else None
+        for i, (lo, hi) in enumerate(spans):
+            assert fut is not None
+            chunk = fut.result()
+            if i + 1 < len(spans):
+                fut = pool.submit(reader.read_range_into, bufs[(i + 1) % 2], *spans[i + 1])
+            yield lo, hi, chunk
+
+
+def _base_pass(reader: TableReader, g: _Group, hot: _HotWriters | None, fd4: int, fd3: int,
+               batches: np.ndarray, segs: np.ndarray, memory_budget: int, progress: Progress) -> None:
+    rb = reader.schema.row_bytes
+    src, dst, ext = _l4_targets(g, rb)
+    l3src, l3row, l3buf = _l3_targets(g, rb)
+    crc = {b: 0 for b in g.l4_batch}
+    chunk_rows = max(1, (memory_budget // 4) // rb)
+    for lo, hi, chunk in _chunks(reader, chunk_rows):
+        a, b = np.searchsorted(src, [lo, hi])
+        if b > a:
+            _write_runs(fd4, chunk, src[a:b] - lo, dst[a:b], ext[a:b], rb, crc)
+        a, b = np.searchsorted(l3src, [lo, hi])
+        if b > a:
+            l3buf[l3row[a:b]] = chunk[l3src[a:b] - lo]
+        if hot is not None:
+            hot.take(chunk, lo, hi)
+        if progress:
+            progress(0)
+    for bid in g.l4_batch:
+        n = int(batches[bid, 0]) * rb
+        batches[bid, 5] = zlib.crc32(bytes(round_up(n) - n), crc[bid])
+    _write_l3(fd3, g, l3buf, segs, rb)
+    if hot is not None:
+        hot.commit()
+
+
+def _l4_targets(g: _Group, rb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not g.l4_ids:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z
+    lens = np.array([len(x) for x in g.l4_ids])
+    src = np.concatenate(g.l4_ids)
+    starts = np.repeat(np.asarray(g.l4_off, dtype=np.int64), lens)
+    k = np.arange(len(src), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+    dst = starts + k * rb
+    ext = np.repeat(np.asarray(g.l4_batch, dtype=np.int64), lens)
+    order = np.argsort(src, kind="stable")
+    return src[order], dst[order], ext[order]
+
+
+def _l3_targets(g: _Group, rb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not g.l3_ids:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, np.zeros((0, rb), dtype=np.uint8)
+    src = np.concatenate(g.l3_ids)
+    order = np.argsort(src, kind="stable")
+    return src[order], order, np.zeros((len(src), rb), dtype=np.uint8)
+
+
+def _write_runs(fd: int, chunk: np.ndarray, rows: np.ndarray, dst: np.ndarray, ext: np.ndarray,
+                rb: int, crc: dict[int, int]) -> None:
+    """Write the chunk's rows to their extents, one pwrite per contiguous piece."""
+    o = np.argsort(dst, kind="stable")
+    d, e = dst[o], ext[o]
+    gathered = chunk[rows[o]]
+    cut = np.flatnonzero((d[1:] != d[:-1] + rb) | (e[1:] != e[:-1])) + 1
+    bounds = np.concatenate([[0], cut, [len(d)]]).tolist()
+    mv = memoryview(gathered).cast("B")
+    for i, j in zip(bounds[:-1], bounds[1:], strict=True):
+        piece = mv[i * rb : j * rb]
+        os.pwrite(fd, piece, int(d[i]))
+        crc[int(e[i])] = zlib.crc32(piece, crc[int(e[i])])
+
+
+def _write_l3(fd: int, g: _Group, l3buf: np.ndarray, segs: np.ndarray, rb: int) -> None:
+    pos = 0
+    for ids, si, off in zip(g.l3_ids, g.l3_seg, g.l3_off, strict=True):
+        raw = l3buf[pos : pos + len(ids)].tobytes()
+        raw += bytes(round_up(len(raw)) - len(raw))
+        os.pwrite(fd, raw, off)
+        segs[si, 4] = zlib.crc32(raw)
+        pos += len(ids)

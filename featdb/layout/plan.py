@@ -1,0 +1,273 @@
+"""The layout planner: a pure function of a trace and budgets (nothing here touches a disk).
+
+Given how often each node is read and, per batch, which nodes it reads, the
+planner decides:
+
+* the hot set, by access count: the hottest rows in L1 (device), the next in
+  L2 (host), as far as each budget allows;
+* the segment length: the smallest number of consecutive batches whose shared
+  extent (L3: cold rows read by >= 2 batches of the segment, stored once)
+  keeps disk blowup under the cap; length 1 means no L3;
+* for each batch (computed on demand by :func:`assign_segment`), the serving
+  order of its input rows: L4 rows first (sorted by node id, exactly the bytes
+  of its batch extent), then L3 rows, then L2, then L1 — so the extent can be
+  read straight into the head of the output buffer.
+
+Within a segment's L3 extent, rows are ordered by a MinHash of the set of the
+segment's batches that read them, so rows read together share pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, InvalidInputError
+from ..io import PAGE, round_up
+
+POLICIES = ("full", "pack-only", "hot-only", "none")
+L4, L3, L2, L1 = 0, 1, 2, 3
+MINHASH_K = 3
+_PRIME = (1 << 31) - 1  # a * batch index stays inside int64
+
+Trace = Callable[[Sequence[int]], Iterable[np.ndarray]]  # batch ids -> their input ids, in order
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    device_bytes: int = 0
+    host_bytes: int = 0
+    max_blowup: float | None = None
+    policy: str = "full"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise InvalidInputError(f"policy {self.policy!r}: one of {', '.join(POLICIES)}")
+        if self.device_bytes < 0 or self.host_bytes < 0:
+            raise InvalidInputError("cache sizes must not be negative")
+        if self.max_blowup is not None and self.max_blowup < 1.0:
+            raise ConfigError(f"--max-blowup {self.max_blowup}: every cold row must be stored "
+                              "once, so the cap must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The planner's global decisions; per-batch details come from :func:`assign_segment`."""
+
+    num_nodes: int
+    row_bytes: int
+    num_batches: int
+    policy: str
+    l1_ids: np.ndarray  # sorted node ids held in device memory
+    l2_ids: np.ndarray  # sorted node ids held in host memory
+    segment_len: int  # consecutive batches sharing one L3 extent (1: no L3)
+    seed: int
+    predictions: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def packs(self) -> bool:
+        return self.policy in ("full", "pack-only")
+
+    def tier_map(self) -> np.ndarray:
+        """int8 per node: L1, L2, else L4 (cold; L3 membership is per segment)."""
+        tier = np.zeros(self.num_nodes, dtype=np.int8)
+        tier[self.l2_ids] = L2
+        tier[self.l1_ids] = L1
+        return tier
+
+    def segments(self) -> list[tuple[int, int]]:
+        s = max(1, self.segment_len)
+        return [(lo, min(self.num_batches, lo + s)) for lo in range(0, self.num_batches, s)]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    order: np.ndarray  # positions into the batch's input ids: L4, L3, L2, L1 rows in serving order
+    n4: int
+    n3: int
+    n2: int
+    n1: int
+    l4_ids: np.ndarray  # sorted node ids stored in this batch's extent
+    l3_rows: np.ndarray  # rows of the segment's L3 extent; node ids of the base table if not packed
+    l2_slots: np.ndarray  # rows of the host cache
+    l1_slots: np.ndarray  # rows of the device cache
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentPlan:
+    first_batch: int
+    l3_ids: np.ndarray  # node ids of the shared extent, in stored (MinHash) order
+    batches: tuple[BatchPlan, ...]
+
+
+def hot_sets(counts: np.ndarray, row_bytes: int, budgets: Budgets) -> tuple[np.ndarray, np.ndarray]:
+    """L1 and L2 node ids (sorted): the most-read rows that fit each budget; ties broken by seed."""
+    if budgets.policy in ("pack-only", "none"):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    rng = np.random.default_rng(budgets.seed)
+    read = np.flatnonzero(counts > 0)
+    rank = read[np.lexsort((rng.random(len(read)), -counts[read]))]
+    n1 = min(len(rank), budgets.device_bytes // row_bytes)
+    n2 = min(len(rank) - n1, budgets.host_bytes // row_bytes)
+    return np.sort(rank[:n1]), np.sort(rank[n1 : n1 + n2])
+
+
+def stored_rows(trace: Trace, num_batches: int, tier: np.ndarray, seg_len: int) -> int:
+    """Rows stored in L3 + L4 for a segment length: each segment stores its distinct cold rows once."""
+    last = np.full(len(tier), -1, dtype=np.int32)
+    total = 0
+    for b, ids in enumerate(trace(range(num_batches))):
+        cold = ids[tier[ids] == L4]
+        seg = b // seg_len
+        fresh = cold[last[cold] != seg]
+        last[fresh] = seg
+        total += len(fresh)
+    return total
+
+
+def choose_segment_len(trace: Trace, num_batches: int, tier: np.ndarray, cap: float | None,
+                       num_nodes: int) -> tuple[int, dict[int, float]]:
+    """The smallest segment length whose blowup is within ``cap`` (doubling, then bisection)."""
+    tried: dict[int, float] = {}
+
+    def blowup(s: int) -> float:
+        if s not in tried:
+            tried[s] = stored_rows(trace, num_batches, tier, s) / num_nodes
+        return tried[s]
+
+    if cap is None or blowup(1) <= cap:
+        return 1, tried
+    hi = 2
+    while hi < num_batches and blowup(hi) > cap:
+        hi *= 2
+    hi = min(hi, num_batches)
+    if blowup(hi) > cap:
+        raise ConfigError(f"no segment length keeps blowup within {cap} (best {blowup(hi):.2f} "
+                          f"with all {num_batches} batches in one segment)")
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if blowup(mid) <= cap:
+            hi = mid
+        else:
+            lo = mid
+    return hi, tried
+
+
+def plan(counts: np.ndarray, trace: Trace, num_batches: int, row_bytes: int,
+         budgets: Budgets) -> Placement:
+    """Plan a layout and predict what serving it will cost."""
+    budgets.validate()
+    num_nodes = len(counts)
+    l1, l2 = hot_sets(counts, row_bytes, budgets)
+    placement = Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, 1, budgets.seed)
+    seg_len, tried = 1, {}
+    if placement.packs:
+        seg_len, tried = choose_segment_len(trace, num_batches, placement.tier_map(),
+                                            budgets.max_blowup, num_nodes)
+    placement = Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, seg_len, budgets.seed)
+    preds = predict(placement, trace)
+    preds["segment_blowups_tried"] = {str(k): round(v, 4) for k, v in sorted(tried.items())}
+    return Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, seg_len,
+                     budgets.seed, preds)
+
+
+def _minhash(n_rows: int, batch_rows: Sequence[np.ndarray], seed: int) -> np.ndarray:
+    """Per row (0..n_rows-1), MINHASH_K minima of hashed indices of the batches that read it."""
+    rng = np.random.default_rng([seed, 7])
+    a = rng.integers(1, _PRIME, size=(MINHASH_K, 1), dtype=np.int64)
+    c = rng.integers(0, _PRIME, size=(MINHASH_K, 1), dtype=np.int64)
+    sig = np.full((MINHASH_K, n_rows), _PRIME, dtype=np.int64)
+    for j, rows in enumerate(batch_rows):
+        h = (a * (j + 1) + c) % _PRIME
+        sig[:, rows] = np.minimum(sig[:, rows], h)
+    return sig
+
+
+def assign_segment(p: Placement, first_batch: int, inputs: Sequence[np.ndarray],
+                   tier: np.ndarray, scratch: np.ndarray) -> SegmentPlan:
+    """Per batch serving order and tier positions for one segment of consecutive batches.
+
+    ``tier`` is :meth:`Placement.tier_map`; ``scratch`` an int64 array of
+    ``num_nodes`` entries, all -1, returned to all -1.
+    """
+    cold = [ids[tier[ids] == L4] for ids in inputs] if p.packs else [ids[:0] for ids in inputs]
+    l3_ids = _shared_rows(cold) if len(inputs) > 1 else np.zeros(0, dtype=np.int64)
+    if len(l3_ids):
+        scratch[l3_ids] = np.arange(len(l3_ids))
+        sig = _minhash(len(l3_ids), [scratch[c[scratch[c] >= 0]] for c in cold], p.seed)
+        l3_ids = l3_ids[np.lexsort(sig[::-1])]
+        scratch[l3_ids] = np.arange(len(l3_ids))
+    plans = tuple(_assign_batch(p, ids, tier, scratch) for ids in inputs)
+    if len(l3_ids):
+        scratch[l3_ids] = -1
+    return SegmentPlan(first_batch, l3_ids, plans)
+
+
+def _shared_rows(cold: Sequence[np.ndarray]) -> np.ndarray:
+    """Cold rows read by at least two of the segment's batches (sorted)."""
+    allc = np.concatenate(cold) if cold else np.zeros(0, dtype=np.int64)
+    if not len(allc):
+        return allc
+    uniq, n = np.unique(allc, return_counts=True)
+    return uniq[n >= 2]
+
+
+def _assign_batch(p: Placement, ids: np.ndarray, tier: np.ndarray, l3pos: np.ndarray) -> BatchPlan:
+    t = tier[ids]
+    pos = np.arange(len(ids), dtype=np.int64)
+    in3 = (t == L4) & (l3pos[ids] >= 0) if p.packs else np.zeros(len(ids), dtype=bool)
+    m4 = (t == L4) & ~in3
+    p4 = pos[m4][np.argsort(ids[m4], kind="stable")]
+    p3, p2, p1 = pos[in3], pos[t == L2], pos[t == L1]
+    if not p.packs:  # hot-only and none: cold rows come from the base table
+        p4, p3 = pos[:0], pos[m4]
+    order = np.concatenate([p4, p3, p2, p1])
+    return BatchPlan(order, len(p4), len(p3), len(p2), len(p1), ids[p4],
+                     l3pos[ids[p3]] if p.packs else ids[p3],
+                     np.searchsorted(p.l2_ids, ids[p2]), np.searchsorted(p.l1_ids, ids[p1]))
+
+
+def predict(p: Placement, trace: Trace) -> dict[str, Any]:
+    """Blowup, bytes read per epoch and read amplification of serving every batch once."""
+    tier = p.tier_map()
+    scratch = np.full(p.num_nodes, -1, dtype=np.int64)
+    rb = p.row_bytes
+    stored = disk_rows = disk_bytes = 0
+    rows = {"l1": 0, "l2": 0, "l3": 0, "l4": 0}
+    for lo, hi in p.segments():
+        seg = assign_segment(p, lo, list(trace(range(lo, hi))), tier, scratch)
+        stored += len(seg.l3_ids) + sum(bp.n4 for bp in seg.batches)
+        for bp in seg.batches:
+            rows["l1"] += bp.n1
+            rows["l2"] += bp.n2
+            rows["l3"] += bp.n3
+            rows["l4"] += bp.n4
+            disk_rows += bp.n3 + bp.n4
+            disk_bytes += round_up(bp.n4 * rb) + _pages_touched(bp.l3_rows, rb, p.packs) * PAGE
+    total = sum(rows.values())
+    return {"blowup": round(stored / p.num_nodes, 4) if p.num_nodes else 0.0,
+            "stored_rows": stored, "l3_l4_bytes": stored * rb,
+            "rows_per_tier": rows, "requested_rows": total,
+            "hit_rate": {k: round(v / total, 4) if total else 0.0 for k, v in rows.items()},
+            "disk_bytes_per_pass": disk_bytes,
+            "predicted_amplification": round(disk_bytes / (disk_rows * rb), 4) if disk_rows else 0.0}
+
+
+def _pages_touched(pos: np.ndarray, row_bytes: int, packed: bool) -> int:
+    """Distinct pages holding the rows at ``pos`` (row positions in an extent or base table)."""
+    if not len(pos):
+        return 0
+    base = 0 if packed else PAGE  # the base table's header page
+    start = base + pos * row_bytes
+    first, last = start // PAGE, (start + row_bytes - 1) // PAGE
+    span = last - first + 1
+    if int(span.max()) == 1:
+        return int(len(np.unique(first)))
+    pages = np.repeat(first, span) + (np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span))
+    return int(len(np.unique(pages)))

@@ -1,0 +1,115 @@
+"""The sample-set format: batches encoded back to back in a few large segment files.
+
+One segment file per epoch under ``samples/<name>/``. A batch record is a
+little-endian int64 header followed by arrays::
+
+    header: MAGIC, n_layers, n_seeds, n_inputs, then per layer (num_src, num_dst, n_edges)
+    seeds      id dtype [n_seeds]
+    input_ids  id dtype [n_inputs]
+    per layer: src int32 [n_edges], dst int32 [n_edges]
+
+Layers are stored input side first; every layer's destinations are the first
+``num_dst`` of its sources (the DGL block convention), so ``dst_in_src`` is
+implicit. The catalog's sample-set document indexes every record (segment,
+offset, length, crc32, input count), so any batch is one positioned read.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptDataError
+from .mfg import Batch, Layer
+
+MAGIC = 0x46444253414D5031  # "FDBSAMP1"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRef:
+    segment: int
+    offset: int
+    length: int
+    crc: int
+    n_inputs: int
+
+
+def encode(batch: Batch, id_dtype: np.dtype) -> bytes:
+    head = [MAGIC, len(batch.layers), len(batch.seeds), len(batch.input_ids)]
+    for layer in batch.layers:
+        head += [layer.num_src, layer.num_dst, len(layer.src)]
+    parts = [np.asarray(head, dtype="<i8").tobytes(),
+             batch.seeds.astype(id_dtype, copy=False).tobytes(),
+             batch.input_ids.astype(id_dtype, copy=False).tobytes()]
+    for layer in batch.layers:
+        parts.append(layer.src.astype("<i4", copy=False).tobytes())
+        parts.append(layer.dst.astype("<i4", copy=False).tobytes())
+    return b"".join(parts)
+
+
+def decode(raw: bytes | memoryview, id_dtype: np.dtype, where: str = "") -> Batch:
+    head = np.frombuffer(raw, dtype="<i8", count=4)
+    if int(head[0]) != MAGIC:
+        raise CorruptDataError(f"{where}: not a sample record")
+    n_layers, n_seeds, n_inputs = (int(x) for x in head[1:4])
+    sizes = np.frombuffer(raw, dtype="<i8", count=3 * n_layers, offset=32).reshape(n_layers, 3)
+    pos = 32 + 24 * n_layers
+    isz = id_dtype.itemsize
+    seeds = np.frombuffer(raw, dtype=id_dtype, count=n_seeds, offset=pos).astype(np.int64)
+    pos += n_seeds * isz
+    inputs = np.frombuffer(raw, dtype=id_dtype, count=n_inputs, offset=pos).astype(np.int64)
+    pos += n_inputs * isz
+    layers = []
+    for num_src, num_dst, n_edges in sizes.tolist():
+        src = np.frombuffer(raw, dtype="<i4", count=n_edges, offset=pos).astype(np.int64)
+        dst = np.frombuffer(raw, dtype="<i4", count=n_edges, offset=pos + 4 * n_edges).astype(np.int64)
+        pos += 8 * n_edges
+        layers.append(Layer(src, dst, np.arange(num_dst, dtype=np.int64), num_src, num_dst))
+    return Batch(seeds, inputs, tuple(layers))
+
+
+def decode_inputs(raw: bytes | memoryview, id_dtype: np.dtype) -> np.ndarray:
+    head = np.frombuffer(raw, dtype="<i8", count=4)
+    n_layers, n_seeds, n_inputs = (int(x) for x in head[1:4])
+    pos = 32 + 24 * n_layers + n_seeds * id_dtype.itemsize
+    return np.frombuffer(raw, dtype=id_dtype, count=n_inputs, offset=pos).astype(np.int64)
+
+
+class SegmentFiles:
+    """Positioned reads of sample records, with the crc32 checked."""
+
+    def __init__(self, root: Path, files: list[str]) -> None:
+        self.root = root
+        self.files = files
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def read(self, ref: RecordRef, head_only: int = 0) -> bytes:
+        if self._pid != os.getpid():
+            self._fds.clear()
+            self._pid = os.getpid()
+        fd = self._fds.get(ref.segment)
+        if fd is None:
+            fd = self._fds[ref.segment] = os.open(self.root / self.files[ref.segment], os.O_RDONLY)
+        n = head_only or ref.length
+        raw = os.pread(fd, n, ref.offset)
+        if len(raw) != n:
+            raise CorruptDataError(f"{self.files[ref.segment]}: short read at {ref.offset}")
+        if not head_only and zlib.crc32(raw) != ref.crc:
+            raise CorruptDataError(f"{self.files[ref.segment]}: batch record at byte {ref.offset} fails its checksum")
+        return raw
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def refs_from_doc(doc: dict[str, Any]) -> list[RecordRef]:
+    idx = doc["index"]
+    return [RecordRef(*row) for row in idx]

@@ -1,0 +1,97 @@
+"""Reading a stored sample set: batches, input ids, and the trace the layout planner uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptDataError, SampleSetNotFoundError
+from ..store import Store
+from .format import RecordRef, SegmentFiles, decode, decode_inputs
+from .mfg import Batch
+
+
+class SampleSet:
+    """A named, immutable set of offline-sampled batches (``epochs * batches_per_epoch``)."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        doc = store.catalog.get(f"sampleset/{name}")
+        if doc is None:
+            raise SampleSetNotFoundError(f"no sample set {name!r} in {store.root}")
+        self.doc: dict[str, Any] = doc
+        self.name = name
+        self.root = store.root
+        self.id_dtype = np.dtype(doc["id_dtype"])
+        idx = np.fromfile(store.root / doc["path"] / "index.i64", dtype=np.int64)
+        if idx.size != 5 * doc["batches"]:
+            raise CorruptDataError(f"sample set {name!r}: index holds {idx.size // 5} batches, "
+                                   f"catalog says {doc['batches']}")
+        self.index = idx.reshape(-1, 5)
+        self._files = SegmentFiles(store.root / doc["path"], doc["segments"])
+
+    @property
+    def num_batches(self) -> int:
+        return int(self.doc["batches"])
+
+    @property
+    def epochs(self) -> int:
+        return int(self.doc["epochs"])
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return int(self.doc["batches_per_epoch"])
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.doc["num_nodes"])
+
+    def epoch_of(self, b: int) -> int:
+        return int(self.index[b, 0])
+
+    def epoch_batches(self, epoch: int) -> np.ndarray:
+        return np.flatnonzero(self.index[:, 0] == epoch)
+
+    def _ref(self, b: int) -> RecordRef:
+        if not 0 <= b < self.num_batches:
+            raise IndexError(f"batch {b} out of range [0, {self.num_batches})")
+        e, off, length, crc, n_in = (int(x) for x in self.index[b])
+        return RecordRef(e, off, length, crc, n_in)
+
+    def batch(self, b: int) -> Batch:
+        raw = self._files.read(self._ref(b))
+        return decode(raw, self.id_dtype, f"{self.name}[{b}]")
+
+    def input_ids(self, b: int) -> np.ndarray:
+        """The batch's input node ids, reading only the record's head."""
+        ref = self._ref(b)
+        head = np.frombuffer(self._files.read(ref, head_only=32), dtype="<i8")
+        n_layers, n_seeds = int(head[1]), int(head[2])
+        prefix = 32 + 24 * n_layers + (n_seeds + ref.n_inputs) * self.id_dtype.itemsize
+        return decode_inputs(self._files.read(ref, head_only=prefix), self.id_dtype)
+
+    def inputs_of(self, batch_ids: Iterable[int]) -> Iterator[np.ndarray]:
+        """Input ids of several batches, in order (the planner's trace)."""
+        return (self.input_ids(b) for b in batch_ids)
+
+    def num_inputs(self) -> np.ndarray:
+        return self.index[:, 4].copy()
+
+    def counts(self) -> np.ndarray:
+        """Per node, how many batches of the whole set read it."""
+        return np.fromfile(self.root / self.doc["path"] / "counts.i32", dtype=np.int32)
+
+    def trace(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(batch id, its input ids) for every batch, one at a time."""
+        for b in range(self.num_batches):
+            yield b, self.input_ids(b)
+
+    def close(self) -> None:
+        self._files.close()
+
+    def __enter__(self) -> SampleSet:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

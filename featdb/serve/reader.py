@@ -1,0 +1,373 @@
+"""The tiered reader: serves a batch's input rows from L1 -> L2 -> L3 -> L4 (and the base table).
+
+``read_batch(b)`` returns the rows in the layout's serving order (L4 rows, then
+L3, L2, L1), which is how the batch's extent lies on disk: the L4 extent is
+read by one direct sequential read straight into the head of a pooled,
+page-aligned output buffer; L3 rows are gathered from the coalesced pages of
+their segment extent; hot rows are gathered from memory into their slices.
+``BatchRows.order`` maps the rows back to the sample's input order, and
+``BatchRows.batch()`` gives the message-flow graph relabelled to match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, CorruptDataError
+from ..io import PAGE, PageFile, aligned_buffer, gather_rows, page_runs, round_up
+from ..layout import generation
+from ..sampling.mfg import Batch
+from ..sampling.sampleset import SampleSet
+from ..store import Store
+from ..tables import TableReader, check_ids
+from .dynamic import RowCache
+from .pool import BufferPool
+from .stats import ServeStats
+
+
+@dataclass
+class BatchRows:
+    """One served batch. ``rows`` is a view into a pooled buffer: call :meth:`release` when done."""
+
+    batch_id: int
+    rows: np.ndarray  # [n_host, dim]: L4, L3, L2 rows, and L1 rows unless they live on a device
+    order: np.ndarray  # positions into the sample's input ids, in row order
+    input_ids: np.ndarray  # node ids in row order
+    device_rows: Any = None  # L1 rows as a device tensor (torch, CUDA), appended after ``rows``
+    _release: Any = None
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def __enter__(self) -> BatchRows:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+class LayoutReader:
+    """Serves the current generation of a store; pins it while open."""
+
+    def __init__(self, store: Store, *, sample_set: str | None = None, device: str = "auto",
+                 host_budget: int | None = None, device_budget: int | None = None,
+                 queue_depth: int = 4, threads: int = 4, cache_bytes: int = 0,
+                 cache_policy: str = "lru", buffer_timeout: float = 120.0) -> None:
+        self.store = store
+        self._pin = generation.Pin(store)
+        try:
+            self._open(sample_set, device, host_budget, device_budget, queue_depth, threads,
+                       cache_bytes, cache_policy, buffer_timeout)
+        except BaseException:
+            self._pin.release()
+            raise
+        self._finalizer = weakref.finalize(self, LayoutReader._cleanup, self._pin, self._files)
+
+    # -- opening -----------------------------------------------------------------------
+    def _open(self, sample_set: str | None, device: str, host_budget: int | None,
+              device_budget: int | None, queue_depth: int, threads: int, cache_bytes: int,
+              cache_policy: str, buffer_timeout: float) -> None:
+        doc = self.doc = self._pin.doc
+        if sample_set is not None and sample_set != doc["sample_set"]:
+            raise ConfigError(f"the current layout was packed for sample set {doc['sample_set']!r}, "
+                              f"not {sample_set!r}: run featdb pack --sample-set {sample_set}")
+        info = self.store.table_info(doc["table"])
+        if info["file"] != doc.get("table_file", info["file"]):
+            raise ConfigError(f"table {doc['table']!r} was replaced after the layout was packed: repack")
+        self.gen_dir = self.store.root / generation.GENS / doc["id"]
+        self.dtype, self.dim, self.rb = np.dtype(doc["dtype"]), int(doc["dim"]), int(doc["row_bytes"])
+        self.policy, self.packed = doc["policy"], doc["policy"] in ("full", "pack-only")
+        self.id_dt = np.dtype("<i4") if doc["num_nodes"] < 2**31 else np.dtype("<i8")
+        self.batches = self._index("batches.i64", 8, doc["num_batches"])
+        self.segs = self._index("segments.i64", 5, None)
+        self.l1_ids = np.fromfile(self.gen_dir / "l1_ids.i64", dtype="<i8")
+        self.l2_ids = np.fromfile(self.gen_dir / "l2_ids.i64", dtype="<i8")
+        _check_budget("host", len(self.l2_ids) * self.rb, host_budget)
+        _check_budget("device", len(self.l1_ids) * self.rb, device_budget)
+        self._files: list[Any] = []
+        self.host = self._load_rows("host.tbl")
+        self.device, self.l1 = self._load_device(device)
+        self.l4 = self._add(PageFile(self.gen_dir / "l4.dat", direct=self.store.direct))
+        self.l3 = self._add(PageFile(self.gen_dir / "l3.dat", direct=self.store.direct))
+        self.base = self._add(TableReader(self.store.root / info["file"], direct=self.store.direct))
+        self._map_fd = os.open(self.gen_dir / "map.bin", os.O_RDONLY)
+        self._files.append(_Fd(self._map_fd))
+        self.stats = ServeStats(self.rb)
+        nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
+        self.pool = BufferPool(queue_depth + 2, round_up(nmax * self.rb) + PAGE, buffer_timeout)
+        self._exec = ThreadPoolExecutor(max_workers=max(1, queue_depth), thread_name_prefix="featdb-batch")
+        self._threads = threads
+        self._local = threading.local()
+        self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
+        self._sample_set: SampleSet | None = None
+
+    def _index(self, name: str, cols: int, rows: int | None) -> np.ndarray:
+        arr = np.fromfile(self.gen_dir / name, dtype="<i8")
+        if arr.size % cols or (rows is not None and arr.size != rows * cols):
+            raise CorruptDataError(f"{self.gen_dir / name}: {arr.size} entries do not match the layout")
+        return arr.reshape(-1, cols)
+
+    def _add(self, f: Any) -> Any:
+        self._files.append(f)
+        return f
+
+    def _load_rows(self, name: str) -> np.ndarray:
+        r = TableReader(self.gen_dir / name, direct=self.store.direct)
+        try:
+            rows = r.read_range(0, r.schema.rows).copy() if r.schema.rows else \
+                np.zeros((0, self.dim), dtype=self.dtype)
+        finally:
+            r.close()
+        return rows.reshape(-1, self.dim)
+
+    def _load_device(self, device: str) -> tuple[str, Any]:
+        rows = self._load_rows("device.tbl")
+        want = _resolve_device(device)
+        if want == "cpu":
+            return "cpu", rows
+        import torch
+
+        return want, torch.from_numpy(rows).to(want)
+
+    # -- serving -------------------------------------------------------------------------
+    @property
+    def num_batches(self) -> int:
+        return len(self.batches)
+
+    def read_batch(self, b: int) -> BatchRows:
+        """Batch ``b``'s input rows, in serving order (see :class:`BatchRows`)."""
+        if not 0 <= b < self.num_batches:
+            raise IndexError(f"batch {b} out of range [0, {self.num_batches})")
+        n4, n3, n2, n1, l4_off, l4_crc, map_off, seg = (int(x) for x in self.batches[b])
+        order, l3_rows, l2_slots, l1_slots = self._map(map_off, n4, n3, n2, n1)
+        buf = self.pool.acquire()
+        try:
+            n_host = n4 + n3 + n2 + (0 if self.device != "cpu" else n1)
+            out = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.rb).reshape(n_host, self.rb)
+            self._read_l4(buf, n4, l4_off, l4_crc, b)
+            self._read_l3(out[n4 : n4 + n3], l3_rows, seg)
+            self._gather("l2", self.host, l2_slots, out[n4 + n3 : n4 + n3 + n2])
+            dev = self._gather_l1(l1_slots, out[n4 + n3 + n2 :])
+        except BaseException:
+            self.pool.release(buf)
+            raise
+        self.stats.count_batch()
+        ids = self._input_ids(b, order) if self._sample_set is not None else np.zeros(0, dtype=np.int64)
+        return BatchRows(b, out.view(self.dtype).reshape(n_host, self.dim), order, ids, dev,
+                         _Once(self.pool.release, buf))
+
+    def read_batch_async(self, b: int) -> Future[BatchRows]:
+        return self._exec.submit(self.read_batch, b)
+
+    def prefetch(self, batch_ids: Iterable[int]) -> list[Future[BatchRows]]:
+        """Futures for several batches; at most ``queue_depth`` read at once, buffers permitting."""
+        return [self.read_batch_async(b) for b in batch_ids]
+
+    def attach(self, sample_set: SampleSet) -> None:
+        """Let :class:`BatchRows` carry input ids and :meth:`batch` return relabelled MFGs."""
+        if sample_set.name != self.doc["sample_set"]:
+            raise ConfigError(f"layout is for sample set {self.doc['sample_set']!r}, not {sample_set.name!r}")
+        self._sample_set = sample_set
+
+    def batch(self, b: int, order: np.ndarray) -> Batch:
+        """The sample's MFG for batch ``b`` relabelled to the served row order."""
+        if self._sample_set is None:
+            raise ConfigError("attach(sample_set) first")
+        return self._sample_set.batch(b).reordered(order)
+
+    def _input_ids(self, b: int, order: np.ndarray) -> np.ndarray:
+        assert self._sample_set is not None
+        return self._sample_set.input_ids(b)[order]
+
+    def _map(self, off: int, n4: int, n3: int, n2: int, n1: int) -> tuple[np.ndarray, ...]:
+        n = n4 + n3 + n2 + n1
+        sizes = [4 * n, self.id_dt.itemsize * n3, 4 * n2, 4 * n1]
+        raw = os.pread(self._map_fd, sum(sizes), off)
+        if len(raw) != sum(sizes):
+            raise CorruptDataError(f"{self.gen_dir / 'map.bin'}: short read at {off}")
+        parts, pos = [], 0
+        for size, dt in zip(sizes, ("<i4", self.id_dt, "<i4", "<i4"), strict=True):
+            parts.append(np.frombuffer(raw, dtype=dt, count=size // np.dtype(dt).itemsize, offset=pos)
+                         .astype(np.int64))
+            pos += size
+        return tuple(parts)
+
+    def _read_l4(self, buf: Any, n4: int, off: int, crc: int, b: int) -> None:
+        if not n4:
+            return
+        t = time.perf_counter()
+        length = round_up(n4 * self.rb)
+        n = self.l4.read_into(memoryview(buf)[:length], off)
+        self.stats.add("l4", n4, n, time.perf_counter() - t)
+        del crc, b  # extents are checked by verify; the hot path trusts the page
+
+    def _read_l3(self, out: np.ndarray, rows: np.ndarray, seg: int) -> None:
+        if not len(rows):
+            return
+        t = time.perf_counter()
+        if not self.packed:
+            self.base.read(rows, out=out.view(self.dtype).reshape(len(rows), self.dim))
+            self.stats.add("base", len(rows), _pages_bytes(self.base.file, rows, self.rb), time.perf_counter() - t)
+            return
+        base_off = int(self.segs[seg, 2])
+        uniq, inv = np.unique(rows, return_inverse=True)
+        runs, pos = page_runs(base_off + uniq * self.rb, self.rb)
+        scratch = self._scratch(runs.total_bytes)
+        mv = memoryview(scratch)
+        for s, npg, bo in zip(runs.start.tolist(), runs.npages.tolist(), runs.buf_offset.tolist(), strict=True):
+            self.l3.read_into(mv[bo : bo + npg * PAGE], s * PAGE)
+        gather_rows(scratch, pos[inv], self.rb, out)
+        self.stats.add("l3", len(rows), runs.total_bytes, time.perf_counter() - t)
+
+    def _gather(self, tier: str, src: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
+        if not len(slots):
+            return
+        t = time.perf_counter()
+        np.take(src.view(np.uint8).reshape(len(src), self.rb), slots, axis=0, out=out)
+        self.stats.add(tier, len(slots), 0, time.perf_counter() - t)
+
+    def _gather_l1(self, slots: np.ndarray, out: np.ndarray) -> Any:
+        if self.device == "cpu":
+            self._gather("l1", self.l1, slots, out)
+            return None
+        import torch
+
+        t = time.perf_counter()
+        rows = self.l1[torch.from_numpy(slots).to(self.device)]
+        self.stats.add("l1", len(slots), 0, time.perf_counter() - t)
+        return rows
+
+    def _scratch(self, nbytes: int) -> Any:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < nbytes:
+            buf = self._local.buf = aligned_buffer(max(nbytes, 1 << 20))
+        return buf
+
+    # -- arbitrary ids -------------------------------------------------------------------
+    def read(self, ids: Any) -> np.ndarray:
+        """Rows for any ids: hot tiers first, then the dynamic cache, then the base table."""
+        ids = check_ids(ids, int(self.doc["num_nodes"]))
+        out = np.empty((len(ids), self.dim), dtype=self.dtype)
+        done = np.zeros(len(ids), dtype=bool)
+        for tier, keys, rows in (("l1", self.l1_ids, self.l1), ("l2", self.l2_ids, self.host)):
+            slot, hit = _lookup(keys, ids)
+            if hit.any():
+                t = time.perf_counter()
+                src = rows[slot[hit]] if tier != "l1" or self.device == "cpu" else \
+                    self.l1[slot[hit]].cpu().numpy()
+                out[hit] = src
+                done |= hit
+                self.stats.add(tier, int(hit.sum()), 0, time.perf_counter() - t)
+        rest = np.flatnonzero(~done)
+        if len(rest) and self.cache is not None:
+            rest = self.cache.fill(ids, rest, out, self.stats)
+        if len(rest):
+            t = time.perf_counter()
+            before = self.base.stats.bytes_read
+            out[rest] = self.base.read(ids[rest])
+            self.stats.add("base", len(rest), self.base.stats.bytes_read - before, time.perf_counter() - t)
+            if self.cache is not None:
+                self.cache.put(ids[rest], out[rest])
+        return out
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def generation(self) -> str:
+        return str(self.doc["id"])
+
+    def close(self) -> None:
+        self._exec.shutdown(wait=True)
+        self._finalizer()
+
+    @staticmethod
+    def _cleanup(pin: generation.Pin, files: list[Any]) -> None:
+        for f in files:
+            with contextlib.suppress(Exception):
+                f.close()
+        pin.release()
+
+    def __enter__(self) -> LayoutReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class _Fd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _Once:
+    """Calls ``fn(arg)`` once, however often it is invoked."""
+
+    def __init__(self, fn: Any, arg: Any) -> None:
+        self._fn, self._arg = fn, arg
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._fn is not None:
+                self._fn(self._arg)
+                self._fn = None
+
+
+def _lookup(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not len(keys):
+        return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+    slot = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+    return slot, keys[slot] == ids
+
+
+def _pages_bytes(f: PageFile, rows: np.ndarray, rb: int) -> int:
+    del f
+    start = PAGE + np.unique(rows) * rb
+    first, last = start // PAGE, (start + rb - 1) // PAGE
+    return int(len(np.unique(np.concatenate([first, last])))) * PAGE
+
+
+def _check_budget(tier: str, need: int, budget: int | None) -> None:
+    if budget is not None and need > budget:
+        raise ConfigError(f"the layout puts {need:,} bytes in the {tier} tier, but only {budget:,} bytes "
+                          f"are allowed: repack with a smaller --{tier}-cache")
+
+
+def _resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError(f"device {device!r}: auto, cpu or cuda[:N]")
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        if device == "auto":
+            return "cpu"
+        raise ConfigError("device 'cuda' needs torch installed") from None
+    if not torch.cuda.is_available():
+        if device == "auto":
+            return "cpu"
+        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA device")
+    return "cuda" if device == "auto" else device
+
+
+def open_reader(store: Store, **kwargs: Any) -> LayoutReader:
+    """Open the store's current layout for serving (see :class:`LayoutReader`)."""
+    return LayoutReader(store, **kwargs)
+
+
+__all__: Sequence[str] = ("BatchRows", "LayoutReader", "open_reader")
