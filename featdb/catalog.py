@@ -8,6 +8,7 @@ fork, so each process has its own handle (DESIGN invariant 7).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -62,7 +63,12 @@ class Catalog:
 
     @property
     def env(self) -> lmdb.Environment:
-        if self._env is None or self._pid != os.getpid():
+        if self._env is not None and self._pid != os.getpid():
+            # forked: the parent's handle must not be used here; drop it, then reopen
+            with contextlib.suppress(lmdb.Error):
+                self._env.close()
+            self._env = None
+        if self._env is None:
             self._env = self._open()
             self._pid = os.getpid()
         return self._env
@@ -122,5 +128,5 @@ class Catalog:
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except FileNotFoundError:
+    except OSError:
         return 0

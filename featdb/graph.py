@@ -190,9 +190,10 @@ class GraphWriter:
             yield w
 
     def write(self, final_key: str, data: np.ndarray) -> None:
-        arr = np.ascontiguousarray(data).reshape(len(data), -1)
+        arr = np.ascontiguousarray(data)
+        arr = arr.reshape(len(arr), -1) if arr.ndim != 1 else arr.reshape(-1, 1)
         with self.writer(final_key, Schema(arr.dtype.name, arr.shape[0], arr.shape[1])) as w:
-            w.write(arr)
+            write_rows(w, arr)
 
     def publish(self, doc: dict[str, Any]) -> None:
         """Move every staged table to its final key and record the graph doc, in one transaction."""
@@ -298,13 +299,27 @@ def build_csc(edge_chunks: EdgeChunks, num_nodes: int, store: Store,
         fp2 = _place_sources(edge_chunks, step, indptr, scratch, progress)
         if fp1 != fp2:
             raise InvalidInputError("the edge source yielded different edges on its second pass")
-        indptr[1:] = indptr[:-1].copy()  # cursors ended at each node's end: shift them into indptr
-        indptr[0] = 0
+        _shift_right(indptr, step)  # each cursor ended at its node's end: that is indptr[v + 1]
         stored = _write_indices(scratch, indptr, n, step, sort, dedup, progress,
                                 lambda rows: open_writer(indices_key, Schema("int64", rows, 1)))
     with open_writer(indptr_key, Schema("int64", n + 1, 1)) as w:
         w.write(indptr)
     return stored
+
+
+def _shift_right(a: np.ndarray, step: int) -> None:
+    """``a[1:] = a[:-1]; a[0] = 0`` in place, with step-sized temporaries only."""
+    for hi in range(len(a) - 1, 0, -step):
+        lo = max(0, hi - step)
+        a[lo + 1 : hi + 1] = a[lo:hi]
+    if len(a):
+        a[0] = 0
+
+
+def write_rows(w: TableWriter, rows: np.ndarray) -> None:
+    """``w.write(rows)``, skipping empty chunks (the table writer cannot take zero-length views)."""
+    if len(rows):
+        w.write(rows)
 
 
 def _check_num_nodes(num_nodes: Any) -> int:
@@ -324,11 +339,11 @@ def _as_edge_arrays(src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray]:
     return s.astype(np.int64, copy=False), d.astype(np.int64, copy=False)
 
 
-def _check_ids(s: np.ndarray, d: np.ndarray, n: int, offset: int) -> None:
+def _check_ids(s: np.ndarray, d: np.ndarray, n: int, offset: int, where: str = "", unit: str = "edge") -> None:
     for name, a in (("source", s), ("destination", d)):
         if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
             i = int(np.flatnonzero((a < 0) | (a >= n))[0])
-            raise IdsOutOfRangeError(f"edge {offset + i}: {name} id {int(a[i])} is outside [0, {n}) "
+            raise IdsOutOfRangeError(f"{where}{unit} {offset + i}: {name} id {int(a[i])} is outside [0, {n}) "
                                      f"(num_nodes={n})")
 
 
@@ -391,6 +406,8 @@ def _place_sources(edge_chunks: EdgeChunks, step: int, indptr: np.ndarray, scrat
         counts = np.diff(np.append(first, len(ds)))
         rank = np.arange(len(ds), dtype=np.int64) - np.repeat(first, counts)
         pos = cursor[ds] + rank
+        if int(pos.max()) >= total:
+            raise InvalidInputError("the edge source yielded different edges on its second pass")
         scratch[pos] = s[order]
         cursor[ds[first]] += counts
         _, a, b = _fingerprint(s, d)
@@ -442,13 +459,13 @@ def _write_indices(scratch: np.ndarray, indptr: np.ndarray, n: int, step: int, s
                 for a, b in ranges:
                     lo, hi = int(indptr[a]), int(indptr[b])
                     vals, _ = _sort_segments(np.asarray(scratch[lo:hi]), np.diff(indptr[a : b + 1]), n, False)
-                    w.write(vals)
+                    write_rows(w, vals)
                     if progress:
                         progress(hi - lo)
             else:
                 for lo in range(0, total, step):
                     hi = min(total, lo + step)
-                    w.write(np.asarray(scratch[lo:hi]))
+                    write_rows(w, np.asarray(scratch[lo:hi]))
                     if progress:
                         progress(hi - lo)
         return total
@@ -466,7 +483,7 @@ def _write_indices(scratch: np.ndarray, indptr: np.ndarray, n: int, step: int, s
         lo = hi
     with open_indices(out) as w:
         for lo in range(0, out, step):
-            w.write(np.asarray(scratch[lo : min(out, lo + step)]))
+            write_rows(w, np.asarray(scratch[lo : min(out, lo + step)]))
     return out
 
 
@@ -543,13 +560,18 @@ class NpyEdges:
             raise InvalidInputError(f"{self.path}: short read at byte {offset}")
         return np.frombuffer(raw, dtype=self.dtype)
 
-    def chunks(self, per_chunk: int, symmetric: bool) -> EdgeChunks:
-        """A callable that streams the edges (plus their reverses when ``symmetric``)."""
+    def chunks(self, per_chunk: int, symmetric: bool, num_nodes: int | None = None) -> EdgeChunks:
+        """A callable that streams the edges (plus their reverses when ``symmetric``).
+
+        With ``num_nodes``, ids are checked here so errors name the edge's place in the file.
+        """
         def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             fd = os.open(self.path, os.O_RDONLY)
             try:
                 for lo in range(0, self.num_edges, per_chunk):
                     s, d = self.read(lo, min(self.num_edges, lo + per_chunk), fd)
+                    if num_nodes is not None:
+                        _check_ids(s, d, num_nodes, lo, f"{self.path}: ")
                     yield _with_reverse(s, d, symmetric)
             finally:
                 os.close(fd)
@@ -652,7 +674,7 @@ def _write_labels(gw: GraphWriter, chunks: Iterable[np.ndarray], num_nodes: int,
                 raise SchemaMismatchError(f"more labels than nodes ({num_nodes})")
             if splits:
                 _check_split_labels(splits, done, lab)
-            w.write(lab)
+            write_rows(w, lab)
             if lab.size:
                 top = max(top, int(lab.max()))
                 labeled += int(np.count_nonzero(lab >= 0))
@@ -703,7 +725,7 @@ def ingest_graph(store: Store, edges_path: str | Path, num_nodes: int | None = N
             num_classes, num_labeled = _write_labels(gw, _unlabeled_chunks(n, step), n, None)
         for name in SPLITS:
             gw.write(SPLIT_KEYS[name], splits[name])
-        stored = build_csc(edges.chunks(per, symmetric), n, store, memory_budget, sort=sort, dedup=dedup,
+        stored = build_csc(edges.chunks(per, symmetric, n), n, store, memory_budget, sort=sort, dedup=dedup,
                            progress=progress, table_writer=gw.writer)
         doc = make_graph_doc(
             num_nodes=n, num_edges=stored, num_classes=num_classes, num_labeled=num_labeled,
@@ -828,11 +850,14 @@ def _csv_max_id(path: Path) -> int:
     return top
 
 
-def _csv_edges(path: Path, symmetric: bool, progress: Progress = None) -> EdgeChunks:
+def _csv_edges(path: Path, symmetric: bool, num_nodes: int, progress: Progress = None) -> EdgeChunks:
     def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        line = 1
         for a in iter_csv(path, np.int64):
             if a.shape[1] != 2:
                 raise SchemaMismatchError(f"{path}: expected 2 columns (src,dst), got {a.shape[1]}")
+            _check_ids(a[:, 0], a[:, 1], num_nodes, line, f"{path}: ", "line")
+            line += len(a)
             if progress:
                 progress(len(a))
             yield _with_reverse(a[:, 0], a[:, 1], symmetric)
@@ -910,7 +935,7 @@ def ingest_ogb(store: Store, folder: str | Path, memory_budget: int = DEFAULT_BU
         for name in SPLITS:
             gw.write(SPLIT_KEYS[name], splits[name])
         dim = _ogb_features(gw, f.feat, n, feat_key, progress) if f.feat is not None else None
-        stored = build_csc(_csv_edges(f.edges, symmetric, progress), n, store, memory_budget,
+        stored = build_csc(_csv_edges(f.edges, symmetric, n, progress), n, store, memory_budget,
                            dedup=dedup, table_writer=gw.writer)
         doc = make_graph_doc(
             num_nodes=n, num_edges=stored, num_classes=num_classes, num_labeled=num_labeled,

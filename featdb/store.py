@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
+import os
 import re
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +26,7 @@ from .errors import (
     StoreNotFoundError,
     TableNotFoundError,
 )
-from .io import verify_file
+from .io import round_up, verify_file
 from .tables import Schema, TableReader, TableWriter
 
 FORMAT_VERSION = 1
@@ -72,6 +75,7 @@ class Store:
             raise FormatVersionError(
                 f"store at {root} has format {meta['format_version']}; this featdb reads up to {FORMAT_VERSION}")
         self._readers: dict[str, TableReader] = {}
+        self._pid = os.getpid()
         self.direct = True
 
     # -- lifecycle -----------------------------------------------------------------
@@ -168,6 +172,9 @@ class Store:
         return schema
 
     def reader(self, key: str) -> TableReader:
+        if self._pid != os.getpid():  # forked: the parent's reader threads do not exist here
+            self._readers = {}
+            self._pid = os.getpid()
         r = self._readers.get(key)
         if r is None:
             info = self.table_info(key)
@@ -203,12 +210,37 @@ class Store:
                 problems.append(f"{rel}: missing")
                 continue
             try:
+                if rec.get("kind") == "extents":
+                    problems += self._verify_extents(rel, rec)
+                    continue
                 bad = verify_file(path, rec["crcs"], rec["size"], rec.get("block", 1 << 20))
             except CorruptDataError as exc:
                 problems.append(str(exc))
                 continue
             problems += [f"{rel}: checksum mismatch in block {b} (bytes {b << 20}..{(b + 1) << 20})" for b in bad]
         return problems
+
+    def _verify_extents(self, rel: str, rec: dict[str, Any]) -> list[str]:
+        """Check each extent of a layout data file against the crc in its index file."""
+        path = self.root / rel
+        index = np.fromfile(path.parent / rec["index"], dtype="<i8").reshape(-1, rec["width"])
+        off_col, rows_col, crc_col = rec["cols"]
+        rb = int(rec["row_bytes"])
+        problems = []
+        with builtins_open(path, "rb", buffering=0) as f:
+            for i, row in enumerate(index.tolist()):
+                if not row[rows_col]:
+                    continue
+                length = round_up(row[rows_col] * rb)
+                f.seek(row[off_col])
+                data = f.read(length)
+                if len(data) != length or zlib.crc32(data) != row[crc_col]:
+                    problems.append(f"{rel}: extent {i} (bytes {row[off_col]}..{row[off_col] + length}) "
+                                    "fails its checksum")
+        return problems
+
+
+builtins_open = builtins.open
 
 
 def _check_schema(schema: Schema) -> None:

@@ -1,0 +1,1 @@
+"""A pipelined GNN trainer that reads features through featdb's public API."""

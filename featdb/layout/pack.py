@@ -134,8 +134,10 @@ def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str
         for fd, name, total in ((fd4, "l4.dat", cursor["l4"]), (fd3, "l3.dat", cursor["l3"])):
             os.ftruncate(fd, total)
             os.fsync(fd)
-            files[name] = {"size": total, "crcs": [], "kind": "extents", "index":
-                           "batches.i64" if name == "l4.dat" else "segments.i64"}
+            index, width, cols = (("batches.i64", BATCH_COLS, [4, 0, 5]) if name == "l4.dat"
+                                  else ("segments.i64", SEG_COLS, [2, 3, 4]))
+            files[name] = {"size": total, "crcs": [], "kind": "extents", "index": index,
+                           "width": width, "cols": cols, "row_bytes": rb}
         for name, arr in (("batches.i64", batches), ("segments.i64", segs),
                           ("l1_ids.i64", p.l1_ids.astype("<i8")), ("l2_ids.i64", p.l2_ids.astype("<i8"))):
             size, crcs = write_atomic(tmp / name, arr.astype("<i8").tobytes())

@@ -97,7 +97,7 @@ def iter_sampled(graph: Any, train_ids: np.ndarray, cfg: SampleConfig) -> Iterat
 
     sampler = dgl.dataloading.NeighborSampler(list(cfg.fanouts))
     for epoch in range(cfg.epochs):
-        dgl.seed(cfg.seed * 1_000_003 + epoch)
+        dgl.seed((cfg.seed * 1_000_003 + epoch) % (2**31 - 1))
         for seeds in epoch_batches(train_ids, cfg.batch_size, cfg.seed, epoch):
             _, _, blocks = sampler.sample_blocks(graph, torch.from_numpy(seeds))
             yield epoch, blocks_to_batch(blocks)

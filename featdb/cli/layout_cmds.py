@@ -1,0 +1,140 @@
+"""Sampling and layout commands: sample, pack, gc."""
+
+from __future__ import annotations
+
+import shutil
+
+import click
+
+from .. import store as store_mod
+from ..catalog import Txn
+from ..errors import SampleSetNotFoundError
+from ..layout import generation
+from ..layout.pack import DEFAULT_BUDGET, pack as pack_layout
+from ..layout.plan import POLICIES, Budgets
+from ..sampling.offline import SampleConfig, parse_fanouts, sample as run_sample
+from ..units import format_size
+from .common import SIZE, cli, emit, output_options, progress
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--name", required=True, help="Name of the new sample set.")
+@click.option("--fanouts", default="10,10,10", show_default=True, help="Neighbours per layer, input side last.")
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "valid", "test"]))
+@output_options
+def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, seed: int, split: str,
+           as_json: bool, quiet: bool) -> None:
+    """Sample every mini-batch of EPOCHS epochs offline into a named sample set.
+
+    Example: featdb sample ./store --name train --fanouts 10,10 --batch-size 1024 --epochs 3
+    """
+    from ..graph import graph_info
+
+    cfg = SampleConfig(name, parse_fanouts(fanouts), batch_size, epochs, seed, split)
+    with store_mod.open(store, mode="a") as st:
+        cfg.validate()
+        n = int(graph_info(st).get(f"{split}_size", 0) or 0)
+        total = -(-n // max(1, batch_size)) * epochs
+        with progress(total, f"sample {name}", as_json or quiet) as bar:
+            doc = run_sample(st, cfg, progress=bar)
+    keys = ("name", "epochs", "batches", "batches_per_epoch", "fanouts", "batch_size", "bytes",
+            "bytes_per_batch", "input_rows", "sample_s")
+    emit(as_json, {k: doc[k] for k in keys},
+         None if quiet else f"sample set {name}: {doc['batches']} batches, {format_size(doc['bytes'])} "
+                            f"({format_size(doc['bytes_per_batch'])}/batch) in {doc['sample_s']} s")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--sample-set", required=True, help="The sample set whose trace drives the layout.")
+@click.option("--table", default="node/_/feat", show_default=True, help="The feature table to pack.")
+@click.option("--host-cache", type=SIZE, default="0", show_default=True, help="L2 host-memory budget.")
+@click.option("--device-cache", type=SIZE, default="0", show_default=True, help="L1 device-memory budget.")
+@click.option("--max-blowup", type=float, help="Cap on disk rows stored / nodes (adds L3 shared extents).")
+@click.option("--memory-budget", type=SIZE, default=DEFAULT_BUDGET, show_default=True,
+              help="Working-set bound of the packer.")
+@click.option("--policy", type=click.Choice(POLICIES), default="full", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the plan's predictions; write nothing.")
+@output_options
+def pack(store: str, sample_set: str, table: str, host_cache: int, device_cache: int,
+         max_blowup: float | None, memory_budget: int, policy: str, seed: int, dry_run: bool,
+         as_json: bool, quiet: bool) -> None:
+    """Plan a layout from a sample set and pack it into a new generation.
+
+    Example: featdb pack ./store --sample-set train --host-cache 256MiB --max-blowup 3
+    """
+    budgets = Budgets(device_cache, host_cache, max_blowup, policy, seed)
+    with store_mod.open(store, mode="r" if dry_run else "a") as st:
+        from ..sampling import SampleSet
+
+        with SampleSet(st, sample_set) as ss:
+            total = ss.num_batches
+        with progress(total, "pack", as_json or quiet or dry_run) as bar:
+            doc = pack_layout(st, sample_set, table, budgets, memory_budget, dry_run, bar)
+    summary = {k: doc.get(k) for k in ("id", "dry_run", "policy", "sample_set", "segment_len", "l1_rows",
+                                        "l2_rows", "l3_rows", "l4_rows", "blowup",
+                                        "predicted_amplification", "plan_s", "pack_s")}
+    summary["predictions"] = doc["predictions"]
+    text = (f"{'plan' if dry_run else 'packed generation ' + str(doc.get('id'))}: policy={doc['policy']} "
+            f"blowup={doc['blowup']} predicted amplification={doc['predicted_amplification']} "
+            f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "
+            f"segment={doc['segment_len']}")
+    emit(as_json, summary, None if quiet else text)
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--sample-set", "sample_sets", multiple=True, help="Also remove this sample set.")
+@output_options
+def gc(store: str, sample_sets: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """Remove non-current, unpinned generations, orphaned partial files and named sample sets.
+
+    Example: featdb gc ./store --sample-set old-train
+    """
+    with store_mod.open(store, mode="a") as st:
+        removed_sets = [_drop_sample_set(st, name) for name in sample_sets]
+        res = generation.collect(st)
+        res["sample_sets"] = removed_sets
+        res["orphans"] = _drop_orphans(st)
+    emit(as_json, res, None if quiet else
+         f"removed generations: {res['removed'] or 'none'}; pinned (kept): {res['pinned'] or 'none'}; "
+         f"sample sets: {removed_sets or 'none'}")
+
+
+def _drop_sample_set(st: store_mod.Store, name: str) -> str:
+    doc = st.catalog.get(f"sampleset/{name}")
+    if doc is None:
+        raise SampleSetNotFoundError(f"no sample set {name!r} in {st.root}")
+
+    def txn(t: Txn) -> None:
+        for rel in doc["files"]:
+            t.delete(f"file/{rel}")
+        t.delete(f"sampleset/{name}")
+
+    st.catalog.write(txn)
+    shutil.rmtree(st.root / doc["path"], ignore_errors=True)
+    return name
+
+
+def _drop_orphans(st: store_mod.Store) -> list[str]:
+    """Files a crash left behind: partial writes and directories no catalog entry names."""
+    known = set(st.files())
+    gone = []
+    for sub in ("tables", "samples"):
+        d = st.root / sub
+        if not d.exists():
+            continue
+        for p in d.iterdir():
+            rel = f"{sub}/{p.name}"
+            if p.is_dir() and not any(k.startswith(rel + "/") for k in known):
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(rel)
+            elif p.is_file() and rel not in known:
+                p.unlink(missing_ok=True)
+                gone.append(rel)
+    return gone
