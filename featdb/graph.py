@@ -114,7 +114,8 @@ def graph_info(store: Store) -> dict[str, Any]:
     """The catalog ``graph`` document; raises :class:`GraphNotFoundError` if there is none."""
     doc = store.catalog.get(GRAPH_DOC)
     if doc is None:
-        raise GraphNotFoundError(f"{store.root} holds no graph (run ingest-graph, ingest-ogb or synth)")
+        raise GraphNotFoundError(
+            f"{store.root} holds no graph (run ingest-graph, ingest-ogb or synth)")
     return dict(doc)
 
 
@@ -123,15 +124,19 @@ def has_graph(store: Store) -> bool:
 
 
 def load_graph(store: Store, mmap: bool = False) -> Graph:
-    """Load the stored graph. ``mmap=True`` maps the table files read-only instead of reading them."""
+    """Load the stored graph; ``mmap=True`` maps the table files read-only instead of reading."""
     doc = graph_info(store)
     tables = {**GRAPH_TABLES, **doc.get("tables", {})}
-    read = (lambda key: _map_table(store, key)) if mmap else (lambda key: store.read_all(key).reshape(-1))
+
+    def read(name: str) -> np.ndarray:
+        key = tables[name]
+        return _map_table(store, key) if mmap else store.read_all(key).reshape(-1)
+
     return Graph(
         num_nodes=int(doc["num_nodes"]), num_edges=int(doc["num_edges"]),
         num_classes=int(doc.get("num_classes", 0)),
-        indptr=read(tables["indptr"]), indices=read(tables["indices"]), labels=read(tables["label"]),
-        train=read(tables["train"]), valid=read(tables["valid"]), test=read(tables["test"]), info=doc,
+        indptr=read("indptr"), indices=read("indices"), labels=read("label"),
+        train=read("train"), valid=read("valid"), test=read("test"), info=doc,
     )
 
 
@@ -161,7 +166,8 @@ class GraphWriter:
         self.token = f"stage-{os.getpid()}-{time.time_ns():x}"
         self.staged: dict[str, str] = {}  # final key -> staged key
         if not replace and has_graph(store):
-            raise AlreadyExistsError(f"{store.root} already holds a graph (pass replace=True / --replace)")
+            raise AlreadyExistsError(
+                f"{store.root} already holds a graph (pass replace=True / --replace)")
 
     def __enter__(self) -> GraphWriter:
         return self
@@ -173,7 +179,8 @@ class GraphWriter:
     def check_free(self, final_key: str) -> None:
         """Fail early if ``final_key`` is taken and this writer may not replace it."""
         if not self.replace and self.store.has_table(final_key):
-            raise AlreadyExistsError(f"table {final_key!r} already exists (pass replace=True / --replace)")
+            raise AlreadyExistsError(
+                f"table {final_key!r} already exists (pass replace=True / --replace)")
 
     def _stage_key(self, final_key: str) -> str:
         check_key(final_key, internal=final_key.startswith("graph/"))
@@ -242,12 +249,35 @@ class GraphWriter:
             (self.store.root / rel).unlink(missing_ok=True)
 
     def _forget_readers(self, keys: Iterable[str]) -> None:
-        # Store caches one reader per key; a replaced or discarded table must not be read through it.
-        readers = getattr(self.store, "_readers", {})
+        # Store caches one reader per key: a replaced or discarded table must not be read again.
         for key in keys:
-            r = readers.pop(key, None)
-            if r is not None:
-                r.close()
+            self.store.forget_reader(key)
+
+
+def stale_staging(store: Store) -> list[str]:
+    """Keys of staged tables left by graph writers whose process is gone (a crash mid-ingest)."""
+    stale = []
+    for t in store.tables(include_internal=True):
+        parts = t["key"].split("/")
+        if parts[0] != "graph" or not parts[1].startswith("stage-"):
+            continue
+        try:
+            os.kill(int(parts[1].split("-")[1]), 0)
+        except ProcessLookupError:
+            stale.append(t["key"])
+        except (ValueError, IndexError, PermissionError):
+            continue
+    return stale
+
+
+def remove_stale_staging(store: Store) -> list[str]:
+    """Delete :func:`stale_staging` tables and their files (for ``gc``); returns their keys."""
+    store.require_writable()
+    gw = GraphWriter(store, replace=True)
+    keys = stale_staging(store)
+    gw.staged = {key: key for key in keys}
+    gw.discard()
+    return keys
 
 
 def make_graph_doc(*, num_nodes: int, num_edges: int, num_classes: int, num_labeled: int,
@@ -290,7 +320,8 @@ def build_csc(edge_chunks: EdgeChunks, num_nodes: int, store: Store,
     """
     n = _check_num_nodes(num_nodes)
     step = edge_step(n, memory_budget)
-    open_writer = table_writer or (lambda key, schema: store.table_writer(key, schema, internal=True))
+    open_writer = table_writer or (
+        lambda key, schema: store.table_writer(key, schema, internal=True))
     indptr = np.zeros(n + 1, dtype=np.int64)
     fp1 = _count_in_degrees(edge_chunks, n, step, indptr, progress)
     np.cumsum(indptr, out=indptr)
@@ -339,12 +370,13 @@ def _as_edge_arrays(src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray]:
     return s.astype(np.int64, copy=False), d.astype(np.int64, copy=False)
 
 
-def _check_ids(s: np.ndarray, d: np.ndarray, n: int, offset: int, where: str = "", unit: str = "edge") -> None:
+def _check_ids(s: np.ndarray, d: np.ndarray, n: int, offset: int, where: str = "",
+               unit: str = "edge") -> None:
     for name, a in (("source", s), ("destination", d)):
         if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
             i = int(np.flatnonzero((a < 0) | (a >= n))[0])
-            raise IdsOutOfRangeError(f"{where}{unit} {offset + i}: {name} id {int(a[i])} is outside [0, {n}) "
-                                     f"(num_nodes={n})")
+            raise IdsOutOfRangeError(f"{where}{unit} {offset + i}: {name} id {int(a[i])} "
+                                     f"is outside [0, {n}) (num_nodes={n})")
 
 
 def _fingerprint(s: np.ndarray, d: np.ndarray) -> tuple[int, int, int]:
@@ -391,7 +423,7 @@ def _add_counts(counts: np.ndarray, d: np.ndarray) -> None:
 
 def _place_sources(edge_chunks: EdgeChunks, step: int, indptr: np.ndarray, scratch: np.ndarray,
                    progress: Progress) -> tuple[int, int, int]:
-    """Pass 2: write each source at its destination's cursor (``indptr[:-1]``, advanced in place)."""
+    """Pass 2: put each source at its destination's cursor (``indptr[:-1]``, advanced in place)."""
     cursor = indptr[:-1]
     total = len(scratch)
     seen, fa, fb = 0, 0, 0
@@ -430,7 +462,8 @@ def _node_ranges(indptr: np.ndarray, step: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _sort_segments(vals: np.ndarray, deg: np.ndarray, n: int, dedup: bool) -> tuple[np.ndarray, np.ndarray]:
+def _sort_segments(vals: np.ndarray, deg: np.ndarray, n: int,
+                   dedup: bool) -> tuple[np.ndarray, np.ndarray]:
     """Sort each node's run of ``vals`` (runs given by ``deg``); optionally drop repeats."""
     seg = np.repeat(np.arange(len(deg), dtype=np.int64), deg)
     if len(deg) * n < (1 << 62):
@@ -458,7 +491,8 @@ def _write_indices(scratch: np.ndarray, indptr: np.ndarray, n: int, step: int, s
             if sort:
                 for a, b in ranges:
                     lo, hi = int(indptr[a]), int(indptr[b])
-                    vals, _ = _sort_segments(np.asarray(scratch[lo:hi]), np.diff(indptr[a : b + 1]), n, False)
+                    deg = np.diff(indptr[a : b + 1])
+                    vals, _ = _sort_segments(np.asarray(scratch[lo:hi]), deg, n, False)
                     write_rows(w, vals)
                     if progress:
                         progress(hi - lo)
@@ -473,7 +507,7 @@ def _write_indices(scratch: np.ndarray, indptr: np.ndarray, n: int, step: int, s
     out = lo = 0
     for a, b in ranges:
         hi = int(indptr[b])
-        deg = np.diff(np.concatenate(([lo], indptr[a + 1 : b + 1])))  # indptr[a] is already rewritten
+        deg = np.diff(np.concatenate(([lo], indptr[a + 1 : b + 1])))  # indptr[a] was rewritten
         vals, deg = _sort_segments(np.array(scratch[lo:hi]), deg, n, True)
         scratch[out : out + len(vals)] = vals
         indptr[a + 1 : b + 1] = out + np.cumsum(deg)
@@ -520,7 +554,7 @@ def _npy_layout(path: Path) -> tuple[np.dtype, tuple[int, ...], bool, int]:
 
 @dataclass(frozen=True)
 class NpyEdges:
-    """An edge list in a ``.npy`` file, 2×E or E×2, read in chunks with plain reads."""
+    """An edge list in a ``.npy`` file, 2xE or Ex2, read in chunks with plain reads."""
 
     path: Path
     dtype: np.dtype
@@ -530,7 +564,7 @@ class NpyEdges:
 
     @classmethod
     def open(cls, path: str | Path) -> NpyEdges:
-        """Parse the header. A 2×2 array is read as 2×E (row 0 sources, row 1 destinations)."""
+        """Parse the header. A 2x2 array is read as 2xE (row 0 sources, row 1 destinations)."""
         p = Path(path)
         dtype, shape, fortran, offset = _npy_layout(p)
         if len(shape) != 2 or 2 not in shape:
@@ -542,7 +576,7 @@ class NpyEdges:
         size = p.stat().st_size
         if size < offset + 2 * num_edges * dtype.itemsize:
             raise InvalidInputError(f"{p}: file is truncated ({size} bytes for {num_edges} edges)")
-        # C-order 2×E and Fortran E×2 keep the two id lists apart; the others interleave them
+        # C-order 2xE and Fortran Ex2 keep the two id lists apart; the others interleave them
         return cls(p, dtype, int(num_edges), interleaved=(two_by_e == fortran), offset=offset)
 
     def read(self, lo: int, hi: int, fd: int) -> tuple[np.ndarray, np.ndarray]:
@@ -603,7 +637,8 @@ def _labels_from_array(raw: np.ndarray, where: str) -> np.ndarray:
         raise SchemaMismatchError(f"{where}: labels must be integers, got dtype {a.dtype}")
     out = a.astype(np.int64)
     if out.size and int(out.min()) < -1:
-        raise InvalidInputError(f"{where}: label {int(out.min())} is negative (use -1 for unlabeled)")
+        raise InvalidInputError(
+            f"{where}: label {int(out.min())} is negative (use -1 for unlabeled)")
     return out
 
 
@@ -617,7 +652,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 
 
 def load_splits(path: str | Path, num_nodes: int) -> dict[str, np.ndarray]:
-    """Read a ``.npz`` with keys train/valid/test (``val`` also accepted): id lists or bool masks."""
+    """Read a ``.npz`` with keys train/valid/test (or ``val``): id lists or boolean masks."""
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"{p}: no such file")
@@ -644,7 +679,8 @@ def check_split(ids: Any, num_nodes: int, where: str) -> np.ndarray:
         raise SchemaMismatchError(f"{where}: expected a 1-D array of node ids, got shape {a.shape}")
     if a.dtype == np.bool_:
         if len(a) != num_nodes:
-            raise SchemaMismatchError(f"{where}: boolean mask of length {len(a)}, graph has {num_nodes} nodes")
+            raise SchemaMismatchError(
+                f"{where}: boolean mask of length {len(a)}, graph has {num_nodes} nodes")
         return np.flatnonzero(a).astype(np.int64)
     if a.size and not np.issubdtype(a.dtype, np.integer):
         raise SchemaMismatchError(f"{where}: node ids must be integers, got dtype {a.dtype}")
@@ -684,6 +720,10 @@ def _write_labels(gw: GraphWriter, chunks: Iterable[np.ndarray], num_nodes: int,
     return top + 1, labeled
 
 
+def _no_splits() -> dict[str, np.ndarray]:
+    return {k: np.empty(0, np.int64) for k in SPLITS}
+
+
 def _unlabeled_chunks(num_nodes: int, step: int) -> Iterator[np.ndarray]:
     for lo in range(0, num_nodes, step):
         yield np.full(min(step, num_nodes - lo), -1, dtype=np.int64)
@@ -694,7 +734,7 @@ def ingest_graph(store: Store, edges_path: str | Path, num_nodes: int | None = N
                  symmetric: bool = True, memory_budget: int = DEFAULT_BUDGET,
                  progress: Progress = None, *, dedup: bool = False, sort: bool = True,
                  replace: bool = False) -> dict[str, Any]:
-    """Ingest a graph from ``.npy`` edges (2×E or E×2), optional ``.npy`` labels and ``.npz`` splits.
+    """Ingest ``.npy`` edges (2xE or Ex2), optional ``.npy`` labels and ``.npz`` splits.
 
     ``num_nodes`` defaults to the number of labels, else to the largest edge id + 1.
     ``symmetric`` (default) also stores every edge reversed. Labels may be integers
@@ -706,14 +746,16 @@ def ingest_graph(store: Store, edges_path: str | Path, num_nodes: int | None = N
     edges = NpyEdges.open(edges_path)
     per = max(1, edge_step(num_nodes or 0, memory_budget) // (2 if symmetric else 1))
     labels = _load_npy(Path(labels_path), "labels") if labels_path is not None else None
-    if labels is not None and (labels.ndim not in (1, 2) or (labels.ndim == 2 and labels.shape[1] != 1)):
-        raise SchemaMismatchError(f"{labels_path}: labels must have shape (N,) or (N, 1), got {labels.shape}")
+    if labels is not None and not (labels.ndim == 1 or (labels.ndim == 2 and labels.shape[1] == 1)):
+        raise SchemaMismatchError(
+            f"{labels_path}: labels must have shape (N,) or (N, 1), got {labels.shape}")
     if num_nodes is None:
         num_nodes = len(labels) if labels is not None else edges.max_id(per) + 1
     n = _check_num_nodes(num_nodes)
     if labels is not None and len(labels) != n:
-        raise SchemaMismatchError(f"{labels_path}: {len(labels)} labels, but the graph has {n} nodes")
-    splits = load_splits(split_path, n) if split_path is not None else {k: np.empty(0, np.int64) for k in SPLITS}
+        raise SchemaMismatchError(
+            f"{labels_path}: {len(labels)} labels, but the graph has {n} nodes")
+    splits = load_splits(split_path, n) if split_path is not None else _no_splits()
     with GraphWriter(store, replace=replace) as gw:
         step = max(MIN_STEP, memory_budget // 32)
         if labels is not None:
@@ -725,13 +767,14 @@ def ingest_graph(store: Store, edges_path: str | Path, num_nodes: int | None = N
             num_classes, num_labeled = _write_labels(gw, _unlabeled_chunks(n, step), n, None)
         for name in SPLITS:
             gw.write(SPLIT_KEYS[name], splits[name])
-        stored = build_csc(edges.chunks(per, symmetric, n), n, store, memory_budget, sort=sort, dedup=dedup,
-                           progress=progress, table_writer=gw.writer)
+        stored = build_csc(edges.chunks(per, symmetric, n), n, store, memory_budget, sort=sort,
+                           dedup=dedup, progress=progress, table_writer=gw.writer)
         doc = make_graph_doc(
             num_nodes=n, num_edges=stored, num_classes=num_classes, num_labeled=num_labeled,
             split_sizes={k: len(v) for k, v in splits.items()}, source="edges",
             params={"edges": str(edges_path), "labels": str(labels_path) if labels_path else None,
-                    "splits": str(split_path) if split_path else None, "input_edges": edges.num_edges},
+                    "splits": str(split_path) if split_path else None,
+                    "input_edges": edges.num_edges},
             symmetric=symmetric, sorted_=sort, dedup=dedup)
         gw.publish(doc)
     return doc
@@ -821,7 +864,8 @@ def _find_split_dir(root: Path, split: str | None) -> Path | None:
     names = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     if split is not None:
         if split not in names:
-            raise InvalidInputError(f"{root}: no split {split!r} (found {', '.join(names) or 'none'})")
+            found = ", ".join(names) or "none"
+            raise InvalidInputError(f"{root}: no split {split!r} (found {found})")
         return base / split
     if len(names) > 1:
         raise InvalidInputError(f"{root}: several splits ({', '.join(names)}); choose one")
@@ -833,8 +877,8 @@ def _ogb_num_nodes(f: OgbFolder) -> int:
         parts = [a.reshape(-1) for a in iter_csv(f.num_node_list, np.int64)]
         vals = np.concatenate(parts) if parts else np.empty(0, np.int64)
         if len(vals) != 1:
-            raise InvalidInputError(f"{f.num_node_list}: expected one node count, found {len(vals)} values "
-                                    "(heterogeneous graphs are not supported)")
+            raise InvalidInputError(f"{f.num_node_list}: expected one node count, found "
+                                    f"{len(vals)} values (heterogeneous graphs are not supported)")
         return _check_num_nodes(int(vals[0]))
     for p in (f.labels, f.feat):
         if p is not None:
@@ -850,7 +894,8 @@ def _csv_max_id(path: Path) -> int:
     return top
 
 
-def _csv_edges(path: Path, symmetric: bool, num_nodes: int, progress: Progress = None) -> EdgeChunks:
+def _csv_edges(path: Path, symmetric: bool, num_nodes: int,
+               progress: Progress = None) -> EdgeChunks:
     def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         line = 1
         for a in iter_csv(path, np.int64):
@@ -866,14 +911,15 @@ def _csv_edges(path: Path, symmetric: bool, num_nodes: int, progress: Progress =
 
 def _ogb_splits(f: OgbFolder, n: int) -> dict[str, np.ndarray]:
     if f.split_dir is None:
-        return {k: np.empty(0, np.int64) for k in SPLITS}
+        return _no_splits()
     out = {}
     for name in SPLITS:
         p = f.split_dir / f"{name}.csv.gz"
         if not p.exists():
             raise InvalidInputError(f"{f.split_dir}: missing {name}.csv.gz")
         parts = [a.reshape(-1) for a in iter_csv(p, np.int64)]
-        out[name] = check_split(np.concatenate(parts) if parts else np.empty(0, np.int64), n, str(p))
+        ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        out[name] = check_split(ids, n, str(p))
     return out
 
 
@@ -888,7 +934,8 @@ def _ogb_features(gw: GraphWriter, path: Path, n: int, feat_key: str, progress: 
     with gw.writer(feat_key, Schema("float32", n, dim)) as w:
         for a in itertools.chain([first], chunks):
             if a.shape[1] != dim:
-                raise SchemaMismatchError(f"{path}: line {rows + 1} has {a.shape[1]} values, expected {dim}")
+                raise SchemaMismatchError(
+                    f"{path}: line {rows + 1} has {a.shape[1]} values, expected {dim}")
             if rows + len(a) > n:
                 raise SchemaMismatchError(f"{path}: more feature rows than nodes ({n})")
             w.write(a)
@@ -903,7 +950,8 @@ def _ogb_features(gw: GraphWriter, path: Path, n: int, feat_key: str, progress: 
 def _ogb_labels(path: Path, progress: Progress) -> Iterator[np.ndarray]:
     for a in iter_csv(path, np.float64):
         if a.shape[1] != 1:
-            raise SchemaMismatchError(f"{path}: expected one label per line, got {a.shape[1]} columns")
+            raise SchemaMismatchError(
+                f"{path}: expected one label per line, got {a.shape[1]} columns")
         if progress:
             progress(len(a))
         yield _labels_from_array(a.reshape(-1), str(path))
@@ -911,7 +959,8 @@ def _ogb_labels(path: Path, progress: Progress) -> Iterator[np.ndarray]:
 
 def ingest_ogb(store: Store, folder: str | Path, memory_budget: int = DEFAULT_BUDGET,
                progress: Progress = None, *, symmetric: bool = True, split: str | None = None,
-               feat_key: str = "node/_/feat", dedup: bool = False, replace: bool = False) -> dict[str, Any]:
+               feat_key: str = "node/_/feat", dedup: bool = False,
+               replace: bool = False) -> dict[str, Any]:
     """Ingest an OGB node-property-prediction folder (``raw/*.csv.gz``, ``split/<name>/*.csv.gz``).
 
     Reads ``raw/edge.csv.gz`` (required), ``raw/node-feat.csv.gz`` (-> table

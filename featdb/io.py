@@ -77,8 +77,12 @@ class ChecksumWriter:
         self.size = 0
 
     def write(self, data: bytes | memoryview | np.ndarray) -> int:
-        mv = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else memoryview(data).cast("B")
         offset = self.size
+        if isinstance(data, np.ndarray):
+            if data.size == 0:
+                return offset
+            data = np.ascontiguousarray(data)
+        mv = memoryview(data).cast("B")
         self._f.write(mv)
         self.size += len(mv)
         self._checksum(mv)
@@ -266,12 +270,23 @@ def _split_runs(starts: np.ndarray, lengths: np.ndarray, cap: int) -> tuple[np.n
 
 
 def gather_rows(buf: mmap.mmap | memoryview, pos: np.ndarray, row_bytes: int, out: np.ndarray) -> None:
-    """Copy ``row_bytes`` at each byte position of ``buf`` into the rows of ``out`` (uint8 2-D)."""
-    u = np.frombuffer(buf, dtype=np.uint8)
+    """Copy ``row_bytes`` at each byte position of ``buf`` into the rows of ``out`` (uint8 2-D).
+
+    Rows are gathered through an overlapping strided view of the buffer in the
+    widest word that divides every position and the row size. (``np.take`` would
+    first copy that whole view, so fancy indexing is used instead.)
+    """
     if len(pos) == 0:
         return
-    windows = np.lib.stride_tricks.as_strided(u, shape=(len(u) - row_bytes + 1, row_bytes), strides=(1, 1))
-    np.take(windows, pos, axis=0, out=out)
+    word = 8
+    low_bits = int(np.bitwise_or.reduce(pos)) | row_bytes
+    while word > 1 and low_bits & (word - 1):
+        word //= 2
+    u = np.frombuffer(buf, dtype=np.dtype(f"u{word}"))
+    n = row_bytes // word
+    windows = np.lib.stride_tricks.as_strided(u, shape=(len(u) - n + 1, n), strides=(word, word),
+                                              writeable=False)
+    out.view(np.dtype(f"u{word}"))[...] = windows[pos // word]
 
 
 def iter_chunks(total: int, chunk: int) -> Iterator[tuple[int, int]]:

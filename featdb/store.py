@@ -154,7 +154,7 @@ class Store:
             return None
 
         old_rel = self.catalog.write(txn)
-        self._readers.pop(key, None)
+        self.forget_reader(key)
         if old_rel:
             (self.root / old_rel).unlink(missing_ok=True)
 
@@ -181,6 +181,12 @@ class Store:
             r = TableReader(self.root / info["file"], direct=self.direct)
             self._readers[key] = r
         return r
+
+    def forget_reader(self, key: str) -> None:
+        """Close the cached reader of ``key`` (after its table was replaced or removed)."""
+        r = self._readers.pop(key, None)
+        if r is not None:
+            r.close()
 
     def read(self, key: str, ids: Any) -> np.ndarray:
         """Rows of table ``key`` in the order of ``ids`` (duplicates allowed, any length)."""

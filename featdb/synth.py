@@ -92,7 +92,7 @@ class SynthModel:
 
 
 def node_labels(model: SynthModel, seed: int, label_noise: float, lo: int, hi: int) -> np.ndarray:
-    """Labels of nodes ``[lo, hi)``: the community class, randomised for a ``label_noise`` fraction."""
+    """Labels of nodes ``[lo, hi)``: the community class, random for a ``label_noise`` share."""
     out = model.community_class(lo, hi)
     if label_noise <= 0:
         return out
@@ -151,7 +151,8 @@ def block_edges(model: SynthModel, seed: int, block: int, avg_degree: float,
     mean = avg_degree / 2.0
     xm = mean * (DEGREE_EXPONENT - 1.0) / DEGREE_EXPONENT
     x = xm * (1.0 - rng.random(hi - lo)) ** (-1.0 / DEGREE_EXPONENT)
-    deg = np.minimum(np.floor(x + rng.random(hi - lo)), max(1.0, DEGREE_CAP * mean)).astype(np.int64)
+    cap = max(1.0, DEGREE_CAP * mean)
+    deg = np.minimum(np.floor(x + rng.random(hi - lo)), cap).astype(np.int64)
     src = np.repeat(np.arange(lo, hi, dtype=np.int64), deg)
     comm = np.repeat(model.community_of(np.arange(lo, hi, dtype=np.int64)), deg)
     m = len(src)
@@ -193,7 +194,8 @@ def block_splits(model: SynthModel, seed: int, block: int,
 def _check(nodes: int, avg_degree: float, dim: int, classes: int, homophily: float, noise: float,
            fracs: tuple[float, float, float], label_noise: float) -> None:
     if nodes < 1 or dim < 1 or classes < 1:
-        raise InvalidInputError(f"nodes, dim and classes must be >= 1 (got {nodes}, {dim}, {classes})")
+        raise InvalidInputError(
+            f"nodes, dim and classes must be >= 1 (got {nodes}, {dim}, {classes})")
     if classes > nodes:
         raise InvalidInputError(f"{classes} classes need at least as many nodes (got {nodes})")
     if avg_degree < 0 or noise < 0:
@@ -240,16 +242,18 @@ def synth(store: Store, nodes: int, avg_degree: float = 15.0, dim: int = 128, cl
                     progress(min(nodes, (b + 1) * EDGE_BLOCK) - b * EDGE_BLOCK)
                 yield np.concatenate((s, d)), np.concatenate((d, s))
 
-        stored = build_csc(edge_chunks, nodes, store, memory_budget, dedup=True, table_writer=gw.writer)
+        stored = build_csc(edge_chunks, nodes, store, memory_budget, dedup=True,
+                           table_writer=gw.writer)
         params = {"nodes": nodes, "avg_degree": avg_degree, "dim": dim, "classes": classes,
                   "homophily": homophily, "noise": noise, "seed": seed, "train_frac": train_frac,
-                  "valid_frac": valid_frac, "test_frac": test_frac, "community_size": community_size,
-                  "label_noise": label_noise,
+                  "valid_frac": valid_frac, "test_frac": test_frac,
+                  "community_size": community_size, "label_noise": label_noise,
                   "communities": len(model.comm_class), "dtype": np_dtype.name,
                   "seconds": round(time.perf_counter() - started, 3)}
-        doc = make_graph_doc(num_nodes=nodes, num_edges=stored, num_classes=classes, num_labeled=nodes,
-                             split_sizes=sizes, source="synth", params=params, symmetric=True,
-                             sorted_=True, dedup=True, features=feat_key, feat_dim=dim)
+        doc = make_graph_doc(num_nodes=nodes, num_edges=stored, num_classes=classes,
+                             num_labeled=nodes, split_sizes=sizes, source="synth",
+                             params=params, symmetric=True, sorted_=True, dedup=True,
+                             features=feat_key, feat_dim=dim)
         gw.publish(doc)
     return doc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ from featdb.graph import (
     ingest_graph,
     ingest_ogb,
     load_graph,
+    remove_stale_staging,
+    stale_staging,
 )
 
 
@@ -37,7 +40,8 @@ def store(tmp_path: Path) -> Any:
         yield s
 
 
-def reference_csc(src: np.ndarray, dst: np.ndarray, n: int, dedup: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def reference_csc(src: np.ndarray, dst: np.ndarray, n: int,
+                  dedup: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """CSC by plain sorting: order edges by (dst, src)."""
     order = np.lexsort((src, dst))
     s, d = src[order], dst[order]
@@ -76,7 +80,8 @@ def test_csc_matches_reference(store: Any, seed: int, dedup: bool) -> None:
     e = int(rng.integers(0, 4000))
     hot = rng.integers(0, n, max(1, n // 10))  # repeats and skew: duplicates guaranteed
     src = np.where(rng.random(e) < 0.3, rng.choice(hot, e), rng.integers(0, n, e))
-    dst = np.where(rng.random(e) < 0.3, rng.choice(hot, e), rng.integers(0, n // 2 + 1, e))  # isolated tail
+    tail = rng.integers(0, n // 2 + 1, e)  # above n/2, only `hot` nodes get edges: isolated ones
+    dst = np.where(rng.random(e) < 0.3, rng.choice(hot, e), tail)
     stored = build_csc(chunked(src, dst, 333), n, store, memory_budget=1, dedup=dedup)
     indptr, indices = read_csc(store)
     ref_ptr, ref_idx = reference_csc(src, dst, n, dedup)
@@ -93,11 +98,12 @@ def test_tiny_budget_equals_big_budget(tmp_path: Path) -> None:
     for i, budget in enumerate((1, 1 << 30)):
         with featdb.create(tmp_path / f"s{i}") as s:
             for dedup in (False, True):
-                keys = {"indptr_key": f"graph/t{int(dedup)}/indptr", "indices_key": f"graph/t{int(dedup)}/indices"}
+                keys = {"indptr_key": f"graph/t{int(dedup)}/indptr",
+                        "indices_key": f"graph/t{int(dedup)}/indices"}
                 build_csc(chunked(src, dst, 7000), n, s, memory_budget=budget, dedup=dedup, **keys)
                 results.append((s.read_all(keys["indptr_key"]), s.read_all(keys["indices_key"])))
             assert not any((s.root / "tmp").iterdir())  # the scratch file is gone
-    for a, b in zip(results[:2], results[2:]):
+    for a, b in zip(results[:2], results[2:], strict=True):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
 
@@ -114,7 +120,8 @@ def test_unsorted_keeps_input_order(store: Any) -> None:
 def test_progress_counts_every_phase(store: Any) -> None:
     src, dst = np.arange(5000) % 97, np.arange(5000) % 89
     seen: list[int] = []
-    build_csc(chunked(src, dst, 1000), 100, store, memory_budget=1, progress=seen.append, dedup=True)
+    build_csc(chunked(src, dst, 1000), 100, store, memory_budget=1, progress=seen.append,
+              dedup=True)
     assert sum(seen) == CSC_PHASES * 5000
 
 
@@ -207,7 +214,8 @@ def test_float_labels_nan_and_mask_splits(tmp_path: Path, store: Any) -> None:
     np.save(tmp_path / "y.npy", np.array([[1.0], [np.nan], [0.0], [3.0]]))
     np.savez(tmp_path / "s.npz", train=np.array([True, False, True, False]), val=np.array([3]),
              test=np.array([], dtype=np.int64))
-    doc = ingest_graph(store, tmp_path / "e.npy", labels_path=tmp_path / "y.npy", split_path=tmp_path / "s.npz")
+    doc = ingest_graph(store, tmp_path / "e.npy", labels_path=tmp_path / "y.npy",
+                       split_path=tmp_path / "s.npz")
     g = load_graph(store, mmap=True)
     np.testing.assert_array_equal(g.labels, [1, -1, 0, 3])
     np.testing.assert_array_equal(g.train, [0, 2])
@@ -281,6 +289,31 @@ def test_existing_graph_needs_replace(tmp_path: Path, store: Any) -> None:
     assert store.verify() == []
 
 
+def test_failure_midway_removes_staged_tables(tmp_path: Path, store: Any) -> None:
+    np.save(tmp_path / "e.npy", np.arange(20000).reshape(2, -1) % 97)
+    before = snapshot(store)
+    calls: list[int] = []
+
+    def boom(k: int) -> None:
+        calls.append(k)
+        if len(calls) == 12:  # labels and splits are staged, the CSC is half built
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_graph(store, tmp_path / "e.npy", memory_budget=1, progress=boom)
+    assert snapshot(store) == before
+
+
+def test_stale_staging_is_removable(tmp_path: Path, store: Any) -> None:
+    store.write_table("graph/stage-999999999-1/0", np.zeros((4, 1), np.int64), internal=True)
+    live = f"graph/stage-{os.getpid()}-2/0"
+    store.write_table(live, np.zeros((4, 1), np.int64), internal=True)
+    assert stale_staging(store) == ["graph/stage-999999999-1/0"]
+    assert remove_stale_staging(store) == ["graph/stage-999999999-1/0"]
+    assert [t["key"] for t in store.tables(include_internal=True)] == [live]
+    assert len(list((store.root / "tables").iterdir())) == 1
+
+
 def test_load_graph_without_graph(store: Any) -> None:
     with pytest.raises(GraphNotFoundError):
         load_graph(store)
@@ -309,9 +342,10 @@ def make_ogb(root: Path, with_count: bool = True) -> dict[str, Any]:
     feat = rng.standard_normal((n, 5)).astype(np.float32)
     labels = rng.integers(0, 4, n).astype(float)
     labels[[3, 7]] = np.nan
-    write_gz(root / "raw/edge.csv.gz", [f"{a},{b}" for a, b in zip(src, dst)])
+    write_gz(root / "raw/edge.csv.gz", [f"{a},{b}" for a, b in zip(src, dst, strict=True)])
     write_gz(root / "raw/node-feat.csv.gz", [",".join(f"{v:.9g}" for v in row) for row in feat])
-    write_gz(root / "raw/node-label.csv.gz", ["nan" if np.isnan(v) else str(int(v)) for v in labels])
+    write_gz(root / "raw/node-label.csv.gz",
+             ["nan" if np.isnan(v) else str(int(v)) for v in labels])
     if with_count:
         write_gz(root / "raw/num-node-list.csv.gz", [str(n)])
     splits = {"train": np.arange(10, 30), "valid": np.arange(30, 35), "test": np.arange(35, 40)}
@@ -349,7 +383,7 @@ def test_ingest_ogb_errors_change_nothing(tmp_path: Path, store: Any) -> None:
     make_ogb(root)
     before = snapshot(store)
     (root / "split/time/test.csv.gz").unlink()
-    with pytest.raises(InvalidInputError, match="test.csv.gz"):
+    with pytest.raises(InvalidInputError, match=r"test\.csv\.gz"):
         ingest_ogb(store, root)
     assert snapshot(store) == before
     write_gz(root / "split/time/test.csv.gz", ["1", "x"])
@@ -363,7 +397,7 @@ def test_ingest_ogb_errors_change_nothing(tmp_path: Path, store: Any) -> None:
     with pytest.raises(InvalidInputError):
         ingest_ogb(store, root, memory_budget=1)
     assert snapshot(store) == before
-    with pytest.raises(InvalidInputError, match="no raw/edge.csv.gz"):
+    with pytest.raises(InvalidInputError, match=r"no raw/edge\.csv\.gz"):
         ingest_ogb(store, tmp_path)
     write_gz(root / "split/other/train.csv.gz", ["1"])
     with pytest.raises(InvalidInputError, match="several splits"):

@@ -101,6 +101,9 @@ def gc(store: str, sample_sets: tuple[str, ...], as_json: bool, quiet: bool) -> 
         res = generation.collect(st)
         res["sample_sets"] = removed_sets
         res["orphans"] = _drop_orphans(st)
+        from ..graph import remove_stale_staging
+
+        res["stale_graph_staging"] = remove_stale_staging(st)
     emit(as_json, res, None if quiet else
          f"removed generations: {res['removed'] or 'none'}; pinned (kept): {res['pinned'] or 'none'}; "
          f"sample sets: {removed_sets or 'none'}")
