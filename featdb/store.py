@@ -32,6 +32,7 @@ from .tables import Schema, TableReader, TableWriter
 FORMAT_VERSION = 1
 KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
 RESERVED_DOMAINS = ("graph",)
+READ_THREADS = 16  # concurrent page-run reads per table: the queue depth random reads need
 
 
 def check_key(key: str, internal: bool = False) -> str:
@@ -77,6 +78,7 @@ class Store:
         self._readers: dict[str, TableReader] = {}
         self._pid = os.getpid()
         self.direct = True
+        self.read_threads = READ_THREADS
 
     # -- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> Store:
@@ -178,7 +180,7 @@ class Store:
         r = self._readers.get(key)
         if r is None:
             info = self.table_info(key)
-            r = TableReader(self.root / info["file"], direct=self.direct)
+            r = TableReader(self.root / info["file"], direct=self.direct, threads=self.read_threads)
             self._readers[key] = r
         return r
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .common import cli
-from . import demo, graph_cmds, layout_cmds, store_cmds  # noqa: F401,E402 - registers commands
+from . import bench_cmds, demo, graph_cmds, layout_cmds, store_cmds  # noqa: F401,E402 - registers commands
 
 __all__ = ["cli", "main"]
 
