@@ -77,8 +77,9 @@ def sequential_bandwidth(path: Path, piece: int = 4 << 20, threads: int = 4, lim
                 for i, off in enumerate(range(0, size, piece))]
         n = sum(x.result() for x in futs)
     secs = time.perf_counter() - t
+    mode = f.mode
     f.close()
-    return {"bytes": n, "seconds": round(secs, 3), "mib_per_s": round(n / secs / 2**20, 1), "io": f.mode}
+    return {"bytes": n, "seconds": round(secs, 3), "mib_per_s": round(n / secs / 2**20, 1), "io": mode}
 
 
 def serve_epoch(store: Store, epoch: int = 0, queue_depth: int = 4) -> dict[str, Any]:
@@ -111,3 +112,42 @@ def serve_epoch(store: Store, epoch: int = 0, queue_depth: int = 4) -> dict[str,
             "l4_over_sequential": round(l4["bytes_read"] / secs / 2**20 / seq["mib_per_s"], 3)
             if l4["bytes_read"] else None,
             "read_amplification": stats["read_amplification"]}
+
+
+def sequential_write(path: Path, nbytes: int, piece: int = 8 << 20) -> dict[str, Any]:
+    """Write ``nbytes`` sequentially with buffered writes, then fsync (how the packer writes)."""
+    import os
+
+    buf = bytes(piece)
+    t = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        done = 0
+        while done < nbytes:
+            done += os.write(fd, buf[: min(piece, nbytes - done)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    secs = time.perf_counter() - t
+    return {"bytes": nbytes, "seconds": round(secs, 3), "mib_per_s": round(nbytes / secs / 2**20, 1)}
+
+
+def pack_ratio(store: Store, sample_set: str, table: str, budgets: Any, memory_budget: int) -> dict[str, Any]:
+    """Packing time against reading the base table once plus writing the packed bytes once."""
+    from .layout.pack import pack
+
+    base = store.root / store.table_info(table)["file"]
+    plan = pack(store, sample_set, table, budgets, memory_budget, dry_run=True)
+    packed_bytes = int(plan["predictions"]["l3_l4_bytes"]) + (plan["l1_rows"] + plan["l2_rows"]) * plan["row_bytes"]
+    read = sequential_bandwidth(base, piece=8 << 20, threads=2)
+    write = sequential_write(store.root / "bench-write.tmp", packed_bytes)
+    drop_page_cache(base)
+    t = time.perf_counter()
+    doc = pack(store, sample_set, table, budgets, memory_budget)
+    secs = time.perf_counter() - t
+    io_s = read["seconds"] + write["seconds"]
+    return {"table_bytes": base.stat().st_size, "packed_bytes": packed_bytes, "blowup": doc["blowup"],
+            "read_once": read, "write_once": write, "pack_s": round(secs, 3), "plan_s": doc["plan_s"],
+            "io_floor_s": round(io_s, 3), "pack_over_io": round(secs / io_s, 3), "generation": doc["id"],
+            "memory_budget": memory_budget}

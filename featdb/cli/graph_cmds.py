@@ -14,7 +14,7 @@ from .store_cmds import open_or_create
 def _summary(doc: dict, started: float) -> dict:
     return {"num_nodes": doc["num_nodes"], "num_edges": doc["num_edges"],
             "num_classes": doc.get("num_classes"), "seconds": round(time.perf_counter() - started, 2),
-            **{f"{k}_size": doc.get(f"{k}_size", doc.get("splits", {}).get(k)) for k in ("train", "valid", "test")}}
+            **{f"num_{k}": doc.get(f"num_{k}") for k in ("train", "valid", "test")}}
 
 
 @cli.command("ingest-graph")

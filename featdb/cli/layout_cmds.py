@@ -37,7 +37,7 @@ def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, se
     cfg = SampleConfig(name, parse_fanouts(fanouts), batch_size, epochs, seed, split)
     with store_mod.open(store, mode="a") as st:
         cfg.validate()
-        n = int(graph_info(st).get(f"{split}_size", 0) or 0)
+        n = int(graph_info(st).get(f"num_{split}", 0) or 0)
         total = -(-n // max(1, batch_size)) * epochs
         with progress(total, f"sample {name}", as_json or quiet) as bar:
             doc = run_sample(st, cfg, progress=bar)

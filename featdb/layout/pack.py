@@ -18,7 +18,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter
 from . import generation
-from .plan import Budgets, Placement, SegmentPlan, assign_segment, plan
+from .plan import Budgets, Placement, Predictor, SegmentPlan, assign_segment, plan
 
 Progress = Callable[[int], None] | None
 BATCH_COLS = 8  # n4, n3, n2, n1, l4_offset, l4_crc, map_offset, segment
@@ -65,25 +65,41 @@ def pack(store: Store, sample_set: str, table: str, budgets: Budgets,
         if ss.num_nodes != schema.rows:
             raise SchemaMismatchError(f"sample set {sample_set!r} covers {ss.num_nodes:,} nodes, "
                                       f"table {table!r} has {schema.rows:,} rows")
-        if memory_budget < 4 * schema.row_bytes + (8 << 20):
-            raise ConfigError(f"memory budget {memory_budget} bytes is too small to pack (need >= 8 MiB)")
+        work = working_budget(memory_budget, ss.num_nodes, schema.row_bytes)
         started = time.perf_counter()
-        placement = plan(ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets)
+        placement = plan(ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets,
+                         predict_costs=dry_run)
         plan_s = time.perf_counter() - started
-        doc = _doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
-        doc["table_file"] = store.table_info(table)["file"]
         if dry_run:
-            return doc | {"dry_run": True}
+            return _doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s) | {"dry_run": True}
         gen_id = generation.new_id()
         tmp = generation.partial_dir(store, gen_id)
         try:
-            files = _write(store, ss, placement, schema, table, tmp, memory_budget, progress)
+            acc = Predictor(placement)
+            files = _write(store, ss, placement, schema, table, tmp, work, progress, acc)
+            placement = replace(placement, predictions=placement.predictions | acc.result())
+            doc = _doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
+            doc["table_file"] = store.table_info(table)["file"]
             doc["pack_s"] = round(time.perf_counter() - started, 3)
             generation.publish(store, gen_id, tmp, doc, files)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return doc | {"id": gen_id}
+
+
+PER_NODE_BYTES = 4 + 1 + 4 + 4  # read counts, tier map, L3 position scratch, trace-pass marks
+MIN_WORK = 8 << 20
+
+
+def working_budget(memory_budget: int, num_nodes: int, row_bytes: int) -> int:
+    """What is left of the budget for chunks and scatter lists once per-node arrays are paid for."""
+    work = memory_budget - num_nodes * PER_NODE_BYTES - (48 << 20)  # interpreter and libraries
+    if work < max(MIN_WORK, 16 * row_bytes):
+        need = num_nodes * PER_NODE_BYTES + (48 << 20) + max(MIN_WORK, 16 * row_bytes)
+        raise ConfigError(f"--memory-budget {memory_budget:,} bytes is too small to pack {num_nodes:,} nodes: "
+                          f"it needs at least {need:,} bytes ({need >> 20} MiB)")
+    return work
 
 
 def _doc(p: Placement, sample_set: str, table: str, schema: Schema, b: Budgets,
@@ -102,11 +118,11 @@ def _doc(p: Placement, sample_set: str, table: str, schema: Schema, b: Budgets,
 
 
 def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str, tmp: Path,
-           memory_budget: int, progress: Progress) -> dict[str, dict[str, Any]]:
+           memory_budget: int, progress: Progress, acc: Predictor) -> dict[str, dict[str, Any]]:
     rb = schema.row_bytes
     id_dt = np.dtype("<i4") if p.num_nodes < 2**31 else np.dtype("<i8")
     tier = p.tier_map()
-    scratch = np.full(p.num_nodes, -1, dtype=np.int64)
+    scratch = np.full(p.num_nodes, -1, dtype=np.int32)
     batches = np.zeros((p.num_batches, BATCH_COLS), dtype=np.int64)
     segs = np.zeros((len(p.segments()), SEG_COLS), dtype=np.int64)
     reader = TableReader(store.root / store.table_info(table)["file"], direct=store.direct)
@@ -121,10 +137,11 @@ def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str
             hot: _HotWriters | None = hot_all
             for si, (lo, hi) in enumerate(p.segments()):
                 sp = assign_segment(p, lo, list(ss.inputs_of(range(lo, hi))), tier, scratch)
+                acc.add(sp)
                 _record_segment(sp, si, batches, segs, mapw, group, cursor, rb, id_dt)
                 if progress:
                     progress(hi - lo)
-                if group.bytes > memory_budget // 2:
+                if group.bytes > memory_budget * 2 // 5:
                     _base_pass(reader, group, hot, fd4, fd3, batches, segs, memory_budget, progress)
                     group, hot = _Group(), None
             if not group.empty() or hot is not None:
@@ -217,7 +234,7 @@ def _base_pass(reader: TableReader, g: _Group, hot: _HotWriters | None, fd4: int
     src, dst, ext = _l4_targets(g, rb)
     l3src, l3row, l3buf = _l3_targets(g, rb)
     crc = {b: 0 for b in g.l4_batch}
-    chunk_rows = max(1, (memory_budget // 4) // rb)
+    chunk_rows = max(1, (memory_budget // 5) // rb)  # two read buffers, the chunk's gathered copy, slack
     for lo, hi, chunk in _chunks(reader, chunk_rows):
         a, b = np.searchsorted(src, [lo, hi])
         if b > a:

@@ -119,7 +119,7 @@ def hot_sets(counts: np.ndarray, row_bytes: int, budgets: Budgets) -> tuple[np.n
 
 def stored_rows(trace: Trace, num_batches: int, tier: np.ndarray, seg_len: int) -> int:
     """Rows stored in L3 + L4 for a segment length: each segment stores its distinct cold rows once."""
-    last = np.full(len(tier), -1, dtype=np.int32)
+    last = np.full(len(tier), -1, dtype=np.int32)  # per node: the last segment that stored it
     total = 0
     for b, ids in enumerate(trace(range(num_batches))):
         cold = ids[tier[ids] == L4]
@@ -160,8 +160,12 @@ def choose_segment_len(trace: Trace, num_batches: int, tier: np.ndarray, cap: fl
 
 
 def plan(counts: np.ndarray, trace: Trace, num_batches: int, row_bytes: int,
-         budgets: Budgets) -> Placement:
-    """Plan a layout and predict what serving it will cost."""
+         budgets: Budgets, predict_costs: bool = True) -> Placement:
+    """Plan a layout and (unless ``predict_costs`` is false) predict what serving it will cost.
+
+    The packer passes ``predict_costs=False`` and accumulates the same
+    predictions with a :class:`Predictor` during its own pass over the segments.
+    """
     budgets.validate()
     num_nodes = len(counts)
     l1, l2 = hot_sets(counts, row_bytes, budgets)
@@ -171,7 +175,7 @@ def plan(counts: np.ndarray, trace: Trace, num_batches: int, row_bytes: int,
         seg_len, tried = choose_segment_len(trace, num_batches, placement.tier_map(),
                                             budgets.max_blowup, num_nodes)
     placement = Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, seg_len, budgets.seed)
-    preds = predict(placement, trace)
+    preds = predict(placement, trace) if predict_costs else {}
     preds["segment_blowups_tried"] = {str(k): round(v, 4) for k, v in sorted(tried.items())}
     return Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, seg_len,
                      budgets.seed, preds)
@@ -233,30 +237,42 @@ def _assign_batch(p: Placement, ids: np.ndarray, tier: np.ndarray, l3pos: np.nda
                      np.searchsorted(p.l2_ids, ids[p2]), np.searchsorted(p.l1_ids, ids[p1]))
 
 
-def predict(p: Placement, trace: Trace) -> dict[str, Any]:
-    """Blowup, bytes read per epoch and read amplification of serving every batch once."""
-    tier = p.tier_map()
-    scratch = np.full(p.num_nodes, -1, dtype=np.int64)
-    rb = p.row_bytes
-    stored = disk_rows = disk_bytes = 0
-    rows = {"l1": 0, "l2": 0, "l3": 0, "l4": 0}
-    for lo, hi in p.segments():
-        seg = assign_segment(p, lo, list(trace(range(lo, hi))), tier, scratch)
-        stored += len(seg.l3_ids) + sum(bp.n4 for bp in seg.batches)
+class Predictor:
+    """Accumulates blowup, rows per tier and disk bytes over segment plans as they are made."""
+
+    def __init__(self, p: Placement) -> None:
+        self.p = p
+        self.stored = self.disk_rows = self.disk_bytes = 0
+        self.rows = {"l1": 0, "l2": 0, "l3": 0, "l4": 0}
+
+    def add(self, seg: SegmentPlan) -> None:
+        rb = self.p.row_bytes
+        self.stored += len(seg.l3_ids) + sum(bp.n4 for bp in seg.batches)
         for bp in seg.batches:
-            rows["l1"] += bp.n1
-            rows["l2"] += bp.n2
-            rows["l3"] += bp.n3
-            rows["l4"] += bp.n4
-            disk_rows += bp.n3 + bp.n4
-            disk_bytes += round_up(bp.n4 * rb) + _pages_touched(bp.l3_rows, rb, p.packs) * PAGE
-    total = sum(rows.values())
-    return {"blowup": round(stored / p.num_nodes, 4) if p.num_nodes else 0.0,
-            "stored_rows": stored, "l3_l4_bytes": stored * rb,
-            "rows_per_tier": rows, "requested_rows": total,
-            "hit_rate": {k: round(v / total, 4) if total else 0.0 for k, v in rows.items()},
-            "disk_bytes_per_pass": disk_bytes,
-            "predicted_amplification": round(disk_bytes / (disk_rows * rb), 4) if disk_rows else 0.0}
+            for tier, n in (("l1", bp.n1), ("l2", bp.n2), ("l3", bp.n3), ("l4", bp.n4)):
+                self.rows[tier] += n
+            self.disk_rows += bp.n3 + bp.n4
+            self.disk_bytes += round_up(bp.n4 * rb) + _pages_touched(bp.l3_rows, rb, self.p.packs) * PAGE
+
+    def result(self) -> dict[str, Any]:
+        p, total = self.p, sum(self.rows.values())
+        need = self.disk_rows * p.row_bytes
+        return {"blowup": round(self.stored / p.num_nodes, 4) if p.num_nodes else 0.0,
+                "stored_rows": self.stored, "l3_l4_bytes": self.stored * p.row_bytes,
+                "rows_per_tier": dict(self.rows), "requested_rows": total,
+                "hit_rate": {k: round(v / total, 4) if total else 0.0 for k, v in self.rows.items()},
+                "disk_bytes_per_pass": self.disk_bytes,
+                "predicted_amplification": round(self.disk_bytes / need, 4) if need else 0.0}
+
+
+def predict(p: Placement, trace: Trace) -> dict[str, Any]:
+    """Blowup, bytes read per pass and read amplification of serving every batch once."""
+    tier = p.tier_map()
+    scratch = np.full(p.num_nodes, -1, dtype=np.int32)
+    acc = Predictor(p)
+    for lo, hi in p.segments():
+        acc.add(assign_segment(p, lo, list(trace(range(lo, hi))), tier, scratch))
+    return acc.result()
 
 
 def _pages_touched(pos: np.ndarray, row_bytes: int, packed: bool) -> int:
