@@ -65,10 +65,9 @@ class FeatDBLoader:
         self.fanouts = self.ss.doc["fanouts"]
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
-        bids = self.ss.epoch_batches(epoch % self.ss.epochs)
-        rng.shuffle(bids)
+        bids = self.reader.epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs), rng)
         stages = [("sample", self._sample), ("read", self._read), ("assemble", self._assemble)]
-        pipe = Pipeline(bids.tolist(), stages, self.depth, on_drop=_release_item)
+        pipe = Pipeline(bids, stages, self.depth, on_drop=_release_item)
         return Epoch(iter(pipe), pipe.times, pipe.close)
 
     def _sample(self, b: int) -> tuple[int, Any]:

@@ -31,6 +31,7 @@ from ..io import PAGE, round_up
 POLICIES = ("full", "pack-only", "hot-only", "none")
 L4, L3, L2, L1 = 0, 1, 2, 3
 MINHASH_K = 3
+SEGMENT_CACHE_BYTES = 512 << 20  # the reader's default budget for whole L3 extents in memory
 _PRIME = (1 << 31) - 1  # a * batch index stays inside int64
 
 Trace = Callable[[Sequence[int]], Iterable[np.ndarray]]  # batch ids -> their input ids, in order
@@ -238,31 +239,44 @@ def _assign_batch(p: Placement, ids: np.ndarray, tier: np.ndarray, l3pos: np.nda
 
 
 class Predictor:
-    """Accumulates blowup, rows per tier and disk bytes over segment plans as they are made."""
+    """Accumulates blowup, rows per tier and disk bytes over segment plans as they are made.
 
-    def __init__(self, p: Placement) -> None:
+    L3 cost follows the reader: a segment's whole shared extent is read once
+    when it fits the reader's segment cache, else each batch reads its pages.
+    """
+
+    def __init__(self, p: Placement, segment_cache_bytes: int = SEGMENT_CACHE_BYTES) -> None:
         self.p = p
-        self.stored = self.disk_rows = self.disk_bytes = 0
+        self.segment_cache_bytes = segment_cache_bytes
+        self.stored = self.disk_rows = self.l4_bytes = self.l3_bytes = self.l3_page_bytes = 0
         self.rows = {"l1": 0, "l2": 0, "l3": 0, "l4": 0}
 
     def add(self, seg: SegmentPlan) -> None:
         rb = self.p.row_bytes
         self.stored += len(seg.l3_ids) + sum(bp.n4 for bp in seg.batches)
+        pages = 0
         for bp in seg.batches:
             for tier, n in (("l1", bp.n1), ("l2", bp.n2), ("l3", bp.n3), ("l4", bp.n4)):
                 self.rows[tier] += n
             self.disk_rows += bp.n3 + bp.n4
-            self.disk_bytes += round_up(bp.n4 * rb) + _pages_touched(bp.l3_rows, rb, self.p.packs) * PAGE
+            self.l4_bytes += round_up(bp.n4 * rb)
+            pages += _pages_touched(bp.l3_rows, rb, self.p.packs) * PAGE
+        extent = round_up(len(seg.l3_ids) * rb)
+        self.l3_page_bytes += pages
+        self.l3_bytes += extent if self.p.packs and 0 < extent <= self.segment_cache_bytes else pages
 
     def result(self) -> dict[str, Any]:
         p, total = self.p, sum(self.rows.values())
         need = self.disk_rows * p.row_bytes
+        disk = self.l4_bytes + self.l3_bytes
         return {"blowup": round(self.stored / p.num_nodes, 4) if p.num_nodes else 0.0,
                 "stored_rows": self.stored, "l3_l4_bytes": self.stored * p.row_bytes,
                 "rows_per_tier": dict(self.rows), "requested_rows": total,
                 "hit_rate": {k: round(v / total, 4) if total else 0.0 for k, v in self.rows.items()},
-                "disk_bytes_per_pass": self.disk_bytes,
-                "predicted_amplification": round(self.disk_bytes / need, 4) if need else 0.0}
+                "disk_bytes_per_pass": disk,
+                "predicted_amplification": round(disk / need, 4) if need else 0.0,
+                "predicted_amplification_l3_by_page":
+                    round((self.l4_bytes + self.l3_page_bytes) / need, 4) if need else 0.0}
 
 
 def predict(p: Placement, trace: Trace) -> dict[str, Any]:

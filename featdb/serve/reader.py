@@ -66,9 +66,11 @@ class LayoutReader:
     def __init__(self, store: Store, *, sample_set: str | None = None, device: str = "auto",
                  host_budget: int | None = None, device_budget: int | None = None,
                  queue_depth: int = 4, threads: int = 4, cache_bytes: int = 0,
-                 cache_policy: str = "lru", buffer_timeout: float = 120.0) -> None:
+                 cache_policy: str = "lru", buffer_timeout: float = 120.0,
+                 segment_cache_bytes: int = 512 << 20) -> None:
         self.store = store
         self._pin = generation.Pin(store)
+        self.segments = SegmentCache(segment_cache_bytes)
         try:
             self._open(sample_set, device, host_budget, device_budget, queue_depth, threads,
                        cache_bytes, cache_policy, buffer_timeout)
@@ -148,6 +150,19 @@ class LayoutReader:
     @property
     def num_batches(self) -> int:
         return len(self.batches)
+
+    def epoch_order(self, batch_ids: Sequence[int], rng: np.random.Generator) -> list[int]:
+        """A shuffled serving order that keeps each L3 segment's batches together.
+
+        Segments are shuffled and so are batches within a segment; with no L3
+        (segment length 1) this is a plain shuffle.
+        """
+        ids = np.asarray(batch_ids, dtype=np.int64)
+        seg = self.batches[ids, 7]
+        segs = np.unique(seg)
+        rank = np.empty(int(segs.max(initial=0)) + 1, dtype=np.int64)
+        rank[segs] = rng.permutation(len(segs))
+        return ids[np.lexsort((rng.random(len(ids)), rank[seg]))].tolist()
 
     def read_batch(self, b: int) -> BatchRows:
         """Batch ``b``'s input rows, in serving order (see :class:`BatchRows`)."""
@@ -231,15 +246,39 @@ class LayoutReader:
             self.base.read(rows, out=out.view(self.dtype).reshape(len(rows), self.dim))
             self.stats.add("base", len(rows), _pages_bytes(self.base.file, rows, self.rb), time.perf_counter() - t)
             return
+        extent, nbytes = self.segments.get(seg, self._segment_bytes(seg), self._load_segment)
+        if extent is not None:  # the whole shared extent is in memory: a gather
+            np.take(extent, rows, axis=0, out=out)
+            self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
+            return
         base_off = int(self.segs[seg, 2])
         uniq, inv = np.unique(rows, return_inverse=True)
         runs, pos = page_runs(base_off + uniq * self.rb, self.rb)
         scratch = self._scratch(runs.total_bytes)
         mv = memoryview(scratch)
-        for s, npg, bo in zip(runs.start.tolist(), runs.npages.tolist(), runs.buf_offset.tolist(), strict=True):
-            self.l3.read_into(mv[bo : bo + npg * PAGE], s * PAGE)
+        jobs = np.array_split(np.arange(len(runs.start)), min(self._threads, len(runs.start)))
+        futs = [self._io.submit(_read_runs, self.l3, mv, runs.start[j], runs.npages[j], runs.buf_offset[j])
+                for j in jobs if len(j)]
+        for f in futs:
+            f.result()
         gather_rows(scratch, pos[inv], self.rb, out)
         self.stats.add("l3", len(rows), runs.total_bytes, time.perf_counter() - t)
+
+    def _segment_bytes(self, seg: int) -> int:
+        return round_up(int(self.segs[seg, 3]) * self.rb)
+
+    def _load_segment(self, seg: int) -> np.ndarray:
+        """One sequential read of a segment's whole shared extent (kept while its batches are served)."""
+        length = self._segment_bytes(seg)
+        buf = aligned_buffer(length)
+        mv = memoryview(buf)
+        off = int(self.segs[seg, 2])
+        futs = [self._io.submit(self.l3.read_into, mv[lo : min(length, lo + L4_PIECE)], off + lo)
+                for lo in range(0, length, L4_PIECE)]
+        for f in futs:
+            f.result()
+        n = int(self.segs[seg, 3])
+        return np.frombuffer(buf, dtype=np.uint8, count=n * self.rb).reshape(n, self.rb)
 
     def _gather(self, tier: str, src: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
         if not len(slots):
@@ -336,6 +375,47 @@ class _Once:
             if self._fn is not None:
                 self._fn(self._arg)
                 self._fn = None
+
+
+def _read_runs(f: PageFile, mv: memoryview, start: np.ndarray, npages: np.ndarray, boff: np.ndarray) -> None:
+    for s, n, b in zip(start.tolist(), npages.tolist(), boff.tolist(), strict=True):
+        f.read_into(mv[b : b + n * PAGE], s * PAGE)
+
+
+class SegmentCache:
+    """Whole L3 extents of the segments being served, within a byte budget.
+
+    Batches of one segment are served consecutively (see
+    :meth:`LayoutReader.epoch_order`), so each shared extent is read once, in
+    one sequential read, instead of once per batch page by page. An extent
+    larger than the budget is never cached: its batches read only their pages.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
+        self._held: dict[int, np.ndarray] = {}
+
+    def get(self, seg: int, nbytes: int, load: Any) -> tuple[np.ndarray | None, int]:
+        """The extent (and the bytes read to get it: 0 on a hit), or (None, 0) if it cannot fit."""
+        if nbytes > self.capacity:
+            return None, 0
+        with self._lock:
+            if seg in self._held:
+                return self._held[seg], 0
+            gate = self._loading.setdefault(seg, threading.Lock())
+        with gate:
+            with self._lock:
+                if seg in self._held:
+                    return self._held[seg], 0
+            extent = load(seg)
+            with self._lock:
+                while self._held and sum(x.nbytes for x in self._held.values()) + nbytes > self.capacity:
+                    self._held.pop(next(iter(self._held)))  # oldest first
+                self._held[seg] = extent
+                self._loading.pop(seg, None)
+            return extent, nbytes
 
 
 def _lookup(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
