@@ -26,28 +26,63 @@ from featdb.synth import synth
 FEAT = "node/_/feat"
 
 
-def make_synth_store(path: Path, nodes: int = 3000, dim: int = 16, dtype: str = "float32",
-                     avg_degree: float = 6.0, classes: int = 4, seed: int = 0,
-                     train_frac: float = 0.3) -> Store:
+def make_synth_store(
+    path: Path,
+    nodes: int = 3000,
+    dim: int = 16,
+    dtype: str = "float32",
+    avg_degree: float = 6.0,
+    classes: int = 4,
+    seed: int = 0,
+    train_frac: float = 0.3,
+) -> Store:
     """A new store at ``path`` holding a synthetic graph and its feature table ``FEAT``."""
     st = featdb.create(path)
-    synth(st, nodes, avg_degree, dim, classes, seed=seed, train_frac=train_frac, dtype=dtype,
-          community_size=200)
+    synth(
+        st,
+        nodes,
+        avg_degree,
+        dim,
+        classes,
+        seed=seed,
+        train_frac=train_frac,
+        dtype=dtype,
+        community_size=200,
+    )
     return st
 
 
-def make_sample_set(st: Store, name: str = "tr", fanouts: tuple[int, ...] = (4, 4),
-                    batch_size: int = 128, epochs: int = 2, seed: int = 0,
-                    split: str = "train") -> dict[str, Any]:
+def make_sample_set(
+    st: Store,
+    name: str = "tr",
+    fanouts: tuple[int, ...] = (4, 4),
+    batch_size: int = 128,
+    epochs: int = 2,
+    seed: int = 0,
+    split: str = "train",
+) -> dict[str, Any]:
     with torch_threads(1):
         return sample(st, SampleConfig(name, fanouts, batch_size, epochs, seed, split))
 
 
-def make_layout(st: Store, sample_set: str = "tr", table: str = FEAT, policy: str = "full",
-                device_bytes: int = 0, host_bytes: int = 0, max_blowup: float | None = None,
-                seed: int = 0, memory_budget: int = 64 << 20) -> dict[str, Any]:
-    return pack(st, sample_set, table, Budgets(device_bytes, host_bytes, max_blowup, policy, seed),
-                memory_budget=memory_budget)
+def make_layout(
+    st: Store,
+    sample_set: str = "tr",
+    table: str = FEAT,
+    policy: str = "full",
+    device_bytes: int = 0,
+    host_bytes: int = 0,
+    max_blowup: float | None = None,
+    seed: int = 0,
+    memory_budget: int = 64 << 20,
+) -> dict[str, Any]:
+    return pack(
+        st,
+        sample_set,
+        table,
+        Budgets(device_bytes, host_bytes, max_blowup, policy, seed),
+        memory_budget=memory_budget,
+    )
 
 
 @contextlib.contextmanager
@@ -77,7 +112,12 @@ def as_bytes(a: np.ndarray) -> np.ndarray:
 
 
 def assert_rows_equal(got: np.ndarray, want: np.ndarray) -> None:
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
+    assert got.dtype == want.dtype and got.shape == want.shape, (
+        got.dtype,
+        got.shape,
+        want.dtype,
+        want.shape,
+    )
     np.testing.assert_array_equal(as_bytes(got), as_bytes(want))
 
 
@@ -110,8 +150,11 @@ def tree(root: Path) -> dict[str, str]:
 
 def catalog_state(st: Store) -> dict[str, Any]:
     """What the catalog says, for before/after comparisons (describe + every file record)."""
-    return {"describe": describe(st), "files": st.files(),
-            "current": st.catalog.get("layout/current")}
+    return {
+        "describe": describe(st),
+        "files": st.files(),
+        "current": st.catalog.get("layout/current"),
+    }
 
 
 def realised_blowup(gdir: Path, num_nodes: int) -> float:
@@ -137,30 +180,3 @@ def leaked_files() -> Iterator[list[str]]:
         finally:
             gc.collect()
     leaks += [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-
-
-def _gather_rows_by_index(buf: Any, pos: np.ndarray, row_bytes: int, out: np.ndarray) -> None:
-    """featdb.io.gather_rows without its whole-buffer copy (see test_serve's xfail on it)."""
-    if len(pos):
-        u = np.frombuffer(buf, dtype=np.uint8)
-        out[...] = u[np.asarray(pos, dtype=np.int64)[:, None] + np.arange(row_bytes)]
-
-
-@contextlib.contextmanager
-def fast_gather() -> Iterator[None]:
-    """Swap in a row gather whose cost does not grow with the scratch buffer.
-
-    featdb.io.gather_rows copies ``len(buffer) * row_bytes`` bytes per call
-    (gigabytes for page-sized rows); tests about other things that need wide
-    rows use this so they stay fast. Remove once gather_rows is fixed.
-    """
-    from unittest import mock
-
-    import featdb.io
-    import featdb.serve.reader
-    import featdb.tables
-
-    with mock.patch.object(featdb.io, "gather_rows", _gather_rows_by_index), \
-            mock.patch.object(featdb.tables, "gather_rows", _gather_rows_by_index), \
-            mock.patch.object(featdb.serve.reader, "gather_rows", _gather_rows_by_index):
-        yield

@@ -13,10 +13,10 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from helpers import FEAT, flip_byte, tree
 
 import featdb
 from featdb.cli import cli
-from helpers import FEAT, flip_byte, tree
 
 pytest.importorskip("dgl")  # `featdb sample` needs DGL
 
@@ -50,8 +50,23 @@ def assert_one_error_line(result: Result, *fragments: str) -> None:
 @pytest.fixture(scope="module")
 def synth_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("cli") / "store"
-    out = run_json("synth", path, "--nodes", 3000, "--avg-degree", 6, "--dim", 16, "--classes", 4,
-                   "--seed", 1, "--train-frac", 0.3, "-q")
+    out = run_json(
+        "synth",
+        path,
+        "--nodes",
+        3000,
+        "--avg-degree",
+        6,
+        "--dim",
+        16,
+        "--classes",
+        4,
+        "--seed",
+        1,
+        "--train-frac",
+        0.3,
+        "-q",
+    )
     assert out["num_nodes"] == 3000 and out["num_edges"] > 3000 and out["num_classes"] == 4
     yield path
 
@@ -64,7 +79,9 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
 
     info = run_json("info", store)
     assert info["format_version"] == featdb.store.FORMAT_VERSION
-    assert [(t["key"], t["rows"], t["dim"], t["dtype"]) for t in info["tables"]] == [(FEAT, 3000, 16, "float32")]
+    assert [(t["key"], t["rows"], t["dim"], t["dtype"]) for t in info["tables"]] == [
+        (FEAT, 3000, 16, "float32")
+    ]
     assert info["tables"][0]["bytes"] >= 3000 * 64
     g = info["graph"]
     assert g["num_nodes"] == 3000 and g["num_edges"] > 0 and g["num_classes"] == 4
@@ -73,21 +90,41 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
     text = run("info", store).output
     assert "node/_/feat" in text and "layout: none" in text
 
-    s = run_json("sample", store, "--name", "tr", "--fanouts", "4,4", "--batch-size", 128, "--epochs", 2)
+    s = run_json(
+        "sample", store, "--name", "tr", "--fanouts", "4,4", "--batch-size", 128, "--epochs", 2
+    )
     per_epoch = -(-g["num_train"] // 128)
-    assert s["name"] == "tr" and s["epochs"] == 2 and s["fanouts"] == [4, 4] and s["batch_size"] == 128
+    assert (
+        s["name"] == "tr" and s["epochs"] == 2 and s["fanouts"] == [4, 4] and s["batch_size"] == 128
+    )
     assert s["batches_per_epoch"] == per_epoch and s["batches"] == 2 * per_epoch
     assert s["bytes"] > 0 and s["input_rows"] > g["num_train"] * 2
 
     before = tree(store)
-    plan = run_json("pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2, "--dry-run")
+    plan = run_json(
+        "pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2, "--dry-run"
+    )
     assert plan["dry_run"] is True and plan["id"] is None
-    assert plan["blowup"] <= 2.0 and plan["l2_rows"] == 8192 // 64 and plan["predictions"]["requested_rows"] > 0
+    assert (
+        plan["blowup"] <= 2.0
+        and plan["l2_rows"] == 8192 // 64
+        and plan["predictions"]["requested_rows"] > 0
+    )
     assert tree(store) == before, "--dry-run wrote something"
 
-    packed = run_json("pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2)
+    packed = run_json(
+        "pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2
+    )
     assert packed["id"] and packed["dry_run"] is None
-    for key in ("segment_len", "l1_rows", "l2_rows", "l3_rows", "l4_rows", "blowup", "predicted_amplification"):
+    for key in (
+        "segment_len",
+        "l1_rows",
+        "l2_rows",
+        "l3_rows",
+        "l4_rows",
+        "blowup",
+        "predicted_amplification",
+    ):
         assert packed[key] == plan[key], key
     assert packed["predictions"] == plan["predictions"]
 
@@ -159,16 +196,29 @@ def test_ingest_and_ingest_graph(tmp_path: Path) -> None:
     out = run_json("ingest", store, "node/p/feat", tmp_path / "x.npy", "-q")
     assert out == {"key": "node/p/feat", "rows": 50, "dim": 6, "dtype": "float32"}
     feats.astype(np.float16).tofile(tmp_path / "x.bin")
-    out = run_json("ingest", store, "node/p/half", tmp_path / "x.bin", "--dtype", "float16", "--shape", "50,6")
+    out = run_json(
+        "ingest", store, "node/p/half", tmp_path / "x.bin", "--dtype", "float16", "--shape", "50,6"
+    )
     assert out == {"key": "node/p/half", "rows": 50, "dim": 6, "dtype": "float16"}
     rows = run_json("read", store, "node/p/half", "3,49")["rows"]
-    np.testing.assert_array_equal(np.asarray(rows, dtype=np.float16), feats.astype(np.float16)[[3, 49]])
+    np.testing.assert_array_equal(
+        np.asarray(rows, dtype=np.float16), feats.astype(np.float16)[[3, 49]]
+    )
     edges = np.array([[0, 1, 2, 3, 4], [1, 2, 3, 4, 0]])
     np.save(tmp_path / "e.npy", edges)
     np.save(tmp_path / "y.npy", np.array([0, 1, 0, 1, 0] + [1] * 45))
-    np.savez(tmp_path / "split.npz", train=np.array([0, 1, 2]), valid=np.array([3]), test=np.array([4]))
-    g = run_json("ingest-graph", store, tmp_path / "e.npy", "--labels", tmp_path / "y.npy",
-                 "--split", tmp_path / "split.npz")
+    np.savez(
+        tmp_path / "split.npz", train=np.array([0, 1, 2]), valid=np.array([3]), test=np.array([4])
+    )
+    g = run_json(
+        "ingest-graph",
+        store,
+        tmp_path / "e.npy",
+        "--labels",
+        tmp_path / "y.npy",
+        "--split",
+        tmp_path / "split.npz",
+    )
     assert g["num_nodes"] == 50 and g["num_edges"] == 10 and g["num_classes"] == 2
     info = run_json("info", store)
     assert info["graph"]["num_train"] == 3 and info["graph"]["num_edges"] == 10
@@ -189,7 +239,11 @@ def test_ingest_ogb(tmp_path: Path) -> None:
     _write_csv_gz(folder / "raw" / "edge.csv.gz", rng.integers(0, 40, size=(120, 2)))
     _write_csv_gz(folder / "raw" / "node-feat.csv.gz", rng.standard_normal((40, 5)), fmt="%.6f")
     _write_csv_gz(folder / "raw" / "node-label.csv.gz", rng.integers(0, 3, size=(40, 1)))
-    for name, ids in (("train", np.arange(0, 20)), ("valid", np.arange(20, 30)), ("test", np.arange(30, 40))):
+    for name, ids in (
+        ("train", np.arange(0, 20)),
+        ("valid", np.arange(20, 30)),
+        ("test", np.arange(30, 40)),
+    ):
         _write_csv_gz(folder / "split" / "random" / f"{name}.csv.gz", ids[:, None])
     g = run_json("ingest-ogb", tmp_path / "s", folder, "--feat-key", "node/p/feat")
     assert g["num_nodes"] == 40 and g["num_classes"] == 3
@@ -198,21 +252,48 @@ def test_ingest_ogb(tmp_path: Path) -> None:
     assert info["graph"]["num_train"] == 20
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the graph commands' --json summary reports train/valid/test "
-                   "_size as null: cli.graph_cmds._summary looks up '<split>_size' / 'splits', but the "
-                   "graph document stores 'num_<split>' (sample's progress total is 0 for the same reason)")
-def test_synth_json_reports_split_sizes(synth_store: Path) -> None:
-    out = run_json("synth", synth_store.parent / "s2", "--nodes", 500, "--dim", 4, "--classes", 2,
-                   "--train-frac", 0.2)
-    info = run_json("info", synth_store.parent / "s2")
-    assert out["train_size"] == info["graph"]["num_train"] > 0
-    assert out["valid_size"] == info["graph"]["num_valid"]
+def test_synth_json_reports_split_sizes(tmp_path: Path) -> None:
+    """Regression: the graph commands' summary once reported null split sizes."""
+    out = run_json(
+        "synth", tmp_path / "s2", "--nodes", 500, "--dim", 4, "--classes", 2, "--train-frac", 0.2
+    )
+    info = run_json("info", tmp_path / "s2")
+    for split in ("train", "valid", "test"):
+        assert out[f"num_{split}"] == info["graph"][f"num_{split}"]
+    assert out["num_train"] > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: `featdb sample --help` says --fanouts lists layers 'input side last', but "
+    "fanouts[0] is the input-side layer (DGL's NeighborSampler order): the seeds' layer is last",
+)
+def test_fanouts_help_states_the_order_sampling_uses(synth_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from featdb.sampling.sampleset import SampleSet
+
+    store = tmp_path / "store"
+    shutil.copytree(synth_store, store)
+    run("sample", store, "--name", "t", "--fanouts", "1,30", "--batch-size", 64, "-q")
+    with featdb.open(store) as st, SampleSet(st, "t") as ss:
+        batch = ss.batch(0)
+        per_dst_input_side = np.bincount(batch.layers[0].dst, minlength=batch.layers[0].num_dst)
+        assert per_dst_input_side.max() == 1  # the first fanout applies to the input-side layer
+    opt = next(p for p in cli.commands["sample"].params if p.name == "fanouts")
+    assert "input side last" not in (opt.help or "")
 
 
 # --------------------------------------------------------------------------- errors
 def test_missing_store_is_one_readable_line(tmp_path: Path) -> None:
-    for args in (["info"], ["verify"], ["gc"], ["read", None, FEAT, "1"],
-                 ["sample", None, "--name", "x"], ["pack", None, "--sample-set", "x"]):
+    for args in (
+        ["info"],
+        ["verify"],
+        ["gc"],
+        ["read", None, FEAT, "1"],
+        ["sample", None, "--name", "x"],
+        ["pack", None, "--sample-set", "x"],
+    ):
         argv = [a if a is not None else tmp_path / "nope" for a in args]
         if args[0] in ("info", "verify", "gc"):
             argv.append(tmp_path / "nope")
@@ -226,10 +307,26 @@ def test_error_cases_are_one_readable_line(synth_store: Path, tmp_path: Path) ->
     cases = [
         (["read", synth_store, "node/_/nope", "1"], 1, ["TableNotFoundError", "node/_/nope"]),
         (["read", synth_store, FEAT, "3000"], 1, ["IdsOutOfRangeError", "3000"]),
-        (["sample", synth_store, "--name", "x", "--fanouts", "10,,x"], 1, ["InvalidInputError", "10,,x"]),
-        (["sample", synth_store, "--name", "x", "--fanouts", "0"], 1, ["InvalidInputError", "fanouts"]),
-        (["sample", synth_store, "--name", "x", "--epochs", "0"], 1, ["InvalidInputError", "epochs"]),
-        (["sample", synth_store, "--name", "x", "--batch-size", "0"], 1, ["InvalidInputError", "batch size"]),
+        (
+            ["sample", synth_store, "--name", "x", "--fanouts", "10,,x"],
+            1,
+            ["InvalidInputError", "10,,x"],
+        ),
+        (
+            ["sample", synth_store, "--name", "x", "--fanouts", "0"],
+            1,
+            ["InvalidInputError", "fanouts"],
+        ),
+        (
+            ["sample", synth_store, "--name", "x", "--epochs", "0"],
+            1,
+            ["InvalidInputError", "epochs"],
+        ),
+        (
+            ["sample", synth_store, "--name", "x", "--batch-size", "0"],
+            1,
+            ["InvalidInputError", "batch size"],
+        ),
         (["sample", synth_store, "--name", "x/y"], 1, ["InvalidInputError", "x/y"]),
         (["sample", synth_store, "--name", "x", "--split", "training"], 2, ["training"]),
         (["pack", synth_store, "--sample-set", "nope"], 1, ["SampleSetNotFoundError", "nope"]),
@@ -237,14 +334,20 @@ def test_error_cases_are_one_readable_line(synth_store: Path, tmp_path: Path) ->
         (["pack", synth_store, "--sample-set", "x", "--memory-budget", "lots"], 2, ["lots"]),
         (["read", synth_store, FEAT, "1,a"], 2, ["1,a"]),
         (["ingest", synth_store, "bad-key", tmp_path / "x.npy"], 1, ["InvalidKeyError", "bad-key"]),
-        (["ingest", synth_store, "node/p/x", tmp_path / "x.npy", "--memory-budget", "12XB"], 2, ["12XB"]),
+        (
+            ["ingest", synth_store, "node/p/x", tmp_path / "x.npy", "--memory-budget", "12XB"],
+            2,
+            ["12XB"],
+        ),
         (["ingest", synth_store, "node/p/x", tmp_path / "nope.npy"], 2, ["nope.npy"]),
     ]
     before = tree(synth_store)
     for args, code, fragments in cases:
         r = run(*args, code=code)
         assert_one_error_line(r, *fragments)
-        assert r.stdout == "", r.stdout  # the error goes to stderr; stdout stays clean for --json users
+        assert r.stdout == "", (
+            r.stdout
+        )  # the error goes to stderr; stdout stays clean for --json users
     assert tree(synth_store) == before, "a failed command changed the store"
 
 
@@ -255,17 +358,26 @@ def test_sample_name_clash_and_pack_errors(synth_store: Path, tmp_path: Path) ->
     shutil.copytree(synth_store, store)
     run("sample", store, "--name", "t", "--fanouts", "3", "--batch-size", 512, "-q")
     assert_one_error_line(run("sample", store, "--name", "t", code=1), "AlreadyExistsError", "'t'")
-    assert_one_error_line(run("pack", store, "--sample-set", "t", "--max-blowup", "0.5", code=1), "ConfigError")
-    assert_one_error_line(run("pack", store, "--sample-set", "t", "--memory-budget", "1MiB", code=1),
-                          "ConfigError", "memory budget")
-    assert_one_error_line(run("pack", store, "--sample-set", "t", "--table", "node/_/x", code=1),
-                          "TableNotFoundError")
+    assert_one_error_line(
+        run("pack", store, "--sample-set", "t", "--max-blowup", "0.5", code=1), "ConfigError"
+    )
+    assert_one_error_line(
+        run("pack", store, "--sample-set", "t", "--memory-budget", "1MiB", code=1),
+        "ConfigError",
+        "too small",
+    )
+    assert_one_error_line(
+        run("pack", store, "--sample-set", "t", "--table", "node/_/x", code=1), "TableNotFoundError"
+    )
     assert not (store / "gens").exists() or not any((store / "gens").iterdir())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `featdb info` crashes with a FileNotFoundError traceback when a "
-                   "table's data file is missing (inspect.describe stats every file); it should still "
-                   "describe the store (and leave the diagnosis to verify) or fail with one readable line")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: `featdb info` crashes with a FileNotFoundError traceback when a "
+    "table's data file is missing (inspect.describe stats every file); it should still "
+    "describe the store (and leave the diagnosis to verify) or fail with one readable line",
+)
 def test_info_survives_a_missing_data_file(synth_store: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -279,10 +391,15 @@ def test_info_survives_a_missing_data_file(synth_store: Path, tmp_path: Path) ->
     assert "Traceback" not in r.output and not isinstance(r.exception, FileNotFoundError)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (to confirm with the design owner): `featdb gc --sample-set NAME` "
-                   "deletes the sample set the current layout was packed for, so the served generation "
-                   "loses its MFGs (reader.attach / training fail); it should refuse with one error line")
-def test_gc_refuses_to_drop_the_current_layouts_sample_set(synth_store: Path, tmp_path: Path) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (to confirm with the design owner): `featdb gc --sample-set NAME` "
+    "deletes the sample set the current layout was packed for, so the served generation "
+    "loses its MFGs (reader.attach / training fail); it should refuse with one error line",
+)
+def test_gc_refuses_to_drop_the_current_layouts_sample_set(
+    synth_store: Path, tmp_path: Path
+) -> None:
     import shutil
 
     store = tmp_path / "store"
@@ -295,32 +412,72 @@ def test_gc_refuses_to_drop_the_current_layouts_sample_set(synth_store: Path, tm
 
 
 # --------------------------------------------------------------------------- help and docs
-COMMANDS = sorted(cli.commands)
+def _leaves(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+    out: dict[str, click.Command] = {}
+    for name, cmd in group.commands.items():
+        path = f"{prefix}{name}"
+        if isinstance(cmd, click.Group):
+            out |= _leaves(cmd, path + " ")
+        else:
+            out[path] = cmd
+    return out
+
+
+COMMANDS = _leaves(cli)
+UNDOCUMENTED = {"bench pack", "bench reads", "bench serve"}  # see the xfail reason below
 
 
 def test_the_group_has_every_command() -> None:
-    assert set(COMMANDS) >= {"synth", "ingest", "ingest-graph", "ingest-ogb", "info", "verify", "read",
-                             "sample", "pack", "gc"}
+    assert set(COMMANDS) >= {
+        "synth",
+        "ingest",
+        "ingest-graph",
+        "ingest-ogb",
+        "info",
+        "verify",
+        "read",
+        "sample",
+        "pack",
+        "gc",
+    }
     out = run("--help").output
-    for name in COMMANDS:
+    for name in cli.commands:
         assert name in out
+    for name, cmd in cli.commands.items():
+        assert cmd.help, f"featdb {name} has no help text"
 
 
-@pytest.mark.parametrize("name", COMMANDS)
-def test_every_command_has_help_with_an_example(name: str) -> None:
-    cmd = cli.commands[name]
+@pytest.mark.parametrize("path", sorted(COMMANDS))
+def test_every_command_has_help_with_an_example(path: str) -> None:
+    cmd = COMMANDS[path]
     assert cmd.help and "Example:" in cmd.help
     example = re.search(r"Example:\s*(featdb .+)", cmd.help)
-    assert example and example.group(1).split()[1] == name
-    out = run(name, "--help").output
+    assert example and example.group(1).split()[1 : 1 + len(path.split())] == path.split()
+    out = run(*path.split(), "--help").output
     assert "Example:" in out and "Usage:" in out
     params = {p.name for p in cmd.params if isinstance(p, click.Option)}
     assert {"as_json", "quiet"} <= params, "shared --json/-q options"
 
 
 @pytest.mark.skipif(not DOCS.exists(), reason="docs/cli.md not written yet")
-@pytest.mark.parametrize("name", COMMANDS)
-def test_every_command_is_documented(name: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            p,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: docs/cli.md was not regenerated "
+                "(tools/gen_cli_docs.py) after `featdb bench` was added",
+            ),
+        )
+        if p in UNDOCUMENTED
+        else p
+        for p in sorted(COMMANDS)
+    ],
+)
+def test_every_command_is_documented(path: str) -> None:
     text = DOCS.read_text()
-    assert re.search(rf"(^|\s|`)featdb {re.escape(name)}(\s|`|$)", text, re.M) or f"## {name}" in text, \
-        f"docs/cli.md does not document `featdb {name}`"
+    assert (
+        re.search(rf"(^|\s|`)featdb {re.escape(path)}(\s|`|$)", text, re.M) or f"## {path}" in text
+    ), f"docs/cli.md does not document `featdb {path}`"
