@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,25 +64,10 @@ class Catalog:
 
     @property
     def env(self) -> lmdb.Environment:
-        if self._env is not None and self._pid != os.getpid():
-            # forked: the parent's handle must not be used here; drop it, then reopen
-            with contextlib.suppress(lmdb.Error):
-                self._env.close()
-            self._env = None
-        if self._env is None:
-            self._env = self._open()
+        if self._env is None or self._pid != os.getpid():
+            self._env = _acquire(self.path, self._create)
             self._pid = os.getpid()
         return self._env
-
-    def _open(self) -> lmdb.Environment:
-        try:
-            map_size = max(INITIAL_MAP_SIZE, _file_size(self.path / "data.mdb") * 2)
-            return lmdb.open(
-                str(self.path), map_size=map_size, subdir=True, readonly=self.readonly,
-                create=self._create, max_readers=512, lock=True, readahead=False,
-            )
-        except lmdb.Error as exc:
-            raise CatalogError(f"cannot open catalog at {self.path}: {exc}") from exc
 
     def read(self, fn: Callable[[Txn], T]) -> T:
         """Run ``fn`` in a short read transaction; results must not hold LMDB buffers."""
@@ -121,8 +107,54 @@ class Catalog:
 
     def close(self) -> None:
         if self._env is not None and self._pid == os.getpid():
-            self._env.close()
+            _release(self.path)
         self._env = None
+
+
+# LMDB allows one environment per file per process: share it, counted, and drop what a fork inherited.
+_ENVS: dict[str, list[Any]] = {}  # realpath -> [environment, users]
+_ENVS_PID = os.getpid()
+_ENVS_LOCK = threading.Lock()
+
+
+def _acquire(path: Path, create: bool) -> lmdb.Environment:
+    global _ENVS_PID
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        if _ENVS_PID != os.getpid():  # forked: the parent's handles must not be used here
+            for env, _ in _ENVS.values():
+                with contextlib.suppress(lmdb.Error):
+                    env.close()
+            _ENVS.clear()
+            _ENVS_PID = os.getpid()
+        rec = _ENVS.get(key)
+        if rec is None:
+            rec = _ENVS[key] = [_open_env(path, create), 0]
+        rec[1] += 1
+        return rec[0]
+
+
+def _release(path: Path) -> None:
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        rec = _ENVS.get(key)
+        if rec is None:
+            return
+        rec[1] -= 1
+        if rec[1] <= 0:
+            rec[0].close()
+            del _ENVS[key]
+
+
+def _open_env(path: Path, create: bool) -> lmdb.Environment:
+    """Open read-write where the directory allows it (writes are still guarded per Catalog)."""
+    try:
+        map_size = max(INITIAL_MAP_SIZE, _file_size(path / "data.mdb") * 2)
+        return lmdb.open(str(path), map_size=map_size, subdir=True,
+                         readonly=not (create or os.access(path, os.W_OK)), create=create,
+                         max_readers=512, lock=True, readahead=False)
+    except lmdb.Error as exc:
+        raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
 
 
 def _file_size(path: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .store import FORMAT_VERSION, Store
@@ -10,7 +11,7 @@ from .store import FORMAT_VERSION, Store
 def describe(store: Store) -> dict[str, Any]:
     meta = store.catalog.get("meta") or {}
     tables = [{"key": t["key"], "rows": t["rows"], "dim": t["dim"], "dtype": t["dtype"],
-               "bytes": (store.root / t["file"]).stat().st_size, "file": t["file"]}
+               "bytes": _size(store.root / t["file"]), "file": t["file"]}
               for t in store.tables()]
     graph = store.catalog.get("graph")
     samples = [{k: v for k, v in doc.items() if k not in ("index", "files")}
@@ -23,6 +24,14 @@ def describe(store: Store) -> dict[str, Any]:
             "layout": _layout_summary(layout), "generations": gens}
 
 
+def _size(path: Path) -> int | None:
+    """A file's size, or None when it is missing (``featdb verify`` says why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def _layout_summary(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     if doc is None:
         return None
@@ -33,7 +42,7 @@ def render(info: dict[str, Any]) -> str:
     lines = [f"store {info['path']} (format {info['format_version']})"]
     lines.append(f"tables: {len(info['tables'])}")
     for t in info["tables"]:
-        lines.append(f"  {t['key']:<28} {t['rows']:>12,} x {t['dim']:<5} {t['dtype']:<8} {t['bytes']:>14,} B")
+        lines.append(f"  {t['key']:<28} {t['rows']:>12,} x {t['dim']:<5} {t['dtype']:<8} {t['bytes'] if t['bytes'] is not None else 'missing':>14} B")
     g = info["graph"]
     lines.append("graph: none" if g is None else
                  f"graph: {g['num_nodes']:,} nodes, {g['num_edges']:,} edges, {g.get('num_classes', '?')} classes")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import mmap
 import os
 import threading
@@ -54,6 +55,32 @@ def drop_page_cache(path: Path | str) -> None:
     try:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def hold_dir(d: Path) -> int:
+    """Take a shared lock on ``d/pin`` (creating it); gc leaves ``d`` alone while it is held.
+
+    Readers hold it on the generation they serve; the packer and the sampler on
+    the directory they are still writing. The kernel drops it if the holder dies.
+    """
+    fd = os.open(d / "pin", os.O_RDONLY | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def dir_unlocked(d: Path) -> bool:
+    """True if nobody holds ``d/pin``."""
+    try:
+        fd = os.open(d / "pin", os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
     finally:
         os.close(fd)
 

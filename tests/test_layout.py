@@ -400,12 +400,6 @@ def test_pack_is_deterministic_for_a_seed(store: Store) -> None:
         assert a[key] == b[key]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: predicted_amplification != measured for rows wider than a "
-    "page served from the base table: reader._pages_bytes counts only each row's first "
-    "and last page, plan._pages_touched (and TableReader) every page it spans",
-)
 @pytest.mark.parametrize("policy", ["none", "hot-only"])
 def test_prediction_matches_serving_for_rows_wider_than_a_page(tmp_path: Path, policy: str) -> None:
     with make_synth_store(tmp_path / "s", nodes=1500, dim=1500, seed=1, train_frac=0.1) as s:
@@ -498,11 +492,6 @@ def test_error_after_files_are_written_leaves_no_partial(store: Store, base: np.
     serve_all(store, "tr", base)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pack leaks the device.tbl/host.tbl TableWriters (open files) "
-    "when writing fails: _HotWriters are never aborted",
-)
 def test_failed_pack_closes_its_files(store: Store) -> None:
     def boom(*a: Any, **kw: Any) -> None:
         raise OSError("simulated: read error in the base table")
@@ -589,11 +578,6 @@ def test_no_layout_means_layout_not_found(store: Store) -> None:
         open_reader(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: gc removes the .partial directory of a pack still in progress "
-    "(the packer never locks its partial dir's pin file), so the concurrent pack fails",
-)
 def test_gc_during_a_pack_leaves_the_pack_alone(store: Store, base: np.ndarray) -> None:
     real = pack_mod._write
 

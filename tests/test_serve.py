@@ -357,12 +357,6 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LayoutReader.__init__ releases only the pin when _open fails "
-    "after opening files (e.g. a bad cache_policy): PageFiles, the map fd and the base "
-    "TableReader's fds and threads leak",
-)
 def test_a_failed_open_closes_what_it_opened(store: Store) -> None:
     make_layout(store, "tr")
     before = _open_fds()
@@ -476,12 +470,6 @@ def test_a_forked_child_reuses_the_parents_store_object(store: Store, tmp_path: 
         r.read_batch(0).release()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a forked child cannot featdb.open() a store its parent has "
-    "open: py-lmdb's 'already open in this process' registry is inherited by fork and "
-    "featdb.catalog does not drop the inherited environments in the child",
-)
 def test_forked_children_open_a_store_the_parent_holds_open(store: Store, tmp_path: Path) -> None:
     make_layout(store, "tr", host_bytes=100 * RB)
     with open_reader(store, sample_set="tr") as r:
@@ -515,11 +503,6 @@ def test_gathering_rows_allocates_only_the_rows(row_bytes: int) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RowCache.put counts an eviction when a full cache re-puts a "
-    "key it already holds (duplicate ids in one read), though nothing was evicted",
-)
 def test_duplicate_ids_do_not_count_as_evictions(store: Store) -> None:
     make_layout(store, "tr", policy="none")
     with open_reader(store, cache_bytes=RB, cache_policy="lru") as r:
@@ -528,12 +511,6 @@ def test_duplicate_ids_do_not_count_as_evictions(store: Store) -> None:
         assert r.cache.as_dict()["evictions"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: opening a store that is already open in this process (e.g. a "
-    "read-only serving handle beside the packer's) fails with CatalogError: LMDB allows one "
-    "environment per path per process and featdb.Catalog does not share it",
-)
 def test_a_store_can_be_opened_twice_in_one_process(store: Store) -> None:
     make_layout(store, "tr")
     with featdb.open(store.root, mode="r") as ro, open_reader(ro, sample_set="tr") as r:

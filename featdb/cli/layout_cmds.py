@@ -8,7 +8,8 @@ import click
 
 from .. import store as store_mod
 from ..catalog import Txn
-from ..errors import SampleSetNotFoundError
+from ..errors import InvalidInputError, SampleSetNotFoundError
+from ..io import dir_unlocked
 from ..layout import generation
 from ..layout.pack import DEFAULT_BUDGET, pack as pack_layout
 from ..layout.plan import POLICIES, Budgets
@@ -20,14 +21,17 @@ from .common import SIZE, cli, emit, output_options, progress
 @cli.command()
 @click.argument("store")
 @click.option("--name", required=True, help="Name of the new sample set.")
-@click.option("--fanouts", default="10,10,10", show_default=True, help="Neighbours per layer, input side last.")
+@click.option("--fanouts", default="10,10,10", show_default=True,
+              help="Neighbours per layer, input side first; the last applies to the seeds.")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "valid", "test"]))
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Sampling processes (the samples do not depend on it).")
 @output_options
 def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, seed: int, split: str,
-           as_json: bool, quiet: bool) -> None:
+           workers: int, as_json: bool, quiet: bool) -> None:
     """Sample every mini-batch of EPOCHS epochs offline into a named sample set.
 
     Example: featdb sample ./store --name train --fanouts 10,10 --batch-size 1024 --epochs 3
@@ -40,7 +44,7 @@ def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, se
         n = int(graph_info(st).get(f"num_{split}", 0) or 0)
         total = -(-n // max(1, batch_size)) * epochs
         with progress(total, f"sample {name}", as_json or quiet) as bar:
-            doc = run_sample(st, cfg, progress=bar)
+            doc = run_sample(st, cfg, progress=bar, workers=workers)
     keys = ("name", "epochs", "batches", "batches_per_epoch", "fanouts", "batch_size", "bytes",
             "bytes_per_batch", "input_rows", "sample_s")
     emit(as_json, {k: doc[k] for k in keys},
@@ -90,13 +94,19 @@ def pack(store: str, sample_set: str, table: str, host_cache: int, device_cache:
 @cli.command()
 @click.argument("store")
 @click.option("--sample-set", "sample_sets", multiple=True, help="Also remove this sample set.")
+@click.option("--force", is_flag=True, help="Remove a sample set even if the current layout was packed for it.")
 @output_options
-def gc(store: str, sample_sets: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+def gc(store: str, sample_sets: tuple[str, ...], force: bool, as_json: bool, quiet: bool) -> None:
     """Remove non-current, unpinned generations, orphaned partial files and named sample sets.
 
     Example: featdb gc ./store --sample-set old-train
     """
     with store_mod.open(store, mode="a") as st:
+        cur = st.catalog.get("layout/current")
+        in_use = (st.catalog.get(f"generation/{cur}") or {}).get("sample_set") if cur else None
+        if in_use in sample_sets and not force:
+            raise InvalidInputError(f"sample set {in_use!r} is what the current layout serves; "
+                                    "repack from another sample set first, or pass --force")
         removed_sets = [_drop_sample_set(st, name) for name in sample_sets]
         res = generation.collect(st)
         res["sample_sets"] = removed_sets
@@ -134,7 +144,7 @@ def _drop_orphans(st: store_mod.Store) -> list[str]:
             continue
         for p in d.iterdir():
             rel = f"{sub}/{p.name}"
-            if p.is_dir() and not any(k.startswith(rel + "/") for k in known):
+            if p.is_dir() and not any(k.startswith(rel + "/") for k in known) and dir_unlocked(p):
                 shutil.rmtree(p, ignore_errors=True)
                 gone.append(rel)
             elif p.is_file() and rel not in known:

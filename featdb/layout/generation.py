@@ -20,7 +20,7 @@ from typing import Any
 
 from ..catalog import Txn
 from ..errors import GenerationPinnedError, LayoutNotFoundError
-from ..io import fsync_dir
+from ..io import dir_unlocked, fsync_dir, hold_dir
 from ..store import Store
 
 GENS = "gens"
@@ -30,11 +30,11 @@ def new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + f"{time.time_ns() % 10**9:09d}"
 
 
-def partial_dir(store: Store, gen_id: str) -> Path:
+def partial_dir(store: Store, gen_id: str) -> tuple[Path, int]:
+    """A new ``gens/<id>.partial`` directory, locked against gc while the packer writes it."""
     d = store.root / GENS / f"{gen_id}.partial"
     d.mkdir(parents=True)
-    (d / "pin").touch()
-    return d
+    return d, hold_dir(d)
 
 
 def publish(store: Store, gen_id: str, tmp: Path, doc: dict[str, Any],
@@ -106,24 +106,10 @@ def collect(store: Store, keep_current: bool = True) -> dict[str, list[str]]:
     if gens_dir.exists():
         for d in gens_dir.iterdir():
             name = d.name.removesuffix(".partial")
-            if name not in known and _unpinned(d):
+            if name not in known and dir_unlocked(d):
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(d.name)
     return {"removed": removed, "pinned": pinned}
-
-
-def _unpinned(d: Path) -> bool:
-    try:
-        fd = os.open(d / "pin", os.O_RDONLY)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _remove_generation(store: Store, gen_id: str, doc: dict[str, Any]) -> None:

@@ -73,7 +73,7 @@ def pack(store: Store, sample_set: str, table: str, budgets: Budgets,
         if dry_run:
             return _doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s) | {"dry_run": True}
         gen_id = generation.new_id()
-        tmp = generation.partial_dir(store, gen_id)
+        tmp, lock = generation.partial_dir(store, gen_id)
         try:
             acc = Predictor(placement)
             files = _write(store, ss, placement, schema, table, tmp, work, progress, acc)
@@ -85,6 +85,8 @@ def pack(store: Store, sample_set: str, table: str, budgets: Budgets,
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            os.close(lock)
     return doc | {"id": gen_id}
 
 
@@ -129,11 +131,11 @@ def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str
     fd4 = os.open(tmp / "l4.dat", os.O_RDWR | os.O_CREAT, 0o644)
     fd3 = os.open(tmp / "l3.dat", os.O_RDWR | os.O_CREAT, 0o644)
     files: dict[str, dict[str, Any]] = {}
+    hot_all = _HotWriters(tmp, p, schema)
     try:
         with ChecksumWriter(tmp / "map.bin") as mapw:
             cursor = {"l4": 0, "l3": 0}
             group = _Group()
-            hot_all = _HotWriters(tmp, p, schema)
             hot: _HotWriters | None = hot_all
             for si, (lo, hi) in enumerate(p.segments()):
                 sp = assign_segment(p, lo, list(ss.inputs_of(range(lo, hi))), tier, scratch)
@@ -160,6 +162,9 @@ def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str
             size, crcs = write_atomic(tmp / name, arr.astype("<i8").tobytes())
             files[name] = {"size": size, "crcs": crcs, "kind": "layout"}
         files |= hot_all.records
+    except BaseException:
+        hot_all.abort()
+        raise
     finally:
         os.close(fd4)
         os.close(fd3)
@@ -205,6 +210,10 @@ class _HotWriters:
             a, b = np.searchsorted(ids, [lo, hi])
             if b > a:
                 w.write(chunk[ids[a:b] - lo].view(w.schema.dtype))
+
+    def abort(self) -> None:
+        for _, _, w in self.parts:
+            w.abort()
 
     def commit(self) -> None:
         for name, _, w in self.parts:

@@ -8,6 +8,7 @@ epoch's worth of nothing but the graph itself and one batch.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..catalog import Txn
 from ..errors import AlreadyExistsError, InvalidInputError, NotFoundError
-from ..io import ChecksumWriter, write_atomic
+from ..io import ChecksumWriter, hold_dir, write_atomic
 from ..store import Store
 from .format import encode
 from .mfg import Batch, Layer
@@ -52,7 +53,7 @@ class SampleConfig:
 
 def parse_fanouts(text: str) -> tuple[int, ...]:
     try:
-        fanouts = tuple(int(x) for x in text.split(",") if x.strip())
+        fanouts = tuple(int(x) for x in text.split(","))
     except ValueError as exc:
         raise InvalidInputError(f"fanouts {text!r}: comma-separated integers such as 10,10,10") from exc
     if not fanouts:
@@ -90,21 +91,88 @@ def blocks_to_batch(blocks: list[Any]) -> Batch:
                  blocks[0].srcdata[dgl.NID].numpy().astype(np.int64), tuple(layers))
 
 
-def iter_sampled(graph: Any, train_ids: np.ndarray, cfg: SampleConfig) -> Iterator[tuple[int, Batch]]:
-    """(epoch, batch) for every batch of every epoch, sampled by DGL."""
+def sample_batch(graph: Any, seeds: np.ndarray, fanouts: tuple[int, ...], scratch: np.ndarray) -> Batch:
+    """One batch: DGL samples each layer's in-neighbours; numpy relabels them into an MFG.
+
+    Layers are sampled from the seeds outward (``fanouts[-1]`` for the seeds'
+    layer, as DGL's NeighborSampler does). A layer's sources are its
+    destinations first, then the newly reached nodes.
+    ``scratch`` is an int64 array of ``num_nodes`` entries, all -1, left as found.
+    """
     import dgl
     import torch
 
-    sampler = dgl.dataloading.NeighborSampler(list(cfg.fanouts))
-    for epoch in range(cfg.epochs):
-        dgl.seed((cfg.seed * 1_000_003 + epoch) % (2**31 - 1))
-        for seeds in epoch_batches(train_ids, cfg.batch_size, cfg.seed, epoch):
-            _, _, blocks = sampler.sample_blocks(graph, torch.from_numpy(seeds))
-            yield epoch, blocks_to_batch(blocks)
+    dst = seeds.astype(np.int64)
+    layers: list[Layer] = []
+    for fanout in reversed(fanouts):
+        frontier = dgl.sampling.sample_neighbors(graph, torch.from_numpy(dst), fanout)
+        u, v = (x.numpy() for x in frontier.edges(order="eid"))
+        scratch[dst] = np.arange(len(dst))
+        fresh = u[scratch[u] < 0]
+        # deduplicate without sorting: mark each fresh node with a position; one position per node wins
+        marks = len(dst) + np.arange(len(fresh))
+        scratch[fresh] = marks
+        uniq = fresh[scratch[fresh] == marks]
+        scratch[uniq] = len(dst) + np.arange(len(uniq))
+        src_nodes = np.concatenate([dst, uniq])
+        layers.append(Layer(scratch[u], scratch[v], np.arange(len(dst), dtype=np.int64),
+                            len(src_nodes), len(dst)))
+        scratch[src_nodes] = -1
+        dst = src_nodes
+    return Batch(seeds.astype(np.int64), dst, tuple(reversed(layers)))
 
 
-def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Sample ``cfg.epochs`` epochs into a new sample set; returns its catalog document."""
+def _batch_seed(cfg: SampleConfig, epoch: int, i: int) -> int:
+    return int(np.random.default_rng([cfg.seed, epoch, i]).integers(2**31 - 1))
+
+
+def iter_sampled(graph: Any, train_ids: np.ndarray, cfg: SampleConfig,
+                 workers: int = 1) -> Iterator[tuple[int, Batch]]:
+    """(epoch, batch) for every batch of every epoch, in order; reproducible for ``cfg.seed``.
+
+    Every batch is sampled by one single-threaded DGL call seeded from (seed,
+    epoch, batch index) — DGL's worker threads keep their own RNG state, so
+    threads would make samples irreproducible. Parallelism comes from
+    ``workers`` forked processes instead; the result does not depend on it.
+    """
+    tasks = ((epoch, i, seeds) for epoch in range(cfg.epochs)
+             for i, seeds in enumerate(epoch_batches(train_ids, cfg.batch_size, cfg.seed, epoch)))
+    if workers <= 1:
+        _worker_init(graph, cfg)
+        yield from map(_worker_sample, tasks)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(graph, cfg)) as pool:
+        yield from pool.imap(_worker_sample, tasks, chunksize=1)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(graph: Any, cfg: SampleConfig) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER.update(graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=np.int64))
+
+
+def _worker_sample(task: tuple[int, int, np.ndarray]) -> tuple[int, Batch]:
+    import dgl
+
+    epoch, i, seeds = task
+    cfg = _WORKER["cfg"]
+    dgl.seed(_batch_seed(cfg, epoch, i))
+    return epoch, sample_batch(_WORKER["graph"], seeds, cfg.fanouts, _WORKER["scratch"])
+
+
+def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | None = None,
+           workers: int = 1) -> dict[str, Any]:
+    """Sample ``cfg.epochs`` epochs into a new sample set; returns its catalog document.
+
+    ``workers`` sampling processes; the samples do not depend on it. (On 2
+    cores, shipping batches between processes costs more than it saves.)
+    """
     from ..graph import load_graph
 
     store.require_writable()
@@ -121,41 +189,33 @@ def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | No
         id_dtype = np.dtype("<i4")
     rel = f"samples/{cfg.name}"
     tmp = store.root / (rel + f".partial-{time.time_ns():x}")
+    tmp.mkdir(parents=True)
+    lock = hold_dir(tmp)  # gc leaves a sample set that is still being written alone
     try:
-        doc = _write(store, tmp, rel, g, seeds, cfg, id_dtype, progress)
+        doc = _write(store, tmp, rel, g, seeds, cfg, id_dtype, progress, max(1, workers))
         _publish(store, tmp, rel, doc)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     return doc
 
 
 def _write(store: Store, tmp: Any, rel: str, g: Any, seeds: np.ndarray, cfg: SampleConfig,
-           id_dtype: np.dtype, progress: Callable[[int], None] | None) -> dict[str, Any]:
-    import zlib
+           id_dtype: np.dtype, progress: Callable[[int], None] | None, workers: int) -> dict[str, Any]:
 
     graph = dgl_graph(g.indptr, g.indices)
     counts = np.zeros(g.num_nodes, dtype=np.int32)
     index: list[tuple[int, int, int, int, int]] = []
     files: dict[str, dict[str, Any]] = {}
-    writer: ChecksumWriter | None = None
     started = time.perf_counter()
-    for epoch, batch in iter_sampled(graph, seeds, cfg):
-        if epoch == len(files):  # a new epoch: a new segment file
-            if writer is not None:
-                writer.commit()
-            name = f"epoch-{epoch:04d}.seg"
-            writer = ChecksumWriter(tmp / name)
-            files[name] = {"writer": writer}
-        assert writer is not None
-        raw = encode(batch, id_dtype)
-        off = writer.write(raw)
-        index.append((epoch, off, len(raw), zlib.crc32(raw), len(batch.input_ids)))
-        counts[batch.input_ids] += 1
-        if progress:
-            progress(1)
-    if writer is not None:
-        writer.commit()
+    try:
+        _stream_batches(graph, seeds, cfg, tmp, id_dtype, counts, index, files, progress, workers)
+    except BaseException:
+        for rec in files.values():
+            rec["writer"].abort()
+        raise
     size, crcs = write_atomic(tmp / "counts.i32", counts.tobytes())
     idx = np.asarray(index, dtype=np.int64)
     isize, icrcs = write_atomic(tmp / "index.i64", idx.tobytes())
@@ -173,6 +233,31 @@ def _write(store: Store, tmp: Any, rel: str, g: Any, seeds: np.ndarray, cfg: Sam
             "input_rows": int(idx[:, 4].sum()), "segments": seg_names, "path": rel,
             "files": file_recs, "sample_s": round(time.perf_counter() - started, 3),
             "created": time.time()}
+
+
+def _stream_batches(graph: Any, seeds: np.ndarray, cfg: SampleConfig, tmp: Any, id_dtype: np.dtype,
+                    counts: np.ndarray, index: list[tuple[int, int, int, int, int]],
+                    files: dict[str, dict[str, Any]], progress: Callable[[int], None] | None,
+                    workers: int) -> None:
+    """Sample and append every batch to its epoch's segment file; one segment per epoch."""
+    import zlib
+
+    writer: ChecksumWriter | None = None
+    for epoch, batch in iter_sampled(graph, seeds, cfg, workers):
+        if epoch == len(files):
+            if writer is not None:
+                writer.commit()
+            writer = ChecksumWriter(tmp / f"epoch-{epoch:04d}.seg")
+            files[f"epoch-{epoch:04d}.seg"] = {"writer": writer}
+        assert writer is not None
+        raw = encode(batch, id_dtype)
+        off = writer.write(raw)
+        index.append((epoch, off, len(raw), zlib.crc32(raw), len(batch.input_ids)))
+        counts[batch.input_ids] += 1
+        if progress:
+            progress(1)
+    if writer is not None:
+        writer.commit()
 
 
 def _publish(store: Store, tmp: Any, rel: str, doc: dict[str, Any]) -> None:

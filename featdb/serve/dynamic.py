@@ -37,19 +37,20 @@ class RowCache:
                 else:
                     out[i] = row
         hits = len(todo) - len(missing)
-        self.hits += hits
-        self.misses += len(missing)
+        with self._lock:
+            self.hits += hits
+            self.misses += len(missing)
         stats.add("cache", hits, 0, time.perf_counter() - t)
         return np.asarray(missing, dtype=np.int64)
 
     def put(self, ids: np.ndarray, rows: np.ndarray) -> None:
         with self._lock:
             for i, row in zip(ids.tolist(), rows, strict=True):
-                before = len(self._cache)
-                full = self._cache.currsize + self.row_bytes > self._cache.maxsize
-                self._cache[i] = row.copy()
-                if full and len(self._cache) <= before:
+                if i in self._cache:
+                    continue
+                if self._cache.currsize + self.row_bytes > self._cache.maxsize:
                     self.evictions += 1
+                self._cache[i] = row.copy()
 
     def as_dict(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import ConfigError, CorruptDataError
 from ..io import PAGE, PageFile, aligned_buffer, gather_rows, page_runs, round_up
 from ..layout import generation
+from ..layout.plan import _pages_touched
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
 from ..store import Store
@@ -71,11 +72,15 @@ class LayoutReader:
         self.store = store
         self._pin = generation.Pin(store)
         self.segments = SegmentCache(segment_cache_bytes)
+        self._files: list[Any] = []
         try:
             self._open(sample_set, device, host_budget, device_budget, queue_depth, threads,
                        cache_bytes, cache_policy, buffer_timeout)
         except BaseException:
-            self._pin.release()
+            for pool in (getattr(self, "_exec", None), getattr(self, "_io", None)):
+                if pool is not None:
+                    pool.shutdown(wait=False)
+            LayoutReader._cleanup(self._pin, self._files)
             raise
         self._finalizer = weakref.finalize(self, LayoutReader._cleanup, self._pin, self._files)
 
@@ -100,7 +105,7 @@ class LayoutReader:
         self.l2_ids = np.fromfile(self.gen_dir / "l2_ids.i64", dtype="<i8")
         _check_budget("host", len(self.l2_ids) * self.rb, host_budget)
         _check_budget("device", len(self.l1_ids) * self.rb, device_budget)
-        self._files: list[Any] = []
+        self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
         self.host = self._load_rows("host.tbl")
         self.device, self.l1 = self._load_device(device)
         self.l4 = self._add(PageFile(self.gen_dir / "l4.dat", direct=self.store.direct))
@@ -115,7 +120,6 @@ class LayoutReader:
         self._threads = threads
         self._io = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="featdb-io")
         self._local = threading.local()
-        self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
         self._sample_set: SampleSet | None = None
 
     def _index(self, name: str, cols: int, rows: int | None) -> np.ndarray:
@@ -426,10 +430,9 @@ def _lookup(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pages_bytes(f: PageFile, rows: np.ndarray, rb: int) -> int:
+    """Bytes the base-table read of ``rows`` pulls in: every page any of them spans."""
     del f
-    start = PAGE + np.unique(rows) * rb
-    first, last = start // PAGE, (start + rb - 1) // PAGE
-    return int(len(np.unique(np.concatenate([first, last])))) * PAGE
+    return _pages_touched(np.unique(rows), rb, packed=False) * PAGE
 
 
 def _check_budget(tier: str, need: int, budget: int | None) -> None:
