@@ -35,7 +35,7 @@ from .dynamic import RowCache
 from .pool import BufferPool
 from .stats import ServeStats
 
-L4_PIECE = 4 << 20  # an extent larger than this is read as parallel pieces of this size
+L4_PIECE = 16 << 20  # an extent larger than this is read as parallel pieces of this size
 
 
 @dataclass
