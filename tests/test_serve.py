@@ -146,17 +146,17 @@ class ReaderConformance:
     def test_buffers_are_released_and_reused(self, env: Env) -> None:
         r = env.reader
         pool = r.pool
-        assert pool._free.qsize() == pool.count
+        assert pool.available == pool.count
         held = [r.read_batch(b % r.num_batches) for b in range(pool.count)]
-        assert pool._free.qsize() == 0
+        assert pool.available == 0
         for br in held:
             br.release()
             br.release()  # a second release is a no-op, not a second buffer
-        assert pool._free.qsize() == pool.count
+        assert pool.available == pool.count
         for b in range(2 * pool.count):  # more reads than buffers: each comes back
             with r.read_batch(b % r.num_batches) as br:
                 assert_rows_equal(br.rows, env.base[env.ss.input_ids(br.batch_id)[br.order]])
-        assert pool._free.qsize() == pool.count
+        assert pool.available == pool.count
 
     def test_concurrent_read_batch_from_threads(self, env: Env) -> None:
         r, ss, base = env.reader, env.ss, env.base
@@ -172,7 +172,7 @@ class ReaderConformance:
         with ThreadPoolExecutor(4) as ex:
             list(ex.map(work, range(r.num_batches)))
         assert errors == []
-        assert r.pool._free.qsize() == r.pool.count
+        assert r.pool.available == r.pool.count
 
     # -- arbitrary ids ---------------------------------------------------------------------
     def test_read_ids_matches_the_numpy_model(self, env: Env) -> None:
@@ -390,7 +390,7 @@ def test_an_exhausted_buffer_pool_raises_instead_of_hanging(store: Store) -> Non
             assert br.rows.shape[0] > 0
         for h in held[1:]:
             h.release()
-        assert r.pool._free.qsize() == r.pool.count
+        assert r.pool.available == r.pool.count
 
 
 # --------------------------------------------------------------------------- processes
@@ -526,3 +526,39 @@ def test_reader_threads_end_on_close(store: Store) -> None:
         r.read(np.arange(100))
     gc.collect()
     assert threading.active_count() <= before
+
+
+def test_buffer_pool_hands_out_buffers_in_ticket_order() -> None:
+    """A later request must not take the buffer an earlier one waits for (that deadlocked prefetch)."""
+    from featdb.serve.pool import BufferPool
+
+    pool = BufferPool(1, 4096, timeout=10)
+    t0, t1, t2 = pool.ticket(), pool.ticket(), pool.ticket()
+    first = pool.acquire(t0)
+    got: list[int] = []
+
+    def take(t: int) -> None:
+        buf = pool.acquire(t)
+        got.append(t)
+        pool.release(buf)
+
+    late = threading.Thread(target=take, args=(t2,))
+    late.start()
+    time.sleep(0.2)  # t2 is waiting first, but t1 comes before it
+    early = threading.Thread(target=take, args=(t1,))
+    early.start()
+    time.sleep(0.2)
+    pool.release(first)
+    early.join(5)
+    late.join(5)
+    assert got == [t1, t2]
+
+
+def test_buffer_pool_skips_abandoned_tickets() -> None:
+    from featdb.serve.pool import BufferPool
+
+    pool = BufferPool(1, 4096, timeout=2)
+    t0, t1 = pool.ticket(), pool.ticket()
+    pool.skip(t0)  # e.g. a cancelled future
+    pool.release(pool.acquire(t1))
+    assert pool.available == 1

@@ -168,13 +168,18 @@ class LayoutReader:
         rank[segs] = rng.permutation(len(segs))
         return ids[np.lexsort((rng.random(len(ids)), rank[seg]))].tolist()
 
-    def read_batch(self, b: int) -> BatchRows:
+    def read_batch(self, b: int, _ticket: int | None = None) -> BatchRows:
         """Batch ``b``'s input rows, in serving order (see :class:`BatchRows`)."""
-        if not 0 <= b < self.num_batches:
-            raise IndexError(f"batch {b} out of range [0, {self.num_batches})")
-        n4, n3, n2, n1, l4_off, _crc, map_off, seg = (int(x) for x in self.batches[b])
-        order, l3_rows, l2_slots, l1_slots = self._map(map_off, n4, n3, n2, n1)
-        buf = self.pool.acquire()
+        ticket = self.pool.ticket() if _ticket is None else _ticket
+        try:
+            if not 0 <= b < self.num_batches:
+                raise IndexError(f"batch {b} out of range [0, {self.num_batches})")
+            n4, n3, n2, n1, l4_off, _crc, map_off, seg = (int(x) for x in self.batches[b])
+            order, l3_rows, l2_slots, l1_slots = self._map(map_off, n4, n3, n2, n1)
+        except BaseException:
+            self.pool.skip(ticket)
+            raise
+        buf = self.pool.acquire(ticket)
         try:
             n_host = n4 + n3 + n2 + (0 if self.device != "cpu" else n1)
             out = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.rb).reshape(n_host, self.rb)
@@ -191,7 +196,11 @@ class LayoutReader:
                          _Once(self.pool.release, buf))
 
     def read_batch_async(self, b: int) -> Future[BatchRows]:
-        return self._exec.submit(self.read_batch, b)
+        """A future for :meth:`read_batch`; buffers go to batches in the order they were asked for."""
+        ticket = self.pool.ticket()
+        fut = self._exec.submit(self.read_batch, b, ticket)
+        fut.add_done_callback(lambda f: self.pool.skip(ticket) if f.cancelled() else None)
+        return fut
 
     def prefetch(self, batch_ids: Iterable[int]) -> list[Future[BatchRows]]:
         """Futures for several batches; at most ``queue_depth`` read at once, buffers permitting."""
