@@ -121,7 +121,7 @@ def _acquire(path: Path, create: bool) -> lmdb.Environment:
     global _ENVS_PID
     key = os.path.realpath(path)
     with _ENVS_LOCK:
-        if _ENVS_PID != os.getpid():  # forked: the parent's handles must not be used here
+        if os.getpid() != _ENVS_PID:  # forked: the parent's handles must not be used here
             for env, _ in _ENVS.values():
                 with contextlib.suppress(lmdb.Error):
                     env.close()

@@ -55,7 +55,7 @@ def create(path: str | Path) -> Store:
     return Store(root, mode="a")
 
 
-def open(path: str | Path, mode: str = "r") -> Store:  # noqa: A001 - the public name users expect
+def open(path: str | Path, mode: str = "r") -> Store:
     """Open an existing store; ``mode`` is ``"r"`` (read-only) or ``"a"`` (read/write)."""
     return Store(Path(path), mode=mode)
 

@@ -34,7 +34,6 @@ from featdb.errors import (
     SampleSetNotFoundError,
 )
 from featdb.graph import ingest_graph, load_graph
-from featdb.sampling import offline
 from featdb.sampling.mfg import Batch
 from featdb.sampling.offline import (
     SampleConfig,

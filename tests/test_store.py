@@ -122,9 +122,8 @@ def test_store_errors(tmp_path: Path) -> None:
             s.write_table("node/p/obj", np.array([["a"]], dtype=object))
     with pytest.raises(errors.StoreExistsError):
         featdb.create(tmp_path / "s")
-    with featdb.open(tmp_path / "s") as ro:
-        with pytest.raises(errors.ReadOnlyError):
-            ro.write_table("node/p/other", np.zeros((3, 2), dtype="float32"))
+    with featdb.open(tmp_path / "s") as ro, pytest.raises(errors.ReadOnlyError):
+        ro.write_table("node/p/other", np.zeros((3, 2), dtype="float32"))
 
 
 def test_newer_format_version_is_refused(store: featdb.Store) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import featdb  # noqa: E402
-from featdb.cli.layout_cmds import _drop_sample_set  # noqa: E402
-from featdb.graph import load_graph  # noqa: E402
-from featdb.sampling import SampleSet  # noqa: E402
-from featdb.sampling.offline import SampleConfig, dgl_graph, parse_fanouts, sample  # noqa: E402
+import featdb
+from featdb.cli.layout_cmds import _drop_sample_set
+from featdb.graph import load_graph
+from featdb.sampling import SampleSet
+from featdb.sampling.offline import SampleConfig, dgl_graph, parse_fanouts, sample
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.loop import TrainConfig, train  # noqa: E402
+from trainer.loop import TrainConfig, train
 
 RUNS = (("featdb", "sage"), ("in-memory", "sage"), ("featdb", "mlp"))
 

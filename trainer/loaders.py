@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import featdb
-from featdb.graph import Graph, load_graph
+from featdb.graph import Graph
 from featdb.sampling import SampleSet
 from featdb.serve import open_reader
 

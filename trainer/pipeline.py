@@ -77,7 +77,7 @@ class Pipeline:
             for item in items:
                 if not self._put(self._queues[0], item):
                     return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:
             self._put(self._queues[0], _Failure(exc))
         self._put(self._queues[0], _END)
 
@@ -99,7 +99,7 @@ class Pipeline:
                 return
             try:
                 out = fn(item)
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            except BaseException as exc:
                 out = _Failure(exc)
             t2 = time.perf_counter()
             st.busy += t2 - t1

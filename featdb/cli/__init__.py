@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from . import bench_cmds, demo, graph_cmds, layout_cmds, store_cmds  # noqa: F401 - registers commands
 from .common import cli
-from . import bench_cmds, demo, graph_cmds, layout_cmds, store_cmds  # noqa: F401,E402 - registers commands
 
 __all__ = ["cli", "main"]
 

@@ -12,7 +12,8 @@ import click
 from .. import store as store_mod
 from ..layout.pack import pack as pack_layout
 from ..layout.plan import Budgets
-from ..sampling.offline import SampleConfig, sample as run_sample
+from ..sampling.offline import SampleConfig
+from ..sampling.offline import sample as run_sample
 from .common import cli, emit, output_options, progress
 
 DEFAULT = {"nodes": 300_000, "avg_degree": 15.0, "dim": 128, "classes": 16, "seed": 0}

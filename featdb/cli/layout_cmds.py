@@ -11,9 +11,11 @@ from ..catalog import Txn
 from ..errors import InvalidInputError, SampleSetNotFoundError
 from ..io import dir_unlocked
 from ..layout import generation
-from ..layout.pack import DEFAULT_BUDGET, pack as pack_layout
+from ..layout.pack import DEFAULT_BUDGET
+from ..layout.pack import pack as pack_layout
 from ..layout.plan import POLICIES, Budgets
-from ..sampling.offline import SampleConfig, parse_fanouts, sample as run_sample
+from ..sampling.offline import SampleConfig, parse_fanouts
+from ..sampling.offline import sample as run_sample
 from ..units import format_size
 from .common import SIZE, cli, emit, output_options, progress
 

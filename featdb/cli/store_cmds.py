@@ -9,8 +9,8 @@ import click
 import numpy as np
 
 from .. import store as store_mod
-from ..ingest import DEFAULT_BUDGET, ingest as ingest_table
-from ..ingest import npy_layout
+from ..ingest import DEFAULT_BUDGET, npy_layout
+from ..ingest import ingest as ingest_table
 from ..inspect import describe, render
 from .common import SIZE, cli, emit, output_options, parse_ids, parse_shape, progress
 

@@ -298,6 +298,6 @@ def _pages_touched(pos: np.ndarray, row_bytes: int, packed: bool) -> int:
     first, last = start // PAGE, (start + row_bytes - 1) // PAGE
     span = last - first + 1
     if int(span.max()) == 1:
-        return int(len(np.unique(first)))
+        return len(np.unique(first))
     pages = np.repeat(first, span) + (np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span))
-    return int(len(np.unique(pages)))
+    return len(np.unique(pages))
