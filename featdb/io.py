@@ -13,7 +13,8 @@ import mmap
 import os
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,6 +317,51 @@ def gather_rows(buf: mmap.mmap | memoryview, pos: np.ndarray, row_bytes: int, ou
     out.view(np.dtype(f"u{word}"))[...] = windows[pos // word]
 
 
-def iter_chunks(total: int, chunk: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, chunk):
-        yield start, min(total, start + chunk)
+class ScratchBuffers:
+    """One reusable page-aligned scratch buffer per thread, grown on demand."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, nbytes: int) -> mmap.mmap:
+        buf: mmap.mmap | None = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < nbytes:
+            buf = self._local.buf = aligned_buffer(max(nbytes, 1 << 20))
+        return buf
+
+
+def read_scattered(f: PageFile, pool: Executor, threads: int, scratch: ScratchBuffers,
+                   sorted_starts: np.ndarray, row_bytes: int, out: np.ndarray,
+                   order: np.ndarray | None = None) -> int:
+    """Read rows starting at sorted, distinct byte offsets of ``f``; returns the bytes read.
+
+    Their pages are coalesced into runs, the runs read on ``threads`` workers of
+    ``pool`` into a scratch buffer, and the rows gathered into ``out`` (uint8,
+    one row per line): ``out[i]`` gets the row at ``sorted_starts[order[i]]``,
+    or at ``sorted_starts[i]`` when ``order`` is None.
+    """
+    runs, pos = page_runs(sorted_starts, row_bytes)
+    buf = scratch.get(runs.total_bytes)
+    mv = memoryview(buf)
+    jobs = np.array_split(np.arange(len(runs.start)), min(threads, len(runs.start)))
+    futures = [pool.submit(_read_runs, f, mv, runs.start[j], runs.npages[j], runs.buf_offset[j])
+               for j in jobs if len(j)]
+    for fut in futures:
+        fut.result()
+    gather_rows(buf, pos if order is None else pos[order], row_bytes, out)
+    return runs.total_bytes
+
+
+def _read_runs(f: PageFile, mv: memoryview, start: np.ndarray, npages: np.ndarray, boff: np.ndarray) -> None:
+    for s, n, b in zip(start.tolist(), npages.tolist(), boff.tolist(), strict=True):
+        f.read_into(mv[b : b + n * PAGE], s * PAGE)
+
+
+def read_pieces(f: PageFile, pool: Executor, mv: memoryview, offset: int, piece: int) -> int:
+    """Fill ``mv`` from ``offset`` sequentially, as parallel reads of ``piece`` bytes when it is larger."""
+    length = len(mv)
+    if length <= piece:
+        return f.read_into(mv, offset)
+    futures = [pool.submit(f.read_into, mv[lo : min(length, lo + piece)], offset + lo)
+               for lo in range(0, length, piece)]
+    return sum(fut.result() for fut in futures)

@@ -30,6 +30,7 @@ from .io import round_up, verify_file
 from .tables import Schema, TableReader, TableWriter
 
 FORMAT_VERSION = 1
+builtins_open = builtins.open  # this module's `open` opens stores
 KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
 RESERVED_DOMAINS = ("graph",)
 READ_THREADS = 16  # concurrent page-run reads per table: the queue depth random reads need
@@ -246,9 +247,6 @@ class Store:
                     problems.append(f"{rel}: extent {i} (bytes {row[off_col]}..{row[off_col] + length}) "
                                     "fails its checksum")
         return problems
-
-
-builtins_open = builtins.open
 
 
 def _check_schema(schema: Schema) -> None:

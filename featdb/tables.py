@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CorruptDataError, FormatVersionError, IdsOutOfRangeError, InvalidIdsError
-from .io import PAGE, ChecksumWriter, PageFile, aligned_buffer, gather_rows, page_runs
+from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered
 
 MAGIC = b"FEATDBT\x01"
 FILE_FORMAT = 1
@@ -145,52 +145,39 @@ class TableReader:
         self.stats = ReadStats(row_bytes=self.schema.row_bytes)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featdb-read")
         self._threads = threads
-        self._local = threading.local()
+        self._scratch = ScratchBuffers()
 
     @property
     def mode(self) -> str:
         return self.file.mode
 
     def read(self, ids: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows in the order of ``ids`` (duplicates allowed), into ``out`` when given."""
         ids = check_ids(ids, self.schema.rows)
-        s = self.schema
         if out is None:
-            out = np.empty((len(ids), s.dim), dtype=s.dtype)
+            out = np.empty((len(ids), self.schema.dim), dtype=self.schema.dtype)
+        self._read(ids, out)
+        return out
+
+    def read_counted(self, ids: Any, out: np.ndarray) -> int:
+        """Like :meth:`read` into ``out``; returns the bytes read from the file."""
+        return self._read(check_ids(ids, self.schema.rows), out)
+
+    def _read(self, ids: np.ndarray, out: np.ndarray) -> int:
+        s = self.schema
         if len(ids) == 0:
-            return out
+            return 0
         uniq, inverse = np.unique(ids, return_inverse=True)
         rows = np.empty((len(uniq), s.row_bytes), dtype=np.uint8)
         per_chunk = max(1, SCRATCH_BYTES // ((s.row_bytes // PAGE + 2) * PAGE))
         nbytes = 0
         for lo in range(0, len(uniq), per_chunk):
-            nbytes += self._fetch(uniq[lo : lo + per_chunk], rows[lo : lo + per_chunk])
+            nbytes += read_scattered(self.file, self._pool, self._threads, self._scratch,
+                                     HEADER_BYTES + uniq[lo : lo + per_chunk] * s.row_bytes, s.row_bytes,
+                                     rows[lo : lo + per_chunk])
         np.take(rows.view(s.dtype).reshape(len(uniq), s.dim), inverse, axis=0, out=out)
         self.stats.add(len(ids), len(uniq), nbytes)
-        return out
-
-    def _fetch(self, sorted_ids: np.ndarray, out: np.ndarray) -> int:
-        rb = self.schema.row_bytes
-        runs, pos = page_runs(HEADER_BYTES + sorted_ids * rb, rb)
-        buf = self._scratch(runs.total_bytes)
-        mv = memoryview(buf)
-        jobs = np.array_split(np.arange(len(runs.start)), min(self._threads, len(runs.start)))
-        futures = [self._pool.submit(self._read_runs, mv, runs.start[j], runs.npages[j], runs.buf_offset[j])
-                   for j in jobs if len(j)]
-        for f in futures:
-            f.result()
-        gather_rows(buf, pos, rb, out)
-        return runs.total_bytes
-
-    def _read_runs(self, mv: memoryview, start: np.ndarray, npages: np.ndarray, boff: np.ndarray) -> None:
-        for s, n, b in zip(start.tolist(), npages.tolist(), boff.tolist(), strict=True):
-            self.file.read_into(mv[b : b + n * PAGE], s * PAGE)
-
-    def _scratch(self, nbytes: int) -> Any:
-        buf = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < nbytes:
-            buf = aligned_buffer(max(nbytes, 1 << 20))
-            self._local.buf = buf
-        return buf
+        return nbytes
 
     def read_range_into(self, buf: Any, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) read sequentially into an aligned ``buf``; returns a uint8 view."""
@@ -206,15 +193,9 @@ class TableReader:
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) with one sequential read (used by packing and export)."""
-        s = self.schema
-        lo = HEADER_BYTES + start * s.row_bytes
-        first = lo // PAGE * PAGE
-        length = (stop - start) * s.row_bytes
-        buf = aligned_buffer(lo - first + length)
-        n = self.file.read_into(memoryview(buf), first)
-        self.stats.add(stop - start, stop - start, n)
-        u = np.frombuffer(buf, dtype=np.uint8)[lo - first : lo - first + length]
-        return u.view(s.dtype).reshape(stop - start, s.dim)
+        lo = HEADER_BYTES + start * self.schema.row_bytes
+        buf = aligned_buffer(lo % PAGE + (stop - start) * self.schema.row_bytes)
+        return self.read_range_into(buf, start, stop).view(self.schema.dtype).reshape(stop - start, self.schema.dim)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -24,6 +24,8 @@ from featdb.store import Store
 from featdb.synth import synth
 
 FEAT = "node/_/feat"
+# the fields a dry run predicts and a real pack must then report identically
+PLAN_KEYS = ("segment_len", "l1_rows", "l2_rows", "l3_rows", "l4_rows", "blowup", "predicted_amplification")
 
 
 def make_synth_store(

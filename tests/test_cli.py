@@ -13,7 +13,7 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from helpers import FEAT, flip_byte, tree
+from helpers import FEAT, PLAN_KEYS, flip_byte, tree
 
 import featdb
 from featdb.cli import cli
@@ -116,15 +116,7 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
         "pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2
     )
     assert packed["id"] and packed["dry_run"] is None
-    for key in (
-        "segment_len",
-        "l1_rows",
-        "l2_rows",
-        "l3_rows",
-        "l4_rows",
-        "blowup",
-        "predicted_amplification",
-    ):
+    for key in PLAN_KEYS:
         assert packed[key] == plan[key], key
     assert packed["predictions"] == plan["predictions"]
 

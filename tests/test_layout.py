@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from helpers import (
     FEAT,
+    PLAN_KEYS,
     assert_rows_equal,
     catalog_state,
     flip_byte,
@@ -378,15 +379,7 @@ def test_dry_run_predicts_what_packing_records(store: Store) -> None:
     b = Budgets(device_bytes=10 * 96, host_bytes=100 * 96, max_blowup=1.5, seed=2)
     plan_doc = pack(store, "tr", FEAT, b, memory_budget=64 << 20, dry_run=True)
     packed = pack(store, "tr", FEAT, b, memory_budget=64 << 20)
-    for key in (
-        "segment_len",
-        "l1_rows",
-        "l2_rows",
-        "l3_rows",
-        "l4_rows",
-        "blowup",
-        "predicted_amplification",
-    ):
+    for key in PLAN_KEYS:
         assert plan_doc[key] == packed[key], key
     assert plan_doc["predictions"] == packed["predictions"]
 

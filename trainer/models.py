@@ -417,7 +417,25 @@ def _widths(in_dim: int, hidden: int, n_classes: int, n_layers: int) -> list[tup
     return list(itertools.pairwise([in_dim] + [hidden] * (n_layers - 1) + [n_classes]))
 
 
-class SAGE(nn.Module):
+class _ConvStack(nn.Module):
+    """Message-passing layers applied one MFG layer each; :meth:`between` shapes each output."""
+
+    layers: nn.ModuleList
+
+    def forward(self, batch: TorchBatch, x: Tensor) -> Tensor:
+        """Logits [num_seeds, n_classes] from input rows ``x`` [num_src of layer 0, in_dim]."""
+        _check_depth(batch, len(self.layers), x)
+        h = x
+        last = len(self.layers) - 1
+        for i, (conv, layer) in enumerate(zip(self.layers, batch.layers, strict=True)):
+            h = self.between(conv(layer, h), i == last)
+        return h
+
+    def between(self, h: Tensor, last: bool) -> Tensor:
+        raise NotImplementedError
+
+
+class SAGE(_ConvStack):
     """A stack of mean-aggregator :class:`SAGEConv` layers; ReLU + dropout between them."""
 
     def __init__(self, in_dim: int, hidden: int, n_classes: int, n_layers: int, dropout: float):
@@ -426,19 +444,11 @@ class SAGE(nn.Module):
         self.layers = nn.ModuleList(SAGEConv(a, b) for a, b in widths)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, batch: TorchBatch, x: Tensor) -> Tensor:
-        """Logits [num_seeds, n_classes] from input rows ``x`` [num_src of layer 0, in_dim]."""
-        _check_depth(batch, len(self.layers), x)
-        h = x
-        last = len(self.layers) - 1
-        for i, (conv, layer) in enumerate(zip(self.layers, batch.layers, strict=True)):
-            h = conv(layer, h)
-            if i != last:
-                h = self.dropout(F.relu(h))
-        return h
+    def between(self, h: Tensor, last: bool) -> Tensor:
+        return h if last else self.dropout(F.relu(h))
 
 
-class GAT(nn.Module):
+class GAT(_ConvStack):
     """A stack of :class:`GATConv` layers.
 
     ``hidden`` is the width per head: hidden layers concatenate their ``heads``
@@ -468,16 +478,9 @@ class GAT(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, batch: TorchBatch, x: Tensor) -> Tensor:
-        """Logits [num_seeds, n_classes] from input rows ``x`` [num_src of layer 0, in_dim]."""
-        _check_depth(batch, len(self.layers), x)
-        h = x
-        last = len(self.layers) - 1
-        for i, (conv, layer) in enumerate(zip(self.layers, batch.layers, strict=True)):
-            h = conv(layer, h)
-            # Hidden layers concatenate heads; the last averages them.
-            h = h.mean(dim=1) if i == last else self.dropout(F.relu(h.flatten(1)))
-        return h
+    def between(self, h: Tensor, last: bool) -> Tensor:
+        # Hidden layers concatenate heads; the last averages them.
+        return h.mean(dim=1) if last else self.dropout(F.relu(h.flatten(1)))
 
 
 class MLP(nn.Module):

@@ -228,12 +228,11 @@ def _chunks(reader: TableReader, chunk_rows: int) -> Iterator[tuple[int, int, np
     nbytes = chunk_rows * reader.schema.row_bytes + 2 * PAGE
     bufs = [aligned_buffer(nbytes), aligned_buffer(nbytes)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-pack-read") as pool:
-        fut = pool.submit(reader.read_range_into, bufs[0], *spans[0]) if spans else None
+        ahead = [pool.submit(reader.read_range_into, bufs[0], *spans[0])] if spans else []
         for i, (lo, hi) in enumerate(spans):
-            assert fut is not None
-            chunk = fut.result()
+            chunk = ahead.pop().result()
             if i + 1 < len(spans):
-                fut = pool.submit(reader.read_range_into, bufs[(i + 1) % 2], *spans[i + 1])
+                ahead.append(pool.submit(reader.read_range_into, bufs[(i + 1) % 2], *spans[i + 1]))
             yield lo, hi, chunk
 
 

@@ -20,7 +20,7 @@ segment's batches that read them, so rows read together share pages.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -171,15 +171,14 @@ def plan(counts: np.ndarray, trace: Trace, num_batches: int, row_bytes: int,
     num_nodes = len(counts)
     l1, l2 = hot_sets(counts, row_bytes, budgets)
     placement = Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, 1, budgets.seed)
-    seg_len, tried = 1, {}
+    tried: dict[int, float] = {}
     if placement.packs:
         seg_len, tried = choose_segment_len(trace, num_batches, placement.tier_map(),
                                             budgets.max_blowup, num_nodes)
-    placement = Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, seg_len, budgets.seed)
+        placement = replace(placement, segment_len=seg_len)
     preds = predict(placement, trace) if predict_costs else {}
     preds["segment_blowups_tried"] = {str(k): round(v, 4) for k, v in sorted(tried.items())}
-    return Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, seg_len,
-                     budgets.seed, preds)
+    return replace(placement, predictions=preds)
 
 
 def _minhash(n_rows: int, batch_rows: Sequence[np.ndarray], seed: int) -> np.ndarray:

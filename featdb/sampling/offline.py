@@ -244,12 +244,11 @@ def _stream_batches(graph: Any, seeds: np.ndarray, cfg: SampleConfig, tmp: Any, 
 
     writer: ChecksumWriter | None = None
     for epoch, batch in iter_sampled(graph, seeds, cfg, workers):
-        if epoch == len(files):
+        if writer is None or epoch == len(files):
             if writer is not None:
                 writer.commit()
             writer = ChecksumWriter(tmp / f"epoch-{epoch:04d}.seg")
             files[f"epoch-{epoch:04d}.seg"] = {"writer": writer}
-        assert writer is not None
         raw = encode(batch, id_dtype)
         off = writer.write(raw)
         index.append((epoch, off, len(raw), zlib.crc32(raw), len(batch.input_ids)))

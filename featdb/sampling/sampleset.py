@@ -66,10 +66,10 @@ class SampleSet:
     def input_ids(self, b: int) -> np.ndarray:
         """The batch's input node ids, reading only the record's head."""
         ref = self._ref(b)
-        head = np.frombuffer(self._files.read(ref, head_only=32), dtype="<i8")
-        n_layers, n_seeds = int(head[1]), int(head[2])
-        prefix = 32 + 24 * n_layers + (n_seeds + ref.n_inputs) * self.id_dtype.itemsize
-        return decode_inputs(self._files.read(ref, head_only=prefix), self.id_dtype)
+        # one read long enough for any batch of this set: header, seeds (<= batch size), input ids
+        prefix = (32 + 24 * len(self.doc["fanouts"])
+                  + (int(self.doc["batch_size"]) + ref.n_inputs) * self.id_dtype.itemsize)
+        return decode_inputs(self._files.read(ref, head_only=min(prefix, ref.length)), self.id_dtype)
 
     def inputs_of(self, batch_ids: Iterable[int]) -> Iterator[np.ndarray]:
         """Input ids of several batches, in order (the planner's trace)."""

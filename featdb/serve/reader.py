@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, CorruptDataError
-from ..io import PAGE, PageFile, aligned_buffer, gather_rows, page_runs, round_up
+from ..io import PAGE, PageFile, ScratchBuffers, aligned_buffer, read_pieces, read_scattered, round_up
 from ..layout import generation
-from ..layout.plan import _pages_touched
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
 from ..store import Store
@@ -45,9 +44,16 @@ class BatchRows:
     batch_id: int
     rows: np.ndarray  # [n_host, dim]: L4, L3, L2 rows, and L1 rows unless they live on a device
     order: np.ndarray  # positions into the sample's input ids, in row order
-    input_ids: np.ndarray  # node ids in row order
     device_rows: Any = None  # L1 rows as a device tensor (torch, CUDA), appended after ``rows``
     _release: Any = None
+    _sample_set: SampleSet | None = None
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        """Node ids in row order (read from the attached sample set on first use)."""
+        if self._sample_set is None:
+            return np.zeros(0, dtype=np.int64)
+        return self._sample_set.input_ids(self.batch_id)[self.order]
 
     def release(self) -> None:
         if self._release is not None:
@@ -118,8 +124,8 @@ class LayoutReader:
         self.pool = BufferPool(queue_depth + 2, round_up(nmax * self.rb) + PAGE, buffer_timeout)
         self._exec = ThreadPoolExecutor(max_workers=max(1, queue_depth), thread_name_prefix="featdb-batch")
         self._threads = threads
+        self._scratch = ScratchBuffers()
         self._io = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="featdb-io")
-        self._local = threading.local()
         self._sample_set: SampleSet | None = None
 
     def _index(self, name: str, cols: int, rows: int | None) -> np.ndarray:
@@ -191,9 +197,8 @@ class LayoutReader:
             self.pool.release(buf)
             raise
         self.stats.count_batch()
-        ids = self._input_ids(b, order) if self._sample_set is not None else np.zeros(0, dtype=np.int64)
-        return BatchRows(b, out.view(self.dtype).reshape(n_host, self.dim), order, ids, dev,
-                         _Once(self.pool.release, buf))
+        return BatchRows(b, out.view(self.dtype).reshape(n_host, self.dim), order, dev,
+                         _Once(self.pool.release, buf), self._sample_set)
 
     def read_batch_async(self, b: int) -> Future[BatchRows]:
         """A future for :meth:`read_batch`; buffers go to batches in the order they were asked for."""
@@ -218,10 +223,6 @@ class LayoutReader:
             raise ConfigError("attach(sample_set) first")
         return self._sample_set.batch(b).reordered(order)
 
-    def _input_ids(self, b: int, order: np.ndarray) -> np.ndarray:
-        assert self._sample_set is not None
-        return self._sample_set.input_ids(b)[order]
-
     def _map(self, off: int, n4: int, n3: int, n2: int, n1: int) -> tuple[np.ndarray, ...]:
         n = n4 + n3 + n2 + n1
         sizes = [4 * n, self.id_dt.itemsize * n3, 4 * n2, 4 * n1]
@@ -241,14 +242,7 @@ class LayoutReader:
         if not n4:
             return
         t = time.perf_counter()
-        length = round_up(n4 * self.rb)
-        mv = memoryview(buf)
-        pieces = [(lo, min(length, lo + L4_PIECE)) for lo in range(0, length, L4_PIECE)]
-        if len(pieces) == 1:
-            n = self.l4.read_into(mv[:length], off)
-        else:
-            futs = [self._io.submit(self.l4.read_into, mv[lo:hi], off + lo) for lo, hi in pieces]
-            n = sum(f.result() for f in futs)
+        n = read_pieces(self.l4, self._io, memoryview(buf)[: round_up(n4 * self.rb)], off, L4_PIECE)
         self.stats.add("l4", n4, n, time.perf_counter() - t)
 
     def _read_l3(self, out: np.ndarray, rows: np.ndarray, seg: int) -> None:
@@ -256,40 +250,26 @@ class LayoutReader:
             return
         t = time.perf_counter()
         if not self.packed:
-            self.base.read(rows, out=out.view(self.dtype).reshape(len(rows), self.dim))
-            self.stats.add("base", len(rows), _pages_bytes(self.base.file, rows, self.rb), time.perf_counter() - t)
+            nbytes = self.base.read_counted(rows, out.view(self.dtype).reshape(len(rows), self.dim))
+            self.stats.add("base", len(rows), nbytes, time.perf_counter() - t)
             return
         extent, nbytes = self.segments.get(seg, self._segment_bytes(seg), self._load_segment)
         if extent is not None:  # the whole shared extent is in memory: a gather
             np.take(extent, rows, axis=0, out=out)
             self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
             return
-        base_off = int(self.segs[seg, 2])
         uniq, inv = np.unique(rows, return_inverse=True)
-        runs, pos = page_runs(base_off + uniq * self.rb, self.rb)
-        scratch = self._scratch(runs.total_bytes)
-        mv = memoryview(scratch)
-        jobs = np.array_split(np.arange(len(runs.start)), min(self._threads, len(runs.start)))
-        futs = [self._io.submit(_read_runs, self.l3, mv, runs.start[j], runs.npages[j], runs.buf_offset[j])
-                for j in jobs if len(j)]
-        for f in futs:
-            f.result()
-        gather_rows(scratch, pos[inv], self.rb, out)
-        self.stats.add("l3", len(rows), runs.total_bytes, time.perf_counter() - t)
+        nbytes = read_scattered(self.l3, self._io, self._threads, self._scratch,
+                                int(self.segs[seg, 2]) + uniq * self.rb, self.rb, out, order=inv)
+        self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
 
     def _segment_bytes(self, seg: int) -> int:
         return round_up(int(self.segs[seg, 3]) * self.rb)
 
     def _load_segment(self, seg: int) -> np.ndarray:
         """One sequential read of a segment's whole shared extent (kept while its batches are served)."""
-        length = self._segment_bytes(seg)
-        buf = aligned_buffer(length)
-        mv = memoryview(buf)
-        off = int(self.segs[seg, 2])
-        futs = [self._io.submit(self.l3.read_into, mv[lo : min(length, lo + L4_PIECE)], off + lo)
-                for lo in range(0, length, L4_PIECE)]
-        for f in futs:
-            f.result()
+        buf = aligned_buffer(self._segment_bytes(seg))
+        read_pieces(self.l3, self._io, memoryview(buf), int(self.segs[seg, 2]), L4_PIECE)
         n = int(self.segs[seg, 3])
         return np.frombuffer(buf, dtype=np.uint8, count=n * self.rb).reshape(n, self.rb)
 
@@ -311,12 +291,6 @@ class LayoutReader:
         self.stats.add("l1", len(slots), 0, time.perf_counter() - t)
         return rows
 
-    def _scratch(self, nbytes: int) -> Any:
-        buf = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < nbytes:
-            buf = self._local.buf = aligned_buffer(max(nbytes, 1 << 20))
-        return buf
-
     # -- arbitrary ids -------------------------------------------------------------------
     def read(self, ids: Any) -> np.ndarray:
         """Rows for any ids: hot tiers first, then the dynamic cache, then the base table."""
@@ -337,9 +311,10 @@ class LayoutReader:
             rest = self.cache.fill(ids, rest, out, self.stats)
         if len(rest):
             t = time.perf_counter()
-            before = self.base.stats.bytes_read
-            out[rest] = self.base.read(ids[rest])
-            self.stats.add("base", len(rest), self.base.stats.bytes_read - before, time.perf_counter() - t)
+            rows = np.empty((len(rest), self.dim), dtype=self.dtype)
+            nbytes = self.base.read_counted(ids[rest], rows)
+            out[rest] = rows
+            self.stats.add("base", len(rest), nbytes, time.perf_counter() - t)
             if self.cache is not None:
                 self.cache.put(ids[rest], out[rest])
         return out
@@ -390,11 +365,6 @@ class _Once:
                 self._fn = None
 
 
-def _read_runs(f: PageFile, mv: memoryview, start: np.ndarray, npages: np.ndarray, boff: np.ndarray) -> None:
-    for s, n, b in zip(start.tolist(), npages.tolist(), boff.tolist(), strict=True):
-        f.read_into(mv[b : b + n * PAGE], s * PAGE)
-
-
 class SegmentCache:
     """Whole L3 extents of the segments being served, within a byte budget.
 
@@ -436,12 +406,6 @@ def _lookup(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
     slot = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
     return slot, keys[slot] == ids
-
-
-def _pages_bytes(f: PageFile, rows: np.ndarray, rb: int) -> int:
-    """Bytes the base-table read of ``rows`` pulls in: every page any of them spans."""
-    del f
-    return _pages_touched(np.unique(rows), rb, packed=False) * PAGE
 
 
 def _check_budget(tier: str, need: int, budget: int | None) -> None:
