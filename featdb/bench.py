@@ -63,7 +63,8 @@ def _result(secs: float, rows: int, disk: int, counted: int | None, need: int, m
             "featdb_counted_amplification": round(counted / need, 3) if counted else None}
 
 
-def sequential_bandwidth(path: Path, piece: int = 4 << 20, threads: int = 4, limit: int | None = None) -> dict[str, Any]:
+def sequential_bandwidth(path: Path, piece: int = 4 << 20, threads: int = 4,
+                         limit: int | None = None) -> dict[str, Any]:
     """Direct sequential read of a file in ``piece`` chunks, ``threads`` at a time (cold)."""
     from concurrent.futures import ThreadPoolExecutor
 

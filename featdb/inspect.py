@@ -42,7 +42,8 @@ def render(info: dict[str, Any]) -> str:
     lines = [f"store {info['path']} (format {info['format_version']})"]
     lines.append(f"tables: {len(info['tables'])}")
     for t in info["tables"]:
-        lines.append(f"  {t['key']:<28} {t['rows']:>12,} x {t['dim']:<5} {t['dtype']:<8} {t['bytes'] if t['bytes'] is not None else 'missing':>14} B")
+        size = t["bytes"] if t["bytes"] is not None else "missing"
+        lines.append(f"  {t['key']:<28} {t['rows']:>12,} x {t['dim']:<5} {t['dtype']:<8} {size:>14} B")
     g = info["graph"]
     lines.append("graph: none" if g is None else
                  f"graph: {g['num_nodes']:,} nodes, {g['num_edges']:,} edges, {g.get('num_classes', '?')} classes")

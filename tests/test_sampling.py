@@ -194,6 +194,43 @@ def test_sampling_is_reproducible_for_a_seed_with_several_threads(tmp_path: Path
                 np.testing.assert_array_equal(a.input_ids(i), b.input_ids(i))
 
 
+def test_sampling_processes_write_their_own_segments_and_the_same_samples(sampled: Any) -> None:
+    st, ss, _, _ = sampled
+    ticks: list[int] = []
+    with torch_threads(2):
+        sample(st, SampleConfig("procs", CFG.fanouts, CFG.batch_size, CFG.epochs, CFG.seed),
+               progress=ticks.append, workers=2)
+        assert torch.get_num_threads() == 2
+    with SampleSet(st, "procs") as par:
+        assert par.num_batches == ss.num_batches
+        assert len(par.doc["segments"]) == 2 * CFG.epochs > len(ss.doc["segments"])
+        assert sorted(set(par.index[:, 0].tolist())) == list(range(2 * CFG.epochs))
+        for b in range(ss.num_batches):
+            one, two = ss.batch(b), par.batch(b)
+            assert par.epoch_of(b) == ss.epoch_of(b)
+            np.testing.assert_array_equal(two.seeds, one.seeds)
+            np.testing.assert_array_equal(two.input_ids, one.input_ids)
+            for x, y in zip(one.layers, two.layers, strict=True):
+                np.testing.assert_array_equal(x.src, y.src)
+                np.testing.assert_array_equal(x.dst, y.dst)
+        np.testing.assert_array_equal(par.counts(), ss.counts())
+        assert sum(ticks) == ss.num_batches
+
+
+def test_in_process_sampling_restores_the_torch_thread_count(tmp_path: Path) -> None:
+    with make_synth_store(tmp_path / "s", nodes=500, dim=4, seed=1) as st, torch_threads(2):
+        sample(st, SampleConfig("a", (3,), 64, 1), workers=1)
+        assert torch.get_num_threads() == 2
+
+
+def test_epoch_batches_of_a_stored_set_are_its_epochs_in_order(sampled: Any) -> None:
+    _, ss, _, _ = sampled
+    got = np.concatenate([ss.epoch_batches(e) for e in range(ss.epochs)])
+    np.testing.assert_array_equal(got, np.arange(ss.num_batches))
+    with pytest.raises(IndexError):
+        ss.epoch_batches(ss.epochs)
+
+
 # --------------------------------------------------------------------------- aggregation
 def _dgl_blocks(frontiers: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> list[Any]:
     """DGL's own blocks (dgl.to_block) for the recorded frontiers, input side first."""

@@ -83,9 +83,13 @@ def _summary(steps: dict[str, float], sdoc: dict[str, Any], layout: dict[str, An
              runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     keep = ("epochs", "epoch_s", "stage_s", "epoch_over_slowest", "test_acc", "best_val_acc",
             "tier_hit_rates", "read_amplification")
-    out: dict[str, Any] = {"steps": steps, "sample_set": {k: sdoc[k] for k in ("batches", "bytes", "bytes_per_batch")},
-                           "layout": {k: layout[k] for k in ("blowup", "predicted_amplification", "l2_rows", "l4_rows")},
-                           "verify_problems": problems, "runs": {k: {f: v.get(f) for f in keep} for k, v in runs.items()}}
+    out: dict[str, Any] = {
+        "steps": steps,
+        "sample_set": {k: sdoc[k] for k in ("batches", "bytes", "bytes_per_batch")},
+        "layout": {k: layout[k] for k in ("blowup", "predicted_amplification", "l2_rows", "l4_rows")},
+        "verify_problems": problems,
+        "runs": {k: {f: v.get(f) for f in keep} for k, v in runs.items()},
+    }
     if "in-memory" in runs:
         f, m = runs["featdb"], runs["in-memory"]
         out["featdb_vs_in_memory"] = {

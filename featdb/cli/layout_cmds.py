@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import click
@@ -29,11 +30,11 @@ from .common import SIZE, cli, emit, output_options, progress
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "valid", "test"]))
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="Sampling processes (the samples do not depend on it).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Sampling processes; default one per CPU. The samples do not depend on it.")
 @output_options
 def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, seed: int, split: str,
-           workers: int, as_json: bool, quiet: bool) -> None:
+           workers: int | None, as_json: bool, quiet: bool) -> None:
     """Sample every mini-batch of EPOCHS epochs offline into a named sample set.
 
     Example: featdb sample ./store --name train --fanouts 10,10 --batch-size 1024 --epochs 3
@@ -46,7 +47,7 @@ def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, se
         n = int(graph_info(st).get(f"num_{split}", 0) or 0)
         total = -(-n // max(1, batch_size)) * epochs
         with progress(total, f"sample {name}", as_json or quiet) as bar:
-            doc = run_sample(st, cfg, progress=bar, workers=workers)
+            doc = run_sample(st, cfg, progress=bar, workers=workers or len(os.sched_getaffinity(0)))
     keys = ("name", "epochs", "batches", "batches_per_epoch", "fanouts", "batch_size", "bytes",
             "bytes_per_batch", "input_rows", "sample_s")
     emit(as_json, {k: doc[k] for k in keys},

@@ -12,6 +12,7 @@ pass of the base table per group.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
@@ -294,7 +295,7 @@ def _write_runs(fd: int, chunk: np.ndarray, rows: np.ndarray, dst: np.ndarray, e
     cut = np.flatnonzero((d[1:] != d[:-1] + rb) | (e[1:] != e[:-1])) + 1
     bounds = np.concatenate([[0], cut, [len(d)]]).tolist()
     mv = memoryview(gathered).cast("B")
-    for i, j in zip(bounds[:-1], bounds[1:], strict=True):
+    for i, j in itertools.pairwise(bounds):
         piece = mv[i * rb : j * rb]
         os.pwrite(fd, piece, int(d[i]))
         crc[int(e[i])] = zlib.crc32(piece, crc[int(e[i])])

@@ -1,6 +1,8 @@
 """The sample-set format: batches encoded back to back in a few large segment files.
 
-One segment file per epoch under ``samples/<name>/``. A batch record is a
+Each epoch's batches go, in order, to one segment file under
+``samples/<name>/`` or to a few (one per sampling process, each a contiguous
+run of the epoch). A batch record is a
 little-endian int64 header followed by arrays::
 
     header: MAGIC, n_layers, n_seeds, n_inputs, then per layer (num_src, num_dst, n_edges)
@@ -39,17 +41,16 @@ class RecordRef:
     n_inputs: int
 
 
-def encode(batch: Batch, id_dtype: np.dtype) -> bytes:
+def encode_parts(batch: Batch, id_dtype: np.dtype) -> list[np.ndarray]:
+    """A batch record as the arrays that follow one another on disk (no copy where dtypes match)."""
     head = [MAGIC, len(batch.layers), len(batch.seeds), len(batch.input_ids)]
     for layer in batch.layers:
         head += [layer.num_src, layer.num_dst, len(layer.src)]
-    parts = [np.asarray(head, dtype="<i8").tobytes(),
-             batch.seeds.astype(id_dtype, copy=False).tobytes(),
-             batch.input_ids.astype(id_dtype, copy=False).tobytes()]
+    parts = [np.asarray(head, dtype="<i8"), batch.seeds.astype(id_dtype, copy=False),
+             batch.input_ids.astype(id_dtype, copy=False)]
     for layer in batch.layers:
-        parts.append(layer.src.astype("<i4", copy=False).tobytes())
-        parts.append(layer.dst.astype("<i4", copy=False).tobytes())
-    return b"".join(parts)
+        parts += [layer.src.astype("<i4", copy=False), layer.dst.astype("<i4", copy=False)]
+    return [np.ascontiguousarray(p) for p in parts]
 
 
 def decode(raw: bytes | memoryview, id_dtype: np.dtype, where: str = "") -> Batch:
@@ -66,8 +67,9 @@ def decode(raw: bytes | memoryview, id_dtype: np.dtype, where: str = "") -> Batc
     pos += n_inputs * isz
     layers = []
     for num_src, num_dst, n_edges in sizes.tolist():
-        src = np.frombuffer(raw, dtype="<i4", count=n_edges, offset=pos).astype(np.int64)
-        dst = np.frombuffer(raw, dtype="<i4", count=n_edges, offset=pos + 4 * n_edges).astype(np.int64)
+        # local indices stay int32 as stored (read-only views): half the bytes to move, widened where used
+        src = np.frombuffer(raw, dtype="<i4", count=n_edges, offset=pos)
+        dst = np.frombuffer(raw, dtype="<i4", count=n_edges, offset=pos + 4 * n_edges)
         pos += 8 * n_edges
         layers.append(Layer(src, dst, np.arange(num_dst, dtype=np.int64), num_src, num_dst))
     return Batch(seeds, inputs, tuple(layers))

@@ -22,8 +22,8 @@ import numpy as np
 
 @dataclass(frozen=True, slots=True)
 class Layer:
-    src: np.ndarray  # int64 [E], local source index
-    dst: np.ndarray  # int64 [E], local destination index
+    src: np.ndarray  # int32 or int64 [E], local source index
+    dst: np.ndarray  # int32 or int64 [E], local destination index
     dst_in_src: np.ndarray  # int64 [num_dst]
     num_src: int
     num_dst: int

@@ -2,18 +2,21 @@
 
 DGL does the sampling (imported lazily: featdb itself needs neither torch nor
 DGL). Each epoch reshuffles the split with its own seed and samples afresh.
-Batches stream to segment files one at a time, so memory stays bounded by one
-epoch's worth of nothing but the graph itself and one batch.
+Batches stream to segment files one at a time, so memory stays bounded by the
+graph, one batch and one per-node counter per sampling process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +25,7 @@ from ..catalog import Txn
 from ..errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from ..io import ChecksumWriter, hold_dir, write_atomic
 from ..store import Store
-from .format import encode
+from .format import encode_parts
 from .mfg import Batch, Layer
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -97,7 +100,7 @@ def sample_batch(graph: Any, seeds: np.ndarray, fanouts: tuple[int, ...], scratc
     Layers are sampled from the seeds outward (``fanouts[-1]`` for the seeds'
     layer, as DGL's NeighborSampler does). A layer's sources are its
     destinations first, then the newly reached nodes.
-    ``scratch`` is an int64 array of ``num_nodes`` entries, all -1, left as found.
+    ``scratch`` is an int32 (int64 past 2**31 nodes) array of ``num_nodes`` entries, all -1, left so.
     """
     import dgl
     import torch
@@ -105,73 +108,167 @@ def sample_batch(graph: Any, seeds: np.ndarray, fanouts: tuple[int, ...], scratc
     dst = seeds.astype(np.int64)
     layers: list[Layer] = []
     for fanout in reversed(fanouts):
-        frontier = dgl.sampling.sample_neighbors(graph, torch.from_numpy(dst), fanout)
+        frontier = dgl.sampling.sample_neighbors(graph, torch.from_numpy(dst), fanout,
+                                                 copy_ndata=False, copy_edata=False)
         u, v = (x.numpy() for x in frontier.edges(order="eid"))
-        scratch[dst] = np.arange(len(dst))
-        fresh = u[scratch[u] < 0]
-        # deduplicate without sorting: mark each fresh node with a position; one position per node wins
-        marks = len(dst) + np.arange(len(fresh))
-        scratch[fresh] = marks
-        uniq = fresh[scratch[fresh] == marks]
-        scratch[uniq] = len(dst) + np.arange(len(uniq))
-        src_nodes = np.concatenate([dst, uniq])
-        layers.append(Layer(scratch[u], scratch[v], np.arange(len(dst), dtype=np.int64),
-                            len(src_nodes), len(dst)))
-        scratch[src_nodes] = -1
+        src_nodes, u_local, v_local = _relabel(u, v, dst, scratch)
+        layers.append(Layer(u_local, v_local, np.arange(len(dst), dtype=np.int64), len(src_nodes), len(dst)))
         dst = src_nodes
     return Batch(seeds.astype(np.int64), dst, tuple(reversed(layers)))
+
+
+def _relabel(u: np.ndarray, v: np.ndarray, dst: np.ndarray,
+             slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source nodes, local u, local v): sources are ``dst``, then the new nodes of ``u``."""
+    from .kernels import relabel
+
+    u_local = np.empty(len(u), dtype=np.int32)
+    v_local = np.empty(len(v), dtype=np.int32)
+    nodes = np.empty(len(dst) + len(u), dtype=np.int64)
+    k = relabel(u, v, dst, slots, u_local, v_local, nodes)
+    return nodes[:k].copy(), u_local, v_local
 
 
 def _batch_seed(cfg: SampleConfig, epoch: int, i: int) -> int:
     return int(np.random.default_rng([cfg.seed, epoch, i]).integers(2**31 - 1))
 
 
-def iter_sampled(graph: Any, train_ids: np.ndarray, cfg: SampleConfig,
-                 workers: int = 1) -> Iterator[tuple[int, Batch]]:
-    """(epoch, batch) for every batch of every epoch, in order; reproducible for ``cfg.seed``.
+def iter_sampled(graph: Any, train_ids: np.ndarray, cfg: SampleConfig) -> Iterator[tuple[int, Batch]]:
+    """(epoch, batch) for every batch of every epoch, in order, in this process.
 
     Every batch is sampled by one single-threaded DGL call seeded from (seed,
-    epoch, batch index) — DGL's worker threads keep their own RNG state, so
-    threads would make samples irreproducible. Parallelism comes from
-    ``workers`` forked processes instead; the result does not depend on it.
+    epoch, batch index): DGL's worker threads keep their own RNG state, so
+    threads would make samples irreproducible. :func:`sample` gets its
+    parallelism from processes that each write their own segment instead;
+    the samples do not depend on how many.
     """
-    tasks = ((epoch, i, seeds) for epoch in range(cfg.epochs)
-             for i, seeds in enumerate(epoch_batches(train_ids, cfg.batch_size, cfg.seed, epoch)))
-    if workers <= 1:
-        _worker_init(graph, cfg)
-        yield from map(_worker_sample, tasks)
-        return
-    import multiprocessing as mp
+    with _in_process(graph, cfg):
+        for epoch in range(cfg.epochs):
+            for i, seeds in enumerate(epoch_batches(train_ids, cfg.batch_size, cfg.seed, epoch)):
+                yield epoch, _sample_one(epoch, i, seeds)
 
-    with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(graph, cfg)) as pool:
-        yield from pool.imap(_worker_sample, tasks, chunksize=1)
+
+@contextlib.contextmanager
+def _in_process(graph: Any, cfg: SampleConfig) -> Iterator[None]:
+    """Sample in this process; its torch thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    _worker_init(graph, cfg)
+    try:
+        yield
+    finally:
+        _WORKER.clear()
+        torch.set_num_threads(threads)
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(graph: Any, cfg: SampleConfig) -> None:
+def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _WORKER.update(graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=np.int64))
+    dtype = np.int32 if graph.num_nodes() < 2**31 else np.int64
+    _WORKER.update(graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=dtype), done=done)
 
 
-def _worker_sample(task: tuple[int, int, np.ndarray]) -> tuple[int, Batch]:
+def _sample_one(epoch: int, i: int, seeds: np.ndarray) -> Batch:
     import dgl
 
-    epoch, i, seeds = task
     cfg = _WORKER["cfg"]
     dgl.seed(_batch_seed(cfg, epoch, i))
-    return epoch, sample_batch(_WORKER["graph"], seeds, cfg.fanouts, _WORKER["scratch"])
+    return sample_batch(_WORKER["graph"], seeds, cfg.fanouts, _WORKER["scratch"])
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """A contiguous run of one epoch's batches, written to its own segment file."""
+
+    epoch: int
+    lo: int
+    hi: int
+    segment: str
+
+
+@dataclass(slots=True)
+class _Written:
+    piece: _Piece
+    records: list[tuple[int, int, int, int]]  # (offset, length, crc32, input count) per batch
+    counts: np.ndarray  # per node, how many of the piece's batches read it
+    size: int
+    crcs: list[int]
+
+
+def _pieces(cfg: SampleConfig, batches_per_epoch: int, workers: int) -> list[_Piece]:
+    """Each epoch split into ``workers`` contiguous runs of batches (fewer if the epoch is short)."""
+    k = max(1, min(workers, batches_per_epoch))
+    bounds = np.linspace(0, batches_per_epoch, k + 1).round().astype(int).tolist()
+    return [_Piece(e, lo, hi, f"epoch-{e:04d}.seg" if k == 1 else f"epoch-{e:04d}-{p:02d}.seg")
+            for e in range(cfg.epochs) for p, (lo, hi) in enumerate(itertools.pairwise(bounds))]
+
+
+def _write_piece(piece: _Piece, train_ids: np.ndarray, tmp: Path, id_dtype: np.dtype,
+                 progress: Callable[[int], None] | None = None) -> _Written:
+    import zlib
+
+    from .kernels import count
+
+    batches = epoch_batches(train_ids, _WORKER["cfg"].batch_size, _WORKER["cfg"].seed, piece.epoch)
+    counts = np.zeros(_WORKER["graph"].num_nodes(), dtype=np.int32)
+    records = []
+    with ChecksumWriter(tmp / piece.segment) as writer:
+        for i in range(piece.lo, piece.hi):
+            batch = _sample_one(piece.epoch, i, batches[i])
+            offset, crc = writer.size, 0
+            for part in encode_parts(batch, id_dtype):
+                writer.write(part)
+                crc = zlib.crc32(part, crc)
+            records.append((offset, writer.size - offset, crc, len(batch.input_ids)))
+            count(batch.input_ids, counts)
+            if progress:
+                progress(1)
+            elif _WORKER["done"] is not None:
+                with _WORKER["done"].get_lock():
+                    _WORKER["done"].value += 1
+        writer.commit()
+    return _Written(piece, records, counts, writer.size, writer.crcs)
+
+
+def _write_pieces(graph: Any, train_ids: np.ndarray, cfg: SampleConfig, pieces: list[_Piece], tmp: Path,
+                  id_dtype: np.dtype, progress: Callable[[int], None] | None, workers: int) -> Iterator[_Written]:
+    """Every piece's segment, written in this process or by ``workers`` forked ones, in piece order."""
+    if workers <= 1:
+        with _in_process(graph, cfg):
+            for piece in pieces:
+                yield _write_piece(piece, train_ids, tmp, id_dtype, progress)
+        return
+    import functools
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    done = ctx.Value("q", 0)
+    job = functools.partial(_write_piece, train_ids=train_ids, tmp=tmp, id_dtype=id_dtype)
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(graph, cfg, done)) as pool:
+        result = pool.map_async(job, pieces, chunksize=1)
+        reported = 0
+        while not result.ready():
+            result.wait(0.2)
+            now = done.value
+            if progress and now > reported:
+                progress(now - reported)
+            reported = now
+        yield from result.get()
 
 
 def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | None = None,
            workers: int = 1) -> dict[str, Any]:
     """Sample ``cfg.epochs`` epochs into a new sample set; returns its catalog document.
 
-    ``workers`` sampling processes; the samples do not depend on it. (On 2
-    cores, shipping batches between processes costs more than it saves.)
+    ``workers`` forked processes each sample a contiguous run of every
+    epoch's batches into a segment file of their own, so no batch crosses a
+    process boundary. The samples do not depend on ``workers``; only the
+    number of segment files does.
     """
     from ..graph import load_graph
 
@@ -183,10 +280,7 @@ def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | No
     seeds = {"train": g.train, "valid": g.valid, "test": g.test}[cfg.split]
     if len(seeds) == 0:
         raise NotFoundError(f"split {cfg.split!r} of the stored graph is empty")
-    if len(cfg.fanouts) and g.num_nodes >= 2**31:
-        id_dtype = np.dtype("<i8")
-    else:
-        id_dtype = np.dtype("<i4")
+    id_dtype = np.dtype("<i8" if g.num_nodes >= 2**31 else "<i4")
     rel = f"samples/{cfg.name}"
     tmp = store.root / (rel + f".partial-{time.time_ns():x}")
     tmp.mkdir(parents=True)
@@ -202,61 +296,33 @@ def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | No
     return doc
 
 
-def _write(store: Store, tmp: Any, rel: str, g: Any, seeds: np.ndarray, cfg: SampleConfig,
+def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: np.ndarray, cfg: SampleConfig,
            id_dtype: np.dtype, progress: Callable[[int], None] | None, workers: int) -> dict[str, Any]:
-
     graph = dgl_graph(g.indptr, g.indices)
     counts = np.zeros(g.num_nodes, dtype=np.int32)
+    per_epoch = -(-len(seeds) // cfg.batch_size)
+    pieces = _pieces(cfg, per_epoch, workers)
     index: list[tuple[int, int, int, int, int]] = []
-    files: dict[str, dict[str, Any]] = {}
+    file_recs: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
-    try:
-        _stream_batches(graph, seeds, cfg, tmp, id_dtype, counts, index, files, progress, workers)
-    except BaseException:
-        for rec in files.values():
-            rec["writer"].abort()
-        raise
+    for seg, w in enumerate(_write_pieces(graph, seeds, cfg, pieces, tmp, id_dtype, progress, workers)):
+        index += [(seg, *rec) for rec in w.records]
+        counts += w.counts
+        file_recs[f"{rel}/{w.piece.segment}"] = {"size": w.size, "crcs": w.crcs, "kind": "samples"}
     size, crcs = write_atomic(tmp / "counts.i32", counts.tobytes())
     idx = np.asarray(index, dtype=np.int64)
     isize, icrcs = write_atomic(tmp / "index.i64", idx.tobytes())
-    seg_names = sorted(files)
-    file_recs = {f"{rel}/{n}": {"size": files[n]["writer"].size, "crcs": files[n]["writer"].crcs,
-                                "kind": "samples"} for n in seg_names}
     file_recs[f"{rel}/counts.i32"] = {"size": size, "crcs": crcs, "kind": "samples"}
     file_recs[f"{rel}/index.i64"] = {"size": isize, "crcs": icrcs, "kind": "samples"}
     nbatches = len(index)
     total = int(idx[:, 2].sum())
     return {"name": cfg.name, **{k: v for k, v in asdict(cfg).items() if k != "name"},
             "fanouts": list(cfg.fanouts), "batches": nbatches,
-            "batches_per_epoch": nbatches // cfg.epochs, "num_nodes": g.num_nodes,
+            "batches_per_epoch": per_epoch, "num_nodes": g.num_nodes,
             "id_dtype": id_dtype.str, "bytes": total, "bytes_per_batch": total // max(1, nbatches),
-            "input_rows": int(idx[:, 4].sum()), "segments": seg_names, "path": rel,
+            "input_rows": int(idx[:, 4].sum()), "segments": [p.segment for p in pieces], "path": rel,
             "files": file_recs, "sample_s": round(time.perf_counter() - started, 3),
-            "created": time.time()}
-
-
-def _stream_batches(graph: Any, seeds: np.ndarray, cfg: SampleConfig, tmp: Any, id_dtype: np.dtype,
-                    counts: np.ndarray, index: list[tuple[int, int, int, int, int]],
-                    files: dict[str, dict[str, Any]], progress: Callable[[int], None] | None,
-                    workers: int) -> None:
-    """Sample and append every batch to its epoch's segment file; one segment per epoch."""
-    import zlib
-
-    writer: ChecksumWriter | None = None
-    for epoch, batch in iter_sampled(graph, seeds, cfg, workers):
-        if writer is None or epoch == len(files):
-            if writer is not None:
-                writer.commit()
-            writer = ChecksumWriter(tmp / f"epoch-{epoch:04d}.seg")
-            files[f"epoch-{epoch:04d}.seg"] = {"writer": writer}
-        raw = encode(batch, id_dtype)
-        off = writer.write(raw)
-        index.append((epoch, off, len(raw), zlib.crc32(raw), len(batch.input_ids)))
-        counts[batch.input_ids] += 1
-        if progress:
-            progress(1)
-    if writer is not None:
-        writer.commit()
+            "workers": workers, "created": time.time()}
 
 
 def _publish(store: Store, tmp: Any, rel: str, doc: dict[str, Any]) -> None:

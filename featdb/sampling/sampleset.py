@@ -48,16 +48,19 @@ class SampleSet:
         return int(self.doc["num_nodes"])
 
     def epoch_of(self, b: int) -> int:
-        return int(self.index[b, 0])
+        """Batches are stored epoch by epoch, the same number in each."""
+        return b // self.batches_per_epoch
 
     def epoch_batches(self, epoch: int) -> np.ndarray:
-        return np.flatnonzero(self.index[:, 0] == epoch)
+        if not 0 <= epoch < self.epochs:
+            raise IndexError(f"epoch {epoch} out of range [0, {self.epochs})")
+        return np.arange(epoch * self.batches_per_epoch, (epoch + 1) * self.batches_per_epoch)
 
     def _ref(self, b: int) -> RecordRef:
         if not 0 <= b < self.num_batches:
             raise IndexError(f"batch {b} out of range [0, {self.num_batches})")
-        e, off, length, crc, n_in = (int(x) for x in self.index[b])
-        return RecordRef(e, off, length, crc, n_in)
+        seg, off, length, crc, n_in = (int(x) for x in self.index[b])
+        return RecordRef(seg, off, length, crc, n_in)
 
     def batch(self, b: int) -> Batch:
         raw = self._files.read(self._ref(b))
