@@ -13,7 +13,8 @@ import mmap
 import os
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+import concurrent.futures
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,11 +358,26 @@ def _read_runs(f: PageFile, mv: memoryview, start: np.ndarray, npages: np.ndarra
         f.read_into(mv[b : b + n * PAGE], s * PAGE)
 
 
-def read_pieces(f: PageFile, pool: Executor, mv: memoryview, offset: int, piece: int) -> int:
-    """Fill ``mv`` from ``offset`` sequentially, as parallel reads of ``piece`` bytes when it is larger."""
+def start_pieces(f: PageFile, pool: Executor, mv: memoryview, offset: int, piece: int) -> Callable[[], int]:
+    """Start filling ``mv`` from ``offset`` as parallel reads of at most ``piece`` bytes on ``pool``.
+
+    Returns a function that waits for them and gives the bytes read, so the
+    caller can do other work while the device reads. The pieces themselves
+    never wait on ``pool``, so callers running on it cannot deadlock it.
+    """
     length = len(mv)
-    if length <= piece:
-        return f.read_into(mv, offset)
     futures = [pool.submit(f.read_into, mv[lo : min(length, lo + piece)], offset + lo)
                for lo in range(0, length, piece)]
-    return sum(fut.result() for fut in futures)
+
+    def wait() -> int:
+        concurrent.futures.wait(futures)  # every piece has stopped writing into mv before any error is raised
+        return sum(fut.result() for fut in futures)
+
+    return wait
+
+
+def read_pieces(f: PageFile, pool: Executor, mv: memoryview, offset: int, piece: int) -> int:
+    """Fill ``mv`` from ``offset`` sequentially, as parallel reads of ``piece`` bytes when it is larger."""
+    if len(mv) <= piece:
+        return f.read_into(mv, offset)
+    return start_pieces(f, pool, mv, offset, piece)()

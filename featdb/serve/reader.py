@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, CorruptDataError
-from ..io import PAGE, PageFile, ScratchBuffers, aligned_buffer, read_pieces, read_scattered, round_up
+from ..io import PAGE, PageFile, ScratchBuffers, aligned_buffer, read_pieces, read_scattered, round_up, start_pieces
 from ..layout import generation
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
@@ -189,10 +189,13 @@ class LayoutReader:
         try:
             n_host = n4 + n3 + n2 + (0 if self.device != "cpu" else n1)
             out = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.rb).reshape(n_host, self.rb)
-            self._read_l4(buf, n4, l4_off)
-            self._read_l3(out[n4 : n4 + n3], l3_rows, seg)
-            self._gather("l2", self.host, l2_slots, out[n4 + n3 : n4 + n3 + n2])
-            dev = self._gather_l1(l1_slots, out[n4 + n3 + n2 :])
+            l4_done = self._start_l4(buf, n4, l4_off)
+            try:  # the memory tiers are gathered while the device reads the batch extent
+                self._read_l3(out[n4 : n4 + n3], l3_rows, seg)
+                self._gather("l2", self.host, l2_slots, out[n4 + n3 : n4 + n3 + n2])
+                dev = self._gather_l1(l1_slots, out[n4 + n3 + n2 :])
+            finally:
+                l4_done()
         except BaseException:
             self.pool.release(buf)
             raise
@@ -236,14 +239,32 @@ class LayoutReader:
             pos += size
         return tuple(parts)
 
-    def _read_l4(self, buf: Any, n4: int, off: int) -> None:
-        """The batch extent, straight into the head of ``buf``: one sequential read, split
-        into a few large pieces read in parallel so the device sees more than one request."""
+    def _start_l4(self, buf: Any, n4: int, off: int) -> Callable[[], None]:
+        """Start reading the batch extent straight into the head of ``buf``: one sequential
+        read, split into a few large pieces read in parallel so the device sees more than one
+        request. Returns the function that waits for it (it must be called, error or not).
+
+        Direct reads fill whole pages, so the extent's last partial page goes to a page of
+        its own and is copied in when done: the rows gathered meanwhile right after the
+        extent are never overwritten.
+        """
         if not n4:
-            return
+            return lambda: None
         t = time.perf_counter()
-        n = read_pieces(self.l4, self._io, memoryview(buf)[: round_up(n4 * self.rb)], off, L4_PIECE)
-        self.stats.add("l4", n4, n, time.perf_counter() - t)
+        size = n4 * self.rb
+        whole = size - size % PAGE
+        head = start_pieces(self.l4, self._io, memoryview(buf)[:whole], off, L4_PIECE) if whole else None
+        last = aligned_buffer(PAGE) if whole < size else None
+        tail = start_pieces(self.l4, self._io, memoryview(last), off + whole, PAGE) if last else None
+
+        def done() -> None:
+            n = head() if head else 0
+            if tail and last:
+                n += tail()
+                buf[whole:size] = last[: size - whole]
+            self.stats.add("l4", n4, n, time.perf_counter() - t)
+
+        return done
 
     def _read_l3(self, out: np.ndarray, rows: np.ndarray, seg: int) -> None:
         if not len(rows):
