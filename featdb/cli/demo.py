@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def demo(path: str, epochs: int, nodes: int, seed: int, baseline: bool, as_json:
         steps["synth_s"] = _lap(t)
         say(f"[2/5] sample: {epochs} epochs, fanouts {FANOUTS}, batch {BATCH}")
         t = time.perf_counter()
-        sdoc = run_sample(st, SampleConfig("demo", FANOUTS, BATCH, epochs, seed=0))
+        sdoc = run_sample(st, SampleConfig("demo", FANOUTS, BATCH, epochs, seed=0),
+                          workers=len(os.sched_getaffinity(0)))
         steps["sample_s"] = _lap(t)
         host = int(st.schema("node/_/feat").nbytes * HOST_CACHE_FRACTION)
         say(f"[3/5] pack: host cache {host >> 20} MiB (10% of the table)")
