@@ -7,6 +7,7 @@ reports per-stage busy and stall seconds.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -164,7 +165,9 @@ class DGLLoader:
     def _iter(self, loader: Any, times: dict[str, StageTime]) -> Iterator[Item]:
         from .mfg import from_dgl_blocks
 
-        it = iter(loader)
+        with warnings.catch_warnings():  # DGL advises enable_cpu_affinity() once per epoch; not for 2 cores
+            warnings.filterwarnings("ignore", message=".*CPU affinity opt is not enabled")
+            it = iter(loader)
         while True:
             t0 = time.perf_counter()
             try:
