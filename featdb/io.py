@@ -6,6 +6,7 @@ direct I/O (page-aligned buffer, offset and length) live in one place.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -14,7 +15,6 @@ import os
 import threading
 import zlib
 from collections.abc import Callable, Sequence
-import concurrent.futures
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
