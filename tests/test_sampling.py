@@ -449,6 +449,23 @@ def test_interrupted_sampling_closes_its_segment_file(small: Any) -> None:
     assert leaks == []
 
 
+def test_a_failing_sampling_process_fails_the_run_and_leaves_nothing_behind(small: Any) -> None:
+    import featdb.sampling.offline as offline
+
+    before = catalog_state(small)
+
+    def broken(epoch: int, i: int, seeds: np.ndarray) -> Any:
+        if i == 3:
+            raise RuntimeError("sampler crashed (simulated)")
+        return real(epoch, i, seeds)
+
+    real = offline._sample_one
+    with mock.patch.object(offline, "_sample_one", broken), pytest.raises(RuntimeError, match="simulated"):
+        sample(small, SampleConfig("new", (3, 3), 32, 2), workers=2)  # forked workers inherit the patch
+    assert catalog_state(small) == before
+    assert _samples_dirs(small) == ["taken"]
+
+
 def test_failed_catalog_write_leaves_nothing_behind(small: Any) -> None:
     before = catalog_state(small)
     real_write = small.catalog.write
