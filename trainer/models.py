@@ -15,6 +15,7 @@ order); the result has one row per seed.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 import warnings
@@ -417,7 +418,7 @@ def _widths(in_dim: int, hidden: int, n_classes: int, n_layers: int) -> list[tup
     return list(itertools.pairwise([in_dim] + [hidden] * (n_layers - 1) + [n_classes]))
 
 
-class _ConvStack(nn.Module):
+class _ConvStack(nn.Module, abc.ABC):
     """Message-passing layers applied one MFG layer each; :meth:`between` shapes each output."""
 
     layers: nn.ModuleList
@@ -431,8 +432,9 @@ class _ConvStack(nn.Module):
             h = self.between(conv(layer, h), i == last)
         return h
 
+    @abc.abstractmethod
     def between(self, h: Tensor, last: bool) -> Tensor:
-        raise NotImplementedError
+        """What follows layer ``i``'s output (``last`` for the final layer)."""
 
 
 class SAGE(_ConvStack):

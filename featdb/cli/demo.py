@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import click
 from .. import store as store_mod
 from ..layout.pack import pack as pack_layout
 from ..layout.plan import Budgets
-from ..sampling.offline import SampleConfig
+from ..sampling.offline import SampleConfig, default_workers
 from ..sampling.offline import sample as run_sample
 from .common import cli, emit, output_options, progress
 
@@ -58,7 +57,7 @@ def demo(path: str, epochs: int, nodes: int, seed: int, baseline: bool, as_json:
         say(f"[2/5] sample: {epochs} epochs, fanouts {FANOUTS}, batch {BATCH}")
         t = time.perf_counter()
         sdoc = run_sample(st, SampleConfig("demo", FANOUTS, BATCH, epochs, seed=0),
-                          workers=len(os.sched_getaffinity(0)))
+                          workers=default_workers())
         steps["sample_s"] = _lap(t)
         host = int(st.schema("node/_/feat").nbytes * HOST_CACHE_FRACTION)
         say(f"[3/5] pack: host cache {host >> 20} MiB (10% of the table)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import click
@@ -15,7 +14,7 @@ from ..layout import generation
 from ..layout.pack import DEFAULT_BUDGET
 from ..layout.pack import pack as pack_layout
 from ..layout.plan import POLICIES, Budgets
-from ..sampling.offline import SampleConfig, parse_fanouts
+from ..sampling.offline import SampleConfig, default_workers, parse_fanouts
 from ..sampling.offline import sample as run_sample
 from ..units import format_size
 from .common import SIZE, cli, emit, output_options, progress
@@ -47,7 +46,7 @@ def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, se
         n = int(graph_info(st).get(f"num_{split}", 0) or 0)
         total = -(-n // max(1, batch_size)) * epochs
         with progress(total, f"sample {name}", as_json or quiet) as bar:
-            doc = run_sample(st, cfg, progress=bar, workers=workers or len(os.sched_getaffinity(0)))
+            doc = run_sample(st, cfg, progress=bar, workers=workers or default_workers())
     keys = ("name", "epochs", "batches", "batches_per_epoch", "fanouts", "batch_size", "bytes",
             "bytes_per_batch", "input_rows", "sample_s")
     emit(as_json, {k: doc[k] for k in keys},

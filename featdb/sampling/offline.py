@@ -250,15 +250,25 @@ def _write_pieces(graph: Any, train_ids: np.ndarray, cfg: SampleConfig, pieces: 
     done = ctx.Value("q", 0)
     job = functools.partial(_write_piece, train_ids=train_ids, tmp=tmp, id_dtype=id_dtype)
     with ctx.Pool(workers, initializer=_worker_init, initargs=(graph, cfg, done)) as pool:
-        result = pool.map_async(job, pieces, chunksize=1)
+        results = pool.imap(job, pieces)  # streamed in order: finished pieces are not all held at once
         reported = 0
-        while not result.ready():
-            result.wait(0.2)
-            now = done.value
-            if progress and now > reported:
-                progress(now - reported)
-            reported = now
-        yield from result.get()
+        while True:
+            try:
+                written = results.next(timeout=0.2)
+            except mp.TimeoutError:
+                written = None
+            except StopIteration:
+                return
+            if progress and done.value > reported:
+                progress(done.value - reported)
+                reported = done.value
+            if written is not None:
+                yield written
+
+
+def default_workers() -> int:
+    """One sampling process per CPU this process may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | None = None,

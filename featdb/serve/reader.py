@@ -253,14 +253,14 @@ class LayoutReader:
         t = time.perf_counter()
         size = n4 * self.rb
         whole = size - size % PAGE
-        head = start_pieces(self.l4, self._io, memoryview(buf)[:whole], off, L4_PIECE) if whole else None
+        waits = [start_pieces(self.l4, self._io, memoryview(buf)[:whole], off, L4_PIECE)] if whole else []
         last = aligned_buffer(PAGE) if whole < size else None
-        tail = start_pieces(self.l4, self._io, memoryview(last), off + whole, PAGE) if last else None
+        if last is not None:
+            waits.append(start_pieces(self.l4, self._io, memoryview(last), off + whole, PAGE))
 
         def done() -> None:
-            n = head() if head else 0
-            if tail and last:
-                n += tail()
+            n = sum(wait() for wait in waits)
+            if last is not None:
                 buf[whole:size] = last[: size - whole]
             self.stats.add("l4", n4, n, time.perf_counter() - t)
 
