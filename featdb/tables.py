@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CorruptDataError, FormatVersionError, IdsOutOfRangeError, InvalidIdsError
-from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered
+from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered, take_rows
 
 MAGIC = b"FEATDBT\x01"
 FILE_FORMAT = 1
@@ -175,7 +175,7 @@ class TableReader:
             nbytes += read_scattered(self.file, self._pool, self._threads, self._scratch,
                                      HEADER_BYTES + uniq[lo : lo + per_chunk] * s.row_bytes, s.row_bytes,
                                      rows[lo : lo + per_chunk])
-        np.take(rows.view(s.dtype).reshape(len(uniq), s.dim), inverse, axis=0, out=out)
+        take_rows(rows.view(s.dtype).reshape(len(uniq), s.dim), inverse, out)
         self.stats.add(len(ids), len(uniq), nbytes)
         return nbytes
 

@@ -16,6 +16,7 @@ from trainer.mfg import (  # noqa: E402
     TorchBatch,
     TorchLayer,
     from_dgl_blocks,
+    served,
     synthetic_batch,
     to_torch,
 )
@@ -372,6 +373,34 @@ def test_from_dgl_blocks_preserves_edges(dgl: Any, graph: Any) -> None:
         # Relabelling keeps the global edges.
         order = np.random.default_rng(0).permutation(batch.layers[0].num_src)
         assert global_edges(batch.reordered(order)) == expected
+
+
+@pytest.mark.parametrize("int32", [False, True])
+def test_served_matches_reordered(int32: bool) -> None:
+    plain = synthetic_batch(32, [4, 4], 500, seed=3)
+    if int32:  # as stored: int32 views of layer indices
+        plain = Batch(plain.seeds, plain.input_ids, tuple(
+            Layer(lay.src.astype(np.int32), lay.dst.astype(np.int32), lay.dst_in_src,
+                  lay.num_src, lay.num_dst) for lay in plain.layers))
+    order = np.random.default_rng(5).permutation(plain.layers[0].num_src).astype(np.int64)
+    got, want = served(plain, order), plain.reordered(order)
+    assert np.array_equal(got.input_ids, want.input_ids)
+    assert np.array_equal(got.seeds, want.seeds)
+    for a, b in zip(got.layers, want.layers, strict=True):
+        assert (a.num_src, a.num_dst) == (b.num_src, b.num_dst)
+        for name in ("src", "dst", "dst_in_src"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert got.layers[0].src.dtype == np.int64 and got.layers[0].dst.dtype == np.int64
+
+
+def test_served_rejects_a_bad_order() -> None:
+    plain = synthetic_batch(16, [3, 3], 200, seed=0)
+    n = plain.layers[0].num_src
+    with pytest.raises(ValueError, match="entries"):
+        served(plain, np.arange(n - 1))
+    for bad in (np.r_[np.arange(n - 1), 0], np.r_[np.arange(n - 1), n], np.r_[-1, np.arange(1, n)]):
+        with pytest.raises(ValueError, match="permutation"):
+            served(plain, bad)
 
 
 def test_from_dgl_blocks_rejects_bad_input(dgl: Any, graph: Any) -> None:

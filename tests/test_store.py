@@ -192,3 +192,19 @@ def test_reads_after_fork(store: featdb.Store, rng: np.random.Generator) -> None
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(r, 1) == b"1"
+
+
+def test_take_rows_gathers_in_place_and_rejects_out_of_range_rows() -> None:
+    from featdb.io import take_rows
+
+    src = np.arange(40, dtype=np.uint8).reshape(10, 4)
+    rows = np.array([9, 0, 3, 3])
+    out = np.zeros((4, 4), dtype=np.uint8)
+    take_rows(src, rows, out)
+    np.testing.assert_array_equal(out, src[rows])
+    for bad in ([10], [-1], [0, 11]):
+        kept = out.copy()
+        with pytest.raises(errors.CorruptDataError, match="outside"):
+            take_rows(src, np.array(bad), out[: len(bad)])
+        np.testing.assert_array_equal(out, kept)
+    take_rows(src, np.array([], dtype=np.int64), out[:0])

@@ -20,7 +20,7 @@ from featdb.graph import Graph
 from featdb.sampling import SampleSet
 from featdb.serve import open_reader
 
-from .mfg import TorchBatch, to_torch
+from .mfg import TorchBatch, served, to_torch
 from .pipeline import Pipeline, StageTime
 
 Item = tuple[TorchBatch, torch.Tensor, torch.Tensor, Callable[[], None]]
@@ -80,7 +80,7 @@ class FeatDBLoader:
 
     def _assemble(self, item: tuple[int, Any, Any]) -> Item:
         _, batch, rows = item
-        mfg = to_torch(batch.reordered(rows.order), self.device)
+        mfg = to_torch(served(batch, rows.order), self.device)
         x = torch.from_numpy(rows.rows)
         y = self.labels[torch.from_numpy(batch.seeds)]
         if self.device.type != "cpu":

@@ -19,6 +19,7 @@ from featdb.graph import load_graph
 from featdb.sampling import SampleSet
 from featdb.sampling.offline import SampleConfig, sample
 
+from .allocator import retain_large_allocations
 from .loaders import DGLLoader, FeatDBLoader
 from .mfg import to_torch
 from .models import build_model
@@ -53,6 +54,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate every epoch, keep the best-validation checkpoint; return a summary."""
     if cfg.loader not in LOADERS:
         raise ConfigError(f"loader {cfg.loader!r}: one of {', '.join(LOADERS)}")
+    retain_large_allocations()
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -283,5 +285,6 @@ def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Any, ckpt: Path) -
         "tier_hit_rates": {k: v["hit_rate"] for k, v in serve.get("tiers", {}).items()},
         "read_amplification": _packed_amplification(serve),
         "checkpoint": str(ckpt),
+        "allocator": retain_large_allocations(),
         "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
     }

@@ -24,6 +24,7 @@ __all__ = [
     "TorchBatch",
     "TorchLayer",
     "from_dgl_blocks",
+    "served",
     "synthetic_batch",
     "to_torch",
 ]
@@ -83,6 +84,36 @@ def _index_tensor(array: npt.ArrayLike, device: torch.device, pin_memory: bool) 
     if pin_memory and device.type == "cuda":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=tensor.is_pinned())
+
+
+def served(batch: Batch, order: npt.ArrayLike) -> Batch:
+    """``batch.reordered(order)`` with int64 layer-0 arrays, in one compiled pass.
+
+    ``order`` is the order featdb served the input rows in (new row ``k`` is
+    old row ``order[k]``). Without numba this falls back to
+    :meth:`Batch.reordered`. ``ValueError`` if ``order`` is not a permutation
+    of layer 0's sources.
+    """
+    first = batch.layers[0]
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    if not len(order) == len(batch.input_ids) == first.num_src:
+        raise ValueError(
+            f"order has {len(order)} entries for {first.num_src} sources "
+            f"({len(batch.input_ids)} input ids)"
+        )
+    try:
+        from .kernels import relabel_served, widen
+    except ImportError:  # numba absent: the same result in numpy
+        return batch.reordered(order)
+    ids = np.empty(first.num_src, dtype=np.int64)
+    src = np.empty(len(first.src), dtype=np.int64)
+    dst_in_src = np.empty(first.num_dst, dtype=np.int64)
+    if not relabel_served(order, batch.input_ids, first.src, first.dst_in_src, ids, src, dst_in_src):
+        raise ValueError("order is not a permutation of layer 0's sources, or an index is out of range")
+    dst = np.empty(len(first.dst), dtype=np.int64)
+    widen(first.dst, dst)
+    layer0 = Layer(src, dst, dst_in_src, first.num_src, first.num_dst)
+    return Batch(batch.seeds, ids, (layer0, *batch.layers[1:]))
 
 
 def to_torch(

@@ -24,7 +24,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, CorruptDataError
-from ..io import PAGE, PageFile, ScratchBuffers, aligned_buffer, read_pieces, read_scattered, round_up, start_pieces
+from ..io import (
+    PAGE,
+    PageFile,
+    ScratchBuffers,
+    aligned_buffer,
+    read_pieces,
+    read_scattered,
+    round_up,
+    start_pieces,
+    take_rows,
+)
 from ..layout import generation
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
@@ -276,7 +286,7 @@ class LayoutReader:
             return
         extent, nbytes = self.segments.get(seg, self._segment_bytes(seg), self._load_segment)
         if extent is not None:  # the whole shared extent is in memory: a gather
-            np.take(extent, rows, axis=0, out=out)
+            take_rows(extent, rows, out)
             self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
             return
         uniq, inv = np.unique(rows, return_inverse=True)
@@ -298,7 +308,7 @@ class LayoutReader:
         if not len(slots):
             return
         t = time.perf_counter()
-        np.take(src.view(np.uint8).reshape(len(src), self.rb), slots, axis=0, out=out)
+        take_rows(src.view(np.uint8).reshape(len(src), self.rb), slots, out)
         self.stats.add(tier, len(slots), 0, time.perf_counter() - t)
 
     def _gather_l1(self, slots: np.ndarray, out: np.ndarray) -> Any:

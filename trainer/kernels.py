@@ -1,0 +1,52 @@
+"""Compiled index work of the feeding pipeline (numba, GIL released).
+
+Relabelling layer 0 to the order featdb serves rows in, and widening the
+stored int32 indices to torch's int64, are a few passes over a batch's edges.
+In numpy they are separate passes that hold the GIL, which the training
+thread needs between every operator it launches; here they are one pass each
+that does not.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def relabel_served(order: np.ndarray, ids: np.ndarray, src: np.ndarray, dst_in_src: np.ndarray,
+                   ids_out: np.ndarray, src_out: np.ndarray,
+                   dst_in_src_out: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """Layer 0 relabelled so that new row ``k`` is old row ``order[k]``.
+
+    Writes ``ids_out = ids[order]``, ``src_out = inv[src]`` and
+    ``dst_in_src_out = inv[dst_in_src]`` where ``inv`` inverts ``order``.
+    Returns False, with the outputs unspecified, if ``order`` is not a
+    permutation of the sources or an index is out of range.
+    """
+    n = order.shape[0]
+    inv = np.full(n, -1, np.int64)
+    for k in range(n):
+        o = order[k]
+        if o < 0 or o >= n or inv[o] >= 0:
+            return False
+        inv[o] = k
+        ids_out[k] = ids[o]
+    for e in range(src.shape[0]):
+        s = src[e]
+        if s < 0 or s >= n:
+            return False
+        src_out[e] = inv[s]
+    for d in range(dst_in_src.shape[0]):
+        s = dst_in_src[d]
+        if s < 0 or s >= n:
+            return False
+        dst_in_src_out[d] = inv[s]
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def widen(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[:] = a`` (int32 or int64 into int64) without holding the GIL."""
+    for i in range(a.shape[0]):
+        out[i] = a[i]
