@@ -105,6 +105,7 @@ class Pipeline:
             st.busy += t2 - t1
             st.items += 1
             if not self._put(outq, out):
+                self._drop(out)  # closed while this output waited for room
                 return
             st.stall += time.perf_counter() - t2
 
@@ -120,22 +121,30 @@ class Pipeline:
             yield item
 
     def close(self) -> None:
-        """Stop every stage and hand items still queued to ``on_drop`` (e.g. to free buffers)."""
+        """Stop every stage and hand every output not consumed to ``on_drop`` (e.g. to free buffers).
+
+        Queues are drained before the threads are joined as well as after: a
+        stage may be blocked on a resource that only a dropped item gives back
+        (a read buffer), and it must be able to finish its item and stop.
+        """
         self._stop.set()
+        self._drain()
         for t in self._threads:
             t.join(timeout=5)
+        self._drain()
+
+    def _drain(self) -> None:
         for q in self._queues:
             while True:
                 try:
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-                if (
-                    self._on_drop is not None
-                    and item is not _END
-                    and not isinstance(item, _Failure)
-                ):
-                    self._on_drop(item)
+                self._drop(item)
+
+    def _drop(self, item: Any) -> None:
+        if self._on_drop is not None and item is not _END and not isinstance(item, _Failure):
+            self._on_drop(item)
 
     def __enter__(self) -> Pipeline:
         return self
