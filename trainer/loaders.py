@@ -150,7 +150,9 @@ class DGLLoader:
         import dgl
 
         times = {"sample": StageTime(), "gather": StageTime()}
-        dgl.seed(int(rng.integers(1 << 31)))
+        seed = int(rng.integers(1 << 31))
+        dgl.seed(seed)  # DGL's samplers
+        np.random.seed(seed)  # DGL's DataLoader shuffles with numpy's global generator
         loader = dgl.dataloading.DataLoader(
             self.g,
             self.train,

@@ -56,8 +56,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"loader {cfg.loader!r}: one of {', '.join(LOADERS)}")
     retain_large_allocations()
     torch.manual_seed(cfg.seed)
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
     with featdb.open(cfg.store, mode="a") as store:
         graph = load_graph(store)
@@ -235,7 +243,14 @@ def _save(
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as f:
         torch.save(
-            {"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "best": best}, f
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "state": state,
+                "best": best,
+                "rng": _rng_state(),
+            },
+            f,
         )
         f.flush()
         os.fsync(f.fileno())
@@ -250,7 +265,16 @@ def _resume(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> d
     ck = torch.load(src, map_location="cpu")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
+    if "rng" in ck:  # dropout continues where it stopped: a resumed run equals an uninterrupted one
+        torch.set_rng_state(ck["rng"]["cpu"])
+        if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
     return dict(ck["state"])
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 
 def _packed_amplification(serve: dict[str, Any]) -> float | None:
