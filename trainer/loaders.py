@@ -64,6 +64,9 @@ class FeatDBLoader:
         self.depth = queue_depth
         self.labels = torch.from_numpy(graph.labels.astype(np.int64))
         self.fanouts = self.ss.doc["fanouts"]
+        # Load the compiled relabelling now rather than in the first epoch's first batch.
+        first = self.ss.batch(0)
+        served(first, np.arange(first.layers[0].num_src))
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
         bids = self.reader.epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs), rng)
