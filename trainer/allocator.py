@@ -3,7 +3,7 @@
 glibc serves every allocation above ``M_MMAP_THRESHOLD`` with its own ``mmap``
 and unmaps it on free. A GNN step allocates and frees tens of activation and
 gradient tensors of a few MiB each, so every step page-faults all of them in
-again: about 5,900 minor faults per batch on the demo dataset, several
+again: about 4,800 minor faults per batch on the demo dataset, several
 milliseconds of kernel time per step and contention on the process's memory
 map for the pipeline threads. Raising the mmap threshold and the trim
 threshold lets freed blocks be reused: after the first step a step takes no
