@@ -375,8 +375,16 @@ def test_from_dgl_blocks_preserves_edges(dgl: Any, graph: Any) -> None:
         assert global_edges(batch.reordered(order)) == expected
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def served_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the compiled relabelling and with its numpy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr("trainer.mfg._kernels", lambda: None)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("int32", [False, True])
-def test_served_matches_reordered(int32: bool) -> None:
+def test_served_matches_reordered(int32: bool, served_path: str) -> None:
     plain = synthetic_batch(32, [4, 4], 500, seed=3)
     if int32:  # as stored: int32 views of layer indices
         plain = Batch(plain.seeds, plain.input_ids, tuple(
@@ -393,7 +401,7 @@ def test_served_matches_reordered(int32: bool) -> None:
     assert got.layers[0].src.dtype == np.int64 and got.layers[0].dst.dtype == np.int64
 
 
-def test_served_rejects_a_bad_order() -> None:
+def test_served_rejects_a_bad_order(served_path: str) -> None:
     plain = synthetic_batch(16, [3, 3], 200, seed=0)
     n = plain.layers[0].num_src
     with pytest.raises(ValueError, match="entries"):
@@ -401,6 +409,19 @@ def test_served_rejects_a_bad_order() -> None:
     for bad in (np.r_[np.arange(n - 1), 0], np.r_[np.arange(n - 1), n], np.r_[-1, np.arange(1, n)]):
         with pytest.raises(ValueError, match="permutation"):
             served(plain, bad)
+    first = plain.layers[0]
+    for layer0 in (
+        Layer(first.src, first.dst, np.r_[first.dst_in_src, 0], first.num_src, first.num_dst),
+        Layer(first.src[:-1], first.dst, first.dst_in_src, first.num_src, first.num_dst),
+    ):
+        with pytest.raises(ValueError, match="sizes"):
+            served(Batch(plain.seeds, plain.input_ids, (layer0, *plain.layers[1:])), np.arange(n))
+    src = first.src.copy()
+    src[0] = n  # an edge from a source that does not exist
+    broken = Batch(plain.seeds, plain.input_ids,
+                   (Layer(src, first.dst, first.dst_in_src, n, first.num_dst), *plain.layers[1:]))
+    with pytest.raises(ValueError, match="out of range"):
+        served(broken, np.arange(n))
 
 
 def test_from_dgl_blocks_rejects_bad_input(dgl: Any, graph: Any) -> None:

@@ -181,6 +181,21 @@ def test_pipeline_reraises_middle_stage_error_with_its_type() -> None:
     assert pipe.times["err-c"].items == 5  # the stage after the failure never ran on it
 
 
+def test_a_failing_stage_hands_its_input_to_on_drop() -> None:
+    """The item a stage failed on (e.g. one holding a read buffer) is released, not lost."""
+    def boom(x: int) -> int:
+        if x == 3:
+            raise StageBoom("bad")
+        return x
+
+    dropped: list[int] = []
+    pipe = Pipeline(range(10), [("drop-mid", boom)], 1, on_drop=dropped.append)
+    with pytest.raises(StageBoom):
+        for _ in pipe:
+            pass
+    assert 3 in dropped
+
+
 def test_pipeline_reraises_error_from_the_items_iterable() -> None:
     def items() -> Iterator[int]:
         yield from range(3)

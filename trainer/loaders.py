@@ -64,9 +64,12 @@ class FeatDBLoader:
         self.depth = queue_depth
         self.labels = torch.from_numpy(graph.labels.astype(np.int64))
         self.fanouts = self.ss.doc["fanouts"]
-        # Load the compiled relabelling now rather than in the first epoch's first batch.
-        first = self.ss.batch(0)
-        served(first, np.arange(first.layers[0].num_src))
+        try:  # load the compiled relabelling now rather than in the first epoch's first batch
+            first = self.ss.batch(0)
+            served(first, np.arange(first.layers[0].num_src))
+        except BaseException:
+            self.close()
+            raise
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
         bids = self.reader.epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs), rng)
@@ -155,7 +158,9 @@ class DGLLoader:
         times = {"sample": StageTime(), "gather": StageTime()}
         seed = int(rng.integers(1 << 31))
         dgl.seed(seed)  # DGL's samplers
-        np.random.seed(seed)  # DGL's DataLoader shuffles with numpy's global generator
+        # DGL's DataLoader shuffles with numpy's global generator: seeding it (a process-wide
+        # side effect) is what makes a baseline epoch follow the training seed.
+        np.random.seed(seed)
         loader = dgl.dataloading.DataLoader(
             self.g,
             self.train,

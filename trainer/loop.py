@@ -169,11 +169,13 @@ def _train_epoch(
             if item is None:
                 break
             mfg, x, y, release = item
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(mfg, x.float() if x.dtype != torch.float32 else x), y)
-            loss.backward()
-            opt.step()
-            release()
+            try:
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(mfg, x.float() if x.dtype != torch.float32 else x), y)
+                loss.backward()
+                opt.step()
+            finally:
+                release()
             loss_sum += float(loss)
             n += 1
             compute += time.perf_counter() - t1
@@ -268,7 +270,8 @@ def _resume(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> d
     if "rng" in ck:  # dropout continues where it stopped: a resumed run equals an uninterrupted one
         torch.set_rng_state(ck["rng"]["cpu"])
         if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+            states = ck["rng"]["cuda"][: torch.cuda.device_count()]  # resumed on fewer GPUs
+            torch.cuda.set_rng_state_all(states)
     return dict(ck["state"])
 
 

@@ -10,6 +10,7 @@ on machines (e.g. the lent GPU machine) that have torch but no DGL.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,13 +87,26 @@ def _index_tensor(array: npt.ArrayLike, device: torch.device, pin_memory: bool) 
     return tensor.to(device, non_blocking=tensor.is_pinned())
 
 
+@functools.cache
+def _kernels() -> Any:
+    """The compiled kernels, or None where numba is not installed (imported on first use)."""
+    try:
+        from . import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
+_BAD_ORDER = "order is not a permutation of layer 0's sources, or an index is out of range"
+
+
 def served(batch: Batch, order: npt.ArrayLike) -> Batch:
     """``batch.reordered(order)`` with int64 layer-0 arrays, in one compiled pass.
 
     ``order`` is the order featdb served the input rows in (new row ``k`` is
-    old row ``order[k]``). Without numba this falls back to
-    :meth:`Batch.reordered`. ``ValueError`` if ``order`` is not a permutation
-    of layer 0's sources.
+    old row ``order[k]``). Without numba the same result comes from numpy.
+    ``ValueError`` if ``order`` is not a permutation of layer 0's sources or
+    an index of layer 0 is out of range.
     """
     first = batch.layers[0]
     order = np.ascontiguousarray(order, dtype=np.int64)
@@ -101,19 +115,34 @@ def served(batch: Batch, order: npt.ArrayLike) -> Batch:
             f"order has {len(order)} entries for {first.num_src} sources "
             f"({len(batch.input_ids)} input ids)"
         )
-    try:
-        from .kernels import relabel_served, widen
-    except ImportError:  # numba absent: the same result in numpy
-        return batch.reordered(order)
+    if len(first.dst_in_src) != first.num_dst or len(first.src) != len(first.dst):
+        raise ValueError("layer 0's arrays do not match its sizes")
+    kernels = _kernels()
+    if kernels is None:
+        return _served_numpy(batch, order)
     ids = np.empty(first.num_src, dtype=np.int64)
     src = np.empty(len(first.src), dtype=np.int64)
     dst_in_src = np.empty(first.num_dst, dtype=np.int64)
-    if not relabel_served(order, batch.input_ids, first.src, first.dst_in_src, ids, src, dst_in_src):
-        raise ValueError("order is not a permutation of layer 0's sources, or an index is out of range")
+    if not kernels.relabel_served(order, batch.input_ids, first.src, first.dst_in_src, ids, src, dst_in_src):
+        raise ValueError(_BAD_ORDER)
     dst = np.empty(len(first.dst), dtype=np.int64)
-    widen(first.dst, dst)
+    kernels.widen(first.dst, dst)
     layer0 = Layer(src, dst, dst_in_src, first.num_src, first.num_dst)
     return Batch(batch.seeds, ids, (layer0, *batch.layers[1:]))
+
+
+def _served_numpy(batch: Batch, order: npt.NDArray[np.int64]) -> Batch:
+    first = batch.layers[0]
+    n = first.num_src
+    for a in (order, first.src, first.dst_in_src):
+        if len(a) and (int(a.min()) < 0 or int(a.max()) >= n):
+            raise ValueError(_BAD_ORDER)
+    if n and int(np.bincount(order, minlength=n).max()) != 1:
+        raise ValueError(_BAD_ORDER)
+    moved = batch.reordered(order)
+    m = moved.layers[0]
+    layer0 = Layer(m.src.astype(np.int64), m.dst.astype(np.int64), m.dst_in_src, n, m.num_dst)
+    return Batch(moved.seeds, moved.input_ids, (layer0, *moved.layers[1:]))
 
 
 def to_torch(

@@ -100,6 +100,7 @@ class Pipeline:
             try:
                 out = fn(item)
             except BaseException as exc:
+                self._drop(item)  # what it held (a read buffer) goes back
                 out = _Failure(exc)
             t2 = time.perf_counter()
             st.busy += t2 - t1
