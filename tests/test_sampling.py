@@ -509,7 +509,7 @@ def test_unknown_sample_set_and_batch_out_of_range(small: Any) -> None:
 def test_corrupt_segment_byte_is_caught_by_batch_and_verify(small: Any) -> None:
     with SampleSet(small, "taken") as ss:
         assert ss.num_batches >= 3
-        _, off, length, _, _ = (int(v) for v in ss.index[1])
+        _, off, length, _, _, _ = (int(v) for v in ss.index[1])
         seg = small.root / ss.doc["path"] / ss.doc["segments"][0]
         good0 = ss.batch(0)
     assert small.verify() == []
@@ -520,6 +520,40 @@ def test_corrupt_segment_byte_is_caught_by_batch_and_verify(small: Any) -> None:
         np.testing.assert_array_equal(ss.batch(0).input_ids, good0.input_ids)  # others still read
     problems = small.verify()
     assert len(problems) == 1 and f"{ss.doc['path']}/{ss.doc['segments'][0]}" in problems[0]
+
+
+def test_corrupt_input_ids_are_caught_by_the_trace_read(small: Any) -> None:
+    """The planner reads only record heads; their own checksum catches a flipped input id."""
+    with SampleSet(small, "taken") as ss:
+        _, off, _, _, _, _ = (int(v) for v in ss.index[1])
+        seg = small.root / ss.doc["path"] / ss.doc["segments"][0]
+        n_layers = len(ss.doc["fanouts"])
+        n_seeds = len(ss.batch(1).seeds)
+        good = ss.input_ids(1)
+    flip_byte(seg, off + 32 + 24 * n_layers + (n_seeds + 1) * ss.id_dtype.itemsize)  # input id 1
+    with SampleSet(small, "taken") as ss:
+        with pytest.raises(CorruptDataError, match=r"head .* fails its checksum"):
+            ss.input_ids(1)
+        with pytest.raises(CorruptDataError):
+            list(ss.trace())
+        assert len(ss.input_ids(0)) > 0 and len(good) > 0
+
+
+def test_sample_sets_without_head_checksums_still_read(small: Any) -> None:
+    """Sets written before the head checksum: five index columns, heads read unchecked."""
+    doc = small.catalog.get("sampleset/taken")
+    path = small.root / doc["path"] / "index.i64"
+    with SampleSet(small, "taken") as ss:
+        want = [ss.input_ids(b) for b in range(ss.num_batches)]
+        first = ss.batch(0)
+    path.write_bytes(np.fromfile(path, dtype=np.int64).reshape(-1, 6)[:, :5].tobytes())
+    legacy = {k: v for k, v in doc.items() if k != "index_columns"}
+    small.catalog.write(lambda t: t.put("sampleset/taken", legacy))
+    with SampleSet(small, "taken") as ss:
+        assert ss.index.shape[1] == 5
+        for b, ids in enumerate(want):
+            np.testing.assert_array_equal(ss.input_ids(b), ids)
+        np.testing.assert_array_equal(ss.batch(0).input_ids, first.input_ids)
 
 
 def test_truncated_index_is_reported_as_corrupt(small: Any) -> None:

@@ -12,8 +12,13 @@ little-endian int64 header followed by arrays::
 
 Layers are stored input side first; every layer's destinations are the first
 ``num_dst`` of its sources (the DGL block convention), so ``dst_in_src`` is
-implicit. The catalog's sample-set document indexes every record (segment,
-offset, length, crc32, input count), so any batch is one positioned read.
+implicit. ``index.i64`` indexes every record (segment, offset, length, crc32,
+input count, crc32 of the head), so any batch is one positioned read. The
+head is the header, seeds and input ids: the layout planner reads only that,
+and its own checksum lets it do so without reading whole records. Sets
+written before the head checksum have five index columns
+(``index_columns`` in the catalog document) and their heads are read
+unchecked.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from ..errors import CorruptDataError
 from .mfg import Batch, Layer
 
 MAGIC = 0x46444253414D5031  # "FDBSAMP1"
+HEAD_PARTS = 3
+"""Parts of :func:`encode_parts` that make a record's head: header, seeds, input ids."""
+INDEX_COLUMNS = 6
+"""Columns per batch in ``index.i64`` (5 in sets written before the head checksum)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,13 @@ def decode(raw: bytes | memoryview, id_dtype: np.dtype, where: str = "") -> Batc
     return Batch(seeds, inputs, tuple(layers))
 
 
+def head_length(raw: bytes | memoryview, id_dtype: np.dtype) -> int:
+    """Bytes of a record's head (header, seeds, input ids), from the start of its header."""
+    head = np.frombuffer(raw, dtype="<i8", count=4)
+    n_layers, n_seeds, n_inputs = (int(x) for x in head[1:4])
+    return 32 + 24 * n_layers + (n_seeds + n_inputs) * id_dtype.itemsize
+
+
 def decode_inputs(raw: bytes | memoryview, id_dtype: np.dtype) -> np.ndarray:
     head = np.frombuffer(raw, dtype="<i8", count=4)
     n_layers, n_seeds, n_inputs = (int(x) for x in head[1:4])
@@ -114,4 +130,4 @@ class SegmentFiles:
 
 def refs_from_doc(doc: dict[str, Any]) -> list[RecordRef]:
     idx = doc["index"]
-    return [RecordRef(*row) for row in idx]
+    return [RecordRef(*row[:5]) for row in idx]

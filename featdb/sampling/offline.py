@@ -25,7 +25,7 @@ from ..catalog import Txn
 from ..errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from ..io import ChecksumWriter, hold_dir, write_atomic
 from ..store import Store
-from .format import encode_parts
+from .format import HEAD_PARTS, INDEX_COLUMNS, encode_parts
 from .mfg import Batch, Layer
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -194,7 +194,7 @@ class _Piece:
 @dataclass(slots=True)
 class _Written:
     piece: _Piece
-    records: list[tuple[int, int, int, int]]  # (offset, length, crc32, input count) per batch
+    records: list[tuple[int, int, int, int, int]]  # (offset, length, crc32, input count, head crc32)
     counts: np.ndarray  # per node, how many of the piece's batches read it
     size: int
     crcs: list[int]
@@ -220,11 +220,13 @@ def _write_piece(piece: _Piece, train_ids: np.ndarray, tmp: Path, id_dtype: np.d
     with ChecksumWriter(tmp / piece.segment) as writer:
         for i in range(piece.lo, piece.hi):
             batch = _sample_one(piece.epoch, i, batches[i])
-            offset, crc = writer.size, 0
-            for part in encode_parts(batch, id_dtype):
+            offset, crc, head_crc = writer.size, 0, 0
+            for k, part in enumerate(encode_parts(batch, id_dtype)):
                 writer.write(part)
                 crc = zlib.crc32(part, crc)
-            records.append((offset, writer.size - offset, crc, len(batch.input_ids)))
+                if k == HEAD_PARTS - 1:  # header, seeds, input ids: what the planner's trace reads
+                    head_crc = crc
+            records.append((offset, writer.size - offset, crc, len(batch.input_ids), head_crc))
             count(batch.input_ids, counts)
             if progress:
                 progress(1)
@@ -312,7 +314,7 @@ def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: np.ndarray, cfg: Sa
     counts = np.zeros(g.num_nodes, dtype=np.int32)
     per_epoch = -(-len(seeds) // cfg.batch_size)
     pieces = _pieces(cfg, per_epoch, workers)
-    index: list[tuple[int, int, int, int, int]] = []
+    index: list[tuple[int, ...]] = []
     file_recs: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     for seg, w in enumerate(_write_pieces(graph, seeds, cfg, pieces, tmp, id_dtype, progress, workers)):
@@ -332,7 +334,7 @@ def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: np.ndarray, cfg: Sa
             "id_dtype": id_dtype.str, "bytes": total, "bytes_per_batch": total // max(1, nbatches),
             "input_rows": int(idx[:, 4].sum()), "segments": [p.segment for p in pieces], "path": rel,
             "files": file_recs, "sample_s": round(time.perf_counter() - started, 3),
-            "workers": workers, "created": time.time()}
+            "workers": workers, "index_columns": INDEX_COLUMNS, "created": time.time()}
 
 
 def _publish(store: Store, tmp: Any, rel: str, doc: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, SampleSetNotFoundError
 from ..store import Store
-from .format import RecordRef, SegmentFiles, decode, decode_inputs
+from .format import RecordRef, SegmentFiles, decode, decode_inputs, head_length
 from .mfg import Batch
 
 
@@ -24,11 +25,12 @@ class SampleSet:
         self.name = name
         self.root = store.root
         self.id_dtype = np.dtype(doc["id_dtype"])
+        cols = int(doc.get("index_columns", 5))
         idx = np.fromfile(store.root / doc["path"] / "index.i64", dtype=np.int64)
-        if idx.size != 5 * doc["batches"]:
-            raise CorruptDataError(f"sample set {name!r}: index holds {idx.size // 5} batches, "
+        if idx.size != cols * doc["batches"]:
+            raise CorruptDataError(f"sample set {name!r}: index holds {idx.size / cols:g} batches, "
                                    f"catalog says {doc['batches']}")
-        self.index = idx.reshape(-1, 5)
+        self.index = idx.reshape(-1, cols)
         self._files = SegmentFiles(store.root / doc["path"], doc["segments"])
 
     @property
@@ -59,7 +61,7 @@ class SampleSet:
     def _ref(self, b: int) -> RecordRef:
         if not 0 <= b < self.num_batches:
             raise IndexError(f"batch {b} out of range [0, {self.num_batches})")
-        seg, off, length, crc, n_in = (int(x) for x in self.index[b])
+        seg, off, length, crc, n_in = (int(x) for x in self.index[b, :5])
         return RecordRef(seg, off, length, crc, n_in)
 
     def batch(self, b: int) -> Batch:
@@ -72,7 +74,13 @@ class SampleSet:
         # one read long enough for any batch of this set: header, seeds (<= batch size), input ids
         prefix = (32 + 24 * len(self.doc["fanouts"])
                   + (int(self.doc["batch_size"]) + ref.n_inputs) * self.id_dtype.itemsize)
-        return decode_inputs(self._files.read(ref, head_only=min(prefix, ref.length)), self.id_dtype)
+        raw = self._files.read(ref, head_only=min(prefix, ref.length))
+        if self.index.shape[1] > 5:
+            n = head_length(raw, self.id_dtype)
+            if n > len(raw) or zlib.crc32(memoryview(raw)[:n]) != int(self.index[b, 5]):
+                raise CorruptDataError(f"{self.name}[{b}]: the head of the batch record at byte "
+                                       f"{ref.offset} of {self.doc['segments'][ref.segment]} fails its checksum")
+        return decode_inputs(raw, self.id_dtype)
 
     def inputs_of(self, batch_ids: Iterable[int]) -> Iterator[np.ndarray]:
         """Input ids of several batches, in order (the planner's trace)."""
