@@ -429,6 +429,26 @@ def test_unknown_loader_is_a_config_error(store_dir: Path, tmp_path: Path) -> No
         train(config(store_dir, tmp_path, loader="pyg"))
 
 
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [({"epochs": 0}, "epochs"), ({"hidden": 0}, "hidden"), ({"queue_depth": 0}, "queue_depth"),
+     ({"lr": 0.0}, "lr"), ({"dropout": 1.0}, "dropout"), ({"threads": -1}, "threads")],
+)
+def test_unusable_settings_are_config_errors_before_anything_is_written(
+    store_dir: Path, tmp_path: Path, setting: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        train(config(store_dir, tmp_path / "ck", **setting))
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--hidden", "-3"], ["--queue-depth", "0"],
+                                  ["--dropout", "1"], ["--lr", "0"]])
+def test_cli_rejects_out_of_range_settings(store_dir: Path, args: list[str]) -> None:
+    r = run_train_cli(store_dir, "--sample-set", SET, *args)
+    assert r.exit_code == 2 and args[0] in r.output
+
+
 def test_train_learns(store_dir: Path, tmp_path: Path) -> None:
     """A few epochs of GraphSAGE through featdb beat predicting the majority class (rows and labels
     reaching the model out of step would not)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -18,15 +19,15 @@ from .loop import LOADERS, TrainConfig, train
 @click.option(
     "--model", type=click.Choice(["sage", "gat", "mlp"]), default="sage", show_default=True
 )
-@click.option("--hidden", type=int, default=256, show_default=True)
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--dropout", type=float, default=0.3, show_default=True)
-@click.option("--heads", type=int, default=4, show_default=True, help="GAT attention heads.")
+@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True, help="GAT attention heads.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--queue-depth", type=int, default=4, show_default=True, help="Batches in flight per stage."
+    "--queue-depth", type=click.IntRange(min=1), default=4, show_default=True, help="Batches in flight per stage."
 )
 @click.option(
     "--loader",
@@ -38,7 +39,7 @@ from .loop import LOADERS, TrainConfig, train
 @click.option("--table", default="node/_/feat", show_default=True)
 @click.option("--checkpoint", help="Checkpoint path (default: <store>/checkpoints/...).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
-@click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
 @click.option("-q", "--quiet", is_flag=True)
 def main(
@@ -83,27 +84,43 @@ def main(
         resume=resume,
         threads=threads,
     )
+    bars = _Bars()
     if not (as_json or quiet):
-        cfg.progress = _ticker()
+        cfg.progress = bars
     try:
         summary = train(cfg)
     except FeatDBError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-    if not (as_json or quiet):
-        click.echo("", err=True)
+    finally:
+        bars.close()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
         click.echo(render(summary))
 
 
-def _ticker():  # type: ignore[no-untyped-def]
-    def tick(label: str, done: int, total: int) -> None:
-        if done % 10 == 0:
-            sys.stderr.write(f"\r{label}: {done} batches")
-            sys.stderr.flush()
+class _Bars:
+    """One progress bar per epoch on stderr, fed by the training loop's progress callback."""
 
-    return tick
+    def __init__(self) -> None:
+        self._label: str | None = None
+        self._bar: Any = None
+        self._done = 0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label != self._label:
+            self.close()
+            self._label, self._done = label, 0
+            self._bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr,
+                                          show_pos=True, show_eta=True)
+            self._bar.__enter__()
+        self._bar.update(done - self._done)
+        self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 def render(s: dict) -> str:  # type: ignore[type-arg]

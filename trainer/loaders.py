@@ -33,6 +33,7 @@ class Epoch:
     items: Iterator[Item]
     times: dict[str, StageTime]
     close: Callable[[], None]
+    batches: int  # how many items the epoch yields
 
 
 def _noop() -> None:
@@ -75,7 +76,7 @@ class FeatDBLoader:
         bids = self.reader.epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs), rng)
         stages = [("sample", self._sample), ("read", self._read), ("assemble", self._assemble)]
         pipe = Pipeline(bids, stages, self.depth, on_drop=_release_item)
-        return Epoch(iter(pipe), pipe.times, pipe.close)
+        return Epoch(iter(pipe), pipe.times, pipe.close, len(bids))
 
     def _sample(self, b: int) -> tuple[int, Any]:
         return b, self.ss.batch(b)
@@ -170,7 +171,7 @@ class DGLLoader:
             drop_last=False,
             num_workers=0,
         )
-        return Epoch(self._iter(loader, times), times, _noop)
+        return Epoch(self._iter(loader, times), times, _noop, len(loader))
 
     def _iter(self, loader: Any, times: dict[str, StageTime]) -> Iterator[Item]:
         from .mfg import from_dgl_blocks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,7 @@ class TrainConfig:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate every epoch, keep the best-validation checkpoint; return a summary."""
-    if cfg.loader not in LOADERS:
-        raise ConfigError(f"loader {cfg.loader!r}: one of {', '.join(LOADERS)}")
+    _check(cfg)
     retain_large_allocations()
     torch.manual_seed(cfg.seed)
     threads = torch.get_num_threads()
@@ -63,6 +62,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return _train(cfg)
     finally:
         torch.set_num_threads(threads)
+
+
+def _check(cfg: TrainConfig) -> None:
+    """``ConfigError`` for settings no run could use, before anything is opened or written."""
+    if cfg.loader not in LOADERS:
+        raise ConfigError(f"loader {cfg.loader!r}: one of {', '.join(LOADERS)}")
+    for name in ("epochs", "hidden", "heads", "queue_depth", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
 
 
 def _train(cfg: TrainConfig) -> dict[str, Any]:
@@ -180,7 +194,7 @@ def _train_epoch(
             n += 1
             compute += time.perf_counter() - t1
             if cfg.progress:
-                cfg.progress(f"epoch {epoch}", n, 0)
+                cfg.progress(f"epoch {epoch}", n, ep.batches)
     finally:
         ep.close()
     epoch_s = time.perf_counter() - t_start
@@ -313,5 +327,5 @@ def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Any, ckpt: Path) -
         "read_amplification": _packed_amplification(serve),
         "checkpoint": str(ckpt),
         "allocator": retain_large_allocations(),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "config": {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "progress"},
     }
