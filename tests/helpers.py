@@ -182,3 +182,14 @@ def leaked_files() -> Iterator[list[str]]:
         finally:
             gc.collect()
     leaks += [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def assert_one_error_line(result: Any, *fragments: str) -> None:
+    """A failed command says why in one readable line, with no traceback."""
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    for f in fragments:
+        assert f in errors[0], (f, errors[0])
+    assert isinstance(result.exception, SystemExit)

@@ -13,7 +13,7 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from helpers import FEAT, PLAN_KEYS, flip_byte, tree
+from helpers import FEAT, PLAN_KEYS, assert_one_error_line, flip_byte, tree
 
 import featdb
 from featdb.cli import cli
@@ -33,17 +33,6 @@ def run(*args: Any, code: int = 0) -> Result:
 
 def run_json(*args: Any, code: int = 0) -> Any:
     return json.loads(run(*args, "--json", code=code).stdout)
-
-
-def assert_one_error_line(result: Result, *fragments: str) -> None:
-    """A failed command says why in one readable line, with no traceback."""
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    for f in fragments:
-        assert f in errors[0], (f, errors[0])
-    assert isinstance(result.exception, SystemExit)
 
 
 # --------------------------------------------------------------------------- end to end

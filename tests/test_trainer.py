@@ -28,7 +28,13 @@ pytest.importorskip("dgl")
 
 from click.testing import CliRunner, Result  # noqa: E402
 from conftest import disk_dir  # noqa: E402
-from helpers import FEAT, make_layout, make_sample_set, make_synth_store  # noqa: E402
+from helpers import (  # noqa: E402
+    FEAT,
+    assert_one_error_line,
+    make_layout,
+    make_sample_set,
+    make_synth_store,
+)
 
 import featdb  # noqa: E402
 from featdb.errors import ConfigError  # noqa: E402
@@ -496,16 +502,6 @@ def test_cli_text(store_dir: Path, tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, (r.output, r.exception)
     assert "in-memory mlp seed=0: test acc" in r.stdout and "stage busy s:" in r.stdout
-
-
-def assert_one_error_line(result: Result, *fragments: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    for f in fragments:
-        assert f in errors[0], (f, errors[0])
-    assert isinstance(result.exception, SystemExit)
 
 
 def test_cli_errors(store_dir: Path, tmp_path: Path) -> None:
