@@ -1,10 +1,9 @@
 """Compiled index work of the feeding pipeline (numba, GIL released).
 
-Relabelling layer 0 to the order featdb serves rows in, and widening the
-stored int32 indices to torch's int64, are a few passes over a batch's edges.
-In numpy they are separate passes that hold the GIL, which the training
-thread needs between every operator it launches; here they are one pass each
-that does not.
+Relabelling layer 0 to the order featdb serves rows in takes numpy several
+passes over a batch's edges (invert the order, permute the ids, gather the
+sources); here it is one pass, with the permutation and bounds checked on the
+way.
 """
 
 from __future__ import annotations
@@ -44,9 +43,3 @@ def relabel_served(order: np.ndarray, ids: np.ndarray, src: np.ndarray, dst_in_s
         dst_in_src_out[d] = inv[s]
     return True
 
-
-@numba.njit(cache=True, nogil=True)
-def widen(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """``out[:] = a`` (int32 or int64 into int64) without holding the GIL."""
-    for i in range(a.shape[0]):
-        out[i] = a[i]

@@ -125,9 +125,7 @@ def served(batch: Batch, order: npt.ArrayLike) -> Batch:
     dst_in_src = np.empty(first.num_dst, dtype=np.int64)
     if not kernels.relabel_served(order, batch.input_ids, first.src, first.dst_in_src, ids, src, dst_in_src):
         raise ValueError(_BAD_ORDER)
-    dst = np.empty(len(first.dst), dtype=np.int64)
-    kernels.widen(first.dst, dst)
-    layer0 = Layer(src, dst, dst_in_src, first.num_src, first.num_dst)
+    layer0 = Layer(src, first.dst.astype(np.int64), dst_in_src, first.num_src, first.num_dst)
     return Batch(batch.seeds, ids, (layer0, *batch.layers[1:]))
 
 

@@ -27,7 +27,6 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -84,18 +83,15 @@ def decode(raw: bytes | memoryview, id_dtype: np.dtype, where: str = "") -> Batc
     return Batch(seeds, inputs, tuple(layers))
 
 
-def head_length(raw: bytes | memoryview, id_dtype: np.dtype) -> int:
-    """Bytes of a record's head (header, seeds, input ids), from the start of its header."""
-    head = np.frombuffer(raw, dtype="<i8", count=4)
-    n_layers, n_seeds, n_inputs = (int(x) for x in head[1:4])
-    return 32 + 24 * n_layers + (n_seeds + n_inputs) * id_dtype.itemsize
-
-
-def decode_inputs(raw: bytes | memoryview, id_dtype: np.dtype) -> np.ndarray:
+def decode_inputs(raw: bytes | memoryview, id_dtype: np.dtype) -> tuple[np.ndarray, int]:
+    """A record's input ids, and the length of its head (header, seeds, input ids) in bytes."""
     head = np.frombuffer(raw, dtype="<i8", count=4)
     n_layers, n_seeds, n_inputs = (int(x) for x in head[1:4])
     pos = 32 + 24 * n_layers + n_seeds * id_dtype.itemsize
-    return np.frombuffer(raw, dtype=id_dtype, count=n_inputs, offset=pos).astype(np.int64)
+    end = pos + n_inputs * id_dtype.itemsize
+    if end > len(raw):
+        raise CorruptDataError(f"record head claims {end} bytes, {len(raw)} read")
+    return np.frombuffer(raw, dtype=id_dtype, count=n_inputs, offset=pos).astype(np.int64), end
 
 
 class SegmentFiles:
@@ -126,8 +122,3 @@ class SegmentFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-
-def refs_from_doc(doc: dict[str, Any]) -> list[RecordRef]:
-    idx = doc["index"]
-    return [RecordRef(*row[:5]) for row in idx]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, SampleSetNotFoundError
 from ..store import Store
-from .format import RecordRef, SegmentFiles, decode, decode_inputs, head_length
+from .format import RecordRef, SegmentFiles, decode, decode_inputs
 from .mfg import Batch
 
 
@@ -75,12 +75,14 @@ class SampleSet:
         prefix = (32 + 24 * len(self.doc["fanouts"])
                   + (int(self.doc["batch_size"]) + ref.n_inputs) * self.id_dtype.itemsize)
         raw = self._files.read(ref, head_only=min(prefix, ref.length))
-        if self.index.shape[1] > 5:
-            n = head_length(raw, self.id_dtype)
-            if n > len(raw) or zlib.crc32(memoryview(raw)[:n]) != int(self.index[b, 5]):
-                raise CorruptDataError(f"{self.name}[{b}]: the head of the batch record at byte "
-                                       f"{ref.offset} of {self.doc['segments'][ref.segment]} fails its checksum")
-        return decode_inputs(raw, self.id_dtype)
+        try:
+            ids, head = decode_inputs(raw, self.id_dtype)
+        except CorruptDataError as exc:
+            raise CorruptDataError(f"{self.name}[{b}]: {exc}") from exc
+        if self.index.shape[1] > 5 and zlib.crc32(memoryview(raw)[:head]) != int(self.index[b, 5]):
+            raise CorruptDataError(f"{self.name}[{b}]: the head of the batch record at byte "
+                                   f"{ref.offset} of {self.doc['segments'][ref.segment]} fails its checksum")
+        return ids
 
     def inputs_of(self, batch_ids: Iterable[int]) -> Iterator[np.ndarray]:
         """Input ids of several batches, in order (the planner's trace)."""
