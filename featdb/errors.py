@@ -20,6 +20,7 @@ also inherit the builtin a caller would naturally catch::
     │   ├── InvalidIdsError       (also TypeError) ids not a 1-D integer array
     │   ├── SchemaMismatchError   dtype/shape disagree with the table
     │   └── ConfigError           a tier/plan/budget combination that cannot work
+    │       └── BudgetExceededError   the parts a command must hold exceed --memory-budget
     ├── IdsOutOfRangeError        (IndexError)   negative or >= rows
     ├── CorruptDataError          (OSError)      checksum or header mismatch
     ├── GenerationPinnedError     (RuntimeError) gc of a generation a reader holds
@@ -98,6 +99,10 @@ class SchemaMismatchError(InvalidInputError):
 
 class ConfigError(InvalidInputError):
     """A configuration that cannot work (tier too small, wrong sample set, ...)."""
+
+
+class BudgetExceededError(ConfigError):
+    """What a command must hold does not fit its memory budget; the message names the parts."""
 
 
 class IdsOutOfRangeError(FeatDBError, IndexError):

@@ -140,11 +140,19 @@ def load_graph(store: Store, mmap: bool = False) -> Graph:
     )
 
 
+def node_labels(store: Store) -> np.ndarray:
+    """Every node's label, memory-mapped: indexing it reads only the pages of the ids asked for."""
+    doc = graph_info(store)
+    return _map_table(store, {**GRAPH_TABLES, **doc.get("tables", {})}["label"])
+
+
 def _map_table(store: Store, key: str) -> np.ndarray:
     info = store.table_info(key)
     if info["rows"] == 0:
         return np.empty(0, dtype=info["dtype"])
-    return np.memmap(store.root / info["file"], dtype=info["dtype"], mode="r", offset=HEADER_BYTES,
+    # copy-on-write: pages stay shared with the page cache (nothing writes them), and the array is
+    # writable as far as numpy and torch are concerned, so torch wraps it without a copy or a warning
+    return np.memmap(store.root / info["file"], dtype=info["dtype"], mode="c", offset=HEADER_BYTES,
                      shape=(info["rows"] * info["dim"],))
 
 

@@ -86,7 +86,11 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
     assert (
         s["name"] == "tr" and s["epochs"] == 2 and s["fanouts"] == [4, 4] and s["batch_size"] == 128
     )
-    assert s["batches_per_epoch"] == per_epoch and s["batches"] == 2 * per_epoch
+    assert s["batches_per_epoch"] == per_epoch and s["parts"]["train"] == [0, 2 * per_epoch]
+    n_eval = {k: -(-g[f"num_{k}"] // 128) for k in ("valid", "test")}
+    assert s["parts"]["valid"] == [2 * per_epoch, 2 * per_epoch + n_eval["valid"]]
+    assert s["batches"] == s["parts"]["test"][1] == 2 * per_epoch + sum(n_eval.values())
+    assert s["memory"]["peak_rss_bytes"] > 0 and s["memory"]["budget_bytes"] == 1 << 30
     assert s["bytes"] > 0 and s["input_rows"] > g["num_train"] * 2
 
     before = tree(store)

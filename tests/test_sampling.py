@@ -51,7 +51,7 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.gnn
 
-CFG = SampleConfig("tr", (3, 5), 96, 3, seed=5)  # input-side fanout 3, seed-side fanout 5
+CFG = SampleConfig("tr", (3, 5), 96, 3, seed=5, eval_splits=())  # input-side fanout 3, seed-side fanout 5
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -179,9 +179,9 @@ def test_sampling_with_one_thread_is_reproducible(sampled: Any, tmp_path: Path) 
     st, ss, _, _ = sampled
     make_sample_set(st, "again", CFG.fanouts, CFG.batch_size, 1, CFG.seed)
     with SampleSet(st, "again") as again:
-        assert again.num_batches == ss.batches_per_epoch
-        for b in range(again.num_batches):
-            np.testing.assert_array_equal(again.batch(b).seeds, ss.batch(b).seeds)
+        assert len(again.part_batches("train")) == ss.batches_per_epoch
+        for b in again.part_batches("train"):
+            np.testing.assert_array_equal(again.batch(int(b)).seeds, ss.batch(int(b)).seeds)
             np.testing.assert_array_equal(again.input_ids(b), ss.input_ids(b))
 
 
@@ -198,7 +198,7 @@ def test_sampling_processes_write_their_own_segments_and_the_same_samples(sample
     st, ss, _, _ = sampled
     ticks: list[int] = []
     with torch_threads(2):
-        sample(st, SampleConfig("procs", CFG.fanouts, CFG.batch_size, CFG.epochs, CFG.seed),
+        sample(st, SampleConfig("procs", CFG.fanouts, CFG.batch_size, CFG.epochs, CFG.seed, eval_splits=()),
                progress=ticks.append, workers=2)
         assert torch.get_num_threads() == 2
     with SampleSet(st, "procs") as par:
@@ -219,7 +219,7 @@ def test_sampling_processes_write_their_own_segments_and_the_same_samples(sample
 
 def test_in_process_sampling_restores_the_torch_thread_count(tmp_path: Path) -> None:
     with make_synth_store(tmp_path / "s", nodes=500, dim=4, seed=1) as st, torch_threads(2):
-        sample(st, SampleConfig("a", (3,), 64, 1), workers=1)
+        sample(st, SampleConfig("a", (3,), 64, 1, eval_splits=()), workers=1)
         assert torch.get_num_threads() == 2
 
 
@@ -563,3 +563,45 @@ def test_truncated_index_is_reported_as_corrupt(small: Any) -> None:
     with pytest.raises(CorruptDataError):
         SampleSet(small, "taken")
     assert any("index.i64" in p for p in small.verify())
+
+
+# --------------------------------------------------------------------------- evaluation parts
+def test_evaluation_splits_are_parts_of_the_set_in_split_order(tmp_path: Path) -> None:
+    """By default the other splits are sampled once each after the training epochs: each part's
+    batches hold its split's ids in stored order, counts cover every part, and the samples do not
+    depend on the number of sampling processes."""
+    st = make_synth_store(tmp_path / "s", nodes=1500, dim=8, seed=2)
+    parts = {}
+    for workers in (1, 2):
+        doc = sample(st, SampleConfig(f"ev{workers}", (3, 3), 40, 2, seed=3), workers=workers)
+        mem = doc["memory"]
+        assert mem["peak_rss_bytes"] > 0 and mem["charged_bytes"] <= mem["budget_bytes"]
+        g = load_graph(st)
+        with SampleSet(st, f"ev{workers}") as ss:
+            bpe = ss.batches_per_epoch
+            assert ss.parts["train"] == (0, 2 * bpe) and doc["parts"]["train"] == [0, 2 * bpe]
+            lo = 2 * bpe
+            for split in ("valid", "test"):
+                ids = g.split(split)
+                part = ss.part_batches(split)
+                assert part[0] == lo and len(part) == -(-len(ids) // 40)
+                np.testing.assert_array_equal(np.concatenate([ss.batch(int(b)).seeds for b in part]), ids)
+                lo = int(part[-1]) + 1
+            assert lo == ss.num_batches
+            counts = np.zeros(g.num_nodes, dtype=np.int64)
+            for b in range(ss.num_batches):
+                np.add.at(counts, ss.input_ids(b), 1)
+            np.testing.assert_array_equal(ss.counts(), counts)
+            parts[workers] = [ss.batch(b).input_ids for b in range(ss.num_batches)]
+    for a, b in zip(parts[1], parts[2], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_budget_too_small_for_sampling_is_refused_naming_the_parts(tmp_path: Path) -> None:
+    from featdb.errors import BudgetExceededError
+
+    st = make_synth_store(tmp_path / "s", nodes=800, dim=8, seed=2)
+    with pytest.raises(BudgetExceededError, match=r"runtime.*sampling processes"):
+        sample(st, SampleConfig("tiny", (3,), 40, 1), memory_budget=64 << 20)
+    assert st.catalog.get("sampleset/tiny") is None
+    assert not list((st.root / "samples").glob("tiny*")) if (st.root / "samples").exists() else True

@@ -39,7 +39,7 @@ from helpers import (  # noqa: E402
 import featdb  # noqa: E402
 from featdb.errors import ConfigError  # noqa: E402
 from featdb.graph import load_graph  # noqa: E402
-from trainer.allocator import retain_large_allocations  # noqa: E402
+from trainer.allocator import retain_large_allocations, trim_threshold  # noqa: E402
 from trainer.loaders import FeatDBLoader  # noqa: E402
 from trainer.loop import TrainConfig, train  # noqa: E402
 from trainer.pipeline import Pipeline  # noqa: E402
@@ -267,7 +267,7 @@ def test_featdb_loader_serves_the_right_rows_and_labels(store_dir: Path) -> None
     with featdb.open(store_dir, mode="a") as st:
         graph = load_graph(st)
         feats = st.read_all(FEAT)
-        loader = FeatDBLoader(st, SET, torch.device("cpu"), 2, graph)
+        loader = FeatDBLoader(st, SET, torch.device("cpu"), 2, graph.labels)
         try:
             per_epoch = loader.ss.batches_per_epoch
             for epoch in (0, 1):
@@ -298,7 +298,7 @@ def test_closing_an_epoch_part_way_is_prompt_and_returns_every_buffer(store_dir:
     """Regression: a stage blocked on a read buffer kept close() waiting 5 s, and outputs held by
     stages at close were never released (buffers leaked from the pool)."""
     with featdb.open(store_dir, mode="a") as st:
-        loader = FeatDBLoader(st, SET, torch.device("cpu"), 1, load_graph(st))
+        loader = FeatDBLoader(st, SET, torch.device("cpu"), 1, load_graph(st).labels)
         try:
             ep = loader.epoch(0, np.random.default_rng(0))
             _, _, _, release = next(ep.items)
@@ -323,6 +323,10 @@ def featdb_run(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def test_train_featdb_summary_and_checkpoints(featdb_run: tuple[dict[str, Any], Path]) -> None:
     s, ckpt_dir = featdb_run
     assert_summary(s, epochs=2)
+    mem = s["memory"]
+    assert mem["enforced"] and mem["charged_bytes"] <= mem["budget_bytes"] == 1 << 30
+    assert {"runtime (torch)", "one training step", "host tier (L2)"} <= set(mem["parts"])
+    assert 0 < s["peak_rss_bytes"] and len(s["eval_s"]) == 2
     assert s["loader"] == "featdb" and s["model"] == "sage" and s["seed"] == 0
     assert set(s["stage_s"]) >= STAGES, s["stage_s"]
     assert s["config"]["epochs"] == 2 and s["config"]["hidden"] == 16
@@ -334,7 +338,7 @@ def test_train_featdb_summary_and_checkpoints(featdb_run: tuple[dict[str, Any], 
     assert sum(hits.values()) == pytest.approx(1.0, abs=1e-3)
     assert isinstance(s["read_amplification"], float) and s["read_amplification"] > 0
 
-    assert s["allocator"] == retain_large_allocations()
+    assert s["allocator"] == retain_large_allocations(trim_threshold(s["config"]["memory_budget"]))
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert isinstance(s["allocator"], str) and "mmap_threshold" in s["allocator"]
     else:
@@ -595,3 +599,28 @@ def test_retain_large_allocations_cuts_page_faults() -> None:
         pytest.skip(f"transparent huge pages hide the faults ({res['control']} for {pages} pages)")
     assert "mmap_threshold=32MiB" in res["setting"]
     assert res["retained"] < pages // 4, res
+
+
+# --------------------------------------------------------------------------- memory budget
+def test_featdb_training_evaluates_the_sets_own_parts_without_the_graph(store_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """featdb-mode training never loads the graph and evaluates through the layout: no separate
+    evaluation sample set is written, and evaluation reads only packed tiers."""
+    import trainer.loop as loop
+
+    def no_graph(*_: Any, **__: Any) -> Any:
+        raise AssertionError("featdb-mode training loaded the graph")
+
+    monkeypatch.setattr(loop, "load_graph", no_graph)
+    s = train(config(store_dir, tmp_path))
+    with featdb.open(store_dir) as st:
+        assert st.catalog.get(f"sampleset/{SET}.eval-valid") is None
+    assert s["tier_hit_rates"]["base"] == 0.0
+
+
+def test_a_budget_too_small_is_refused_at_start_naming_the_parts(store_dir: Path, tmp_path: Path) -> None:
+    from featdb.errors import BudgetExceededError
+
+    with pytest.raises(BudgetExceededError, match=r"runtime \(torch\).*one training step.*host tier"):
+        train(config(store_dir, tmp_path, memory_budget=620 << 20))
+    assert not list(tmp_path.iterdir())  # nothing written

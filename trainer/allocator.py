@@ -33,9 +33,14 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+def trim_threshold(memory_budget: int) -> int:
+    """The trim threshold for a memory budget: :data:`TRIM_THRESHOLD`, at most an eighth of it."""
+    return min(TRIM_THRESHOLD, max(1 << 20, memory_budget // 8))
+
+
 @functools.cache
-def retain_large_allocations() -> str | None:
-    """Apply the thresholds once per process; what was set, or ``None`` where not glibc."""
+def retain_large_allocations(trim: int = TRIM_THRESHOLD) -> str | None:
+    """Apply the thresholds (once per value); what was set, or ``None`` where not glibc."""
     try:
         version = os.confstr("CS_GNU_LIBC_VERSION")  # "glibc 2.36"; musl and others: no such name
     except (ValueError, OSError):
@@ -46,6 +51,6 @@ def retain_large_allocations() -> str | None:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     done = [f"{name}={value >> 20}MiB" for name, param, value in (
         ("mmap_threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-        ("trim_threshold", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        ("trim_threshold", _M_TRIM_THRESHOLD, trim),
     ) if mallopt(param, value)]
     return f"{version} " + " ".join(done) if done else None

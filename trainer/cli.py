@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from featdb.cli.common import memory_option
 from featdb.errors import FeatDBError
 
 from .loop import LOADERS, TrainConfig, train
@@ -40,6 +41,7 @@ from .loop import LOADERS, TrainConfig, train
 @click.option("--checkpoint", help="Checkpoint path (default: <store>/checkpoints/...).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch intra-op threads (0: torch's default).")
+@memory_option
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
 @click.option("-q", "--quiet", is_flag=True)
 def main(
@@ -59,6 +61,7 @@ def main(
     checkpoint: str | None,
     resume: bool,
     threads: int,
+    memory_budget: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -83,6 +86,7 @@ def main(
         checkpoint=checkpoint,
         resume=resume,
         threads=threads,
+        memory_budget=memory_budget,
     )
     bars = _Bars()
     if not (as_json or quiet):
@@ -130,6 +134,11 @@ def render(s: dict) -> str:  # type: ignore[type-arg]
     ]
     lines.append("epoch s: " + ", ".join(f"{x:.2f}" for x in s["epoch_s"]))
     lines.append("stage busy s: " + ", ".join(f"{k}={v:.2f}" for k, v in s["stage_s"].items()))
+    mem = s["memory"]
+    lines.append(f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (memory budget "
+                 f"{mem['budget_bytes'] / 2**20:.0f} MiB{'' if mem['enforced'] else ', not enforced for baselines'}); "
+                 "evaluation s: "
+                 + ", ".join(f"{x:.2f}" for x in s["eval_s"]))
     if s.get("read_amplification") is not None:
         lines.append(
             f"read amplification {s['read_amplification']}; hit rates {s['tier_hit_rates']}"

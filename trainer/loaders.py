@@ -1,7 +1,10 @@
 """Where a training batch comes from: featdb's tiered reader, or the baselines users run today.
 
 Every loader yields ``(TorchBatch, x, y, release)`` tuples for an epoch and
-reports per-stage busy and stall seconds.
+reports per-stage busy and stall seconds; :meth:`eval_epoch` does the same for
+the stored evaluation batches of a split, so every loader evaluates the same
+samples. Labels are indexed per batch from a memory-mapped array: no loader
+holds every label.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 import featdb
 from featdb.graph import Graph
+from featdb.memory import MemoryBudget
 from featdb.sampling import SampleSet
 from featdb.serve import open_reader
 
@@ -51,19 +55,25 @@ class FeatDBLoader:
         sample_set: str,
         device: torch.device,
         queue_depth: int,
-        graph: Graph,
+        labels: np.ndarray,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self.ss = SampleSet(store, sample_set)
-        self.reader = open_reader(
-            store,
-            sample_set=sample_set,
-            device=device.type if device.type == "cuda" else "cpu",
-            queue_depth=queue_depth,
-        )
+        try:
+            self.reader = open_reader(
+                store,
+                sample_set=sample_set,
+                device=device.type if device.type == "cuda" else "cpu",
+                queue_depth=queue_depth,
+                memory_budget=memory,
+            )
+        except BaseException:
+            self.ss.close()
+            raise
         self.reader.attach(self.ss)
         self.device = device
-        self.depth = queue_depth
-        self.labels = torch.from_numpy(graph.labels.astype(np.int64))
+        self.depth = self.reader.queue_depth  # what the memory budget allows, at most queue_depth
+        self.labels = labels
         self.fanouts = self.ss.doc["fanouts"]
         try:  # load the compiled relabelling now rather than in the first epoch's first batch
             first = self.ss.batch(0)
@@ -73,7 +83,15 @@ class FeatDBLoader:
             raise
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
-        bids = self.reader.epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs), rng)
+        return self._stream(self.reader.epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs), rng))
+
+    def eval_epoch(self, split: str) -> Epoch | None:
+        """The split's stored evaluation batches, served from the layout like training's
+        (``None`` when the sample set has none)."""
+        bids = self.ss.part_batches(split)
+        return self._stream(bids.tolist()) if len(bids) else None
+
+    def _stream(self, bids: list[int]) -> Epoch:
         stages = [("sample", self._sample), ("read", self._read), ("assemble", self._assemble)]
         pipe = Pipeline(bids, stages, self.depth, on_drop=_release_item)
         return Epoch(iter(pipe), pipe.times, pipe.close, len(bids))
@@ -89,7 +107,7 @@ class FeatDBLoader:
         _, batch, rows = item
         mfg = to_torch(served(batch, rows.order), self.device)
         x = torch.from_numpy(rows.rows)
-        y = self.labels[torch.from_numpy(batch.seeds)]
+        y = seed_labels(self.labels, batch.seeds)
         if self.device.type != "cpu":
             x = x.to(self.device)
             if rows.device_rows is not None:
@@ -104,6 +122,24 @@ class FeatDBLoader:
     def close(self) -> None:
         self.reader.close()
         self.ss.close()
+
+
+def seed_labels(labels: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
+    """The labels of a batch's seeds, read from the (memory-mapped) label array."""
+    return torch.from_numpy(np.asarray(labels[seeds], dtype=np.int64))
+
+
+def stored_eval(ss: SampleSet, bids: Any, fetch: Callable[[np.ndarray], Any], labels: np.ndarray,
+                device: torch.device, depth: int) -> Epoch:
+    """Stored evaluation batches with rows from ``fetch(input ids)``, prepared in a pipeline stage."""
+
+    def prep(b: int) -> Item:
+        batch = ss.batch(int(b))
+        x = torch.as_tensor(fetch(batch.input_ids)).to(device)
+        return to_torch(batch, device), x, seed_labels(labels, batch.seeds).to(device), _noop
+
+    pipe = Pipeline(list(bids), [("prepare", prep)], depth)
+    return Epoch(iter(pipe), pipe.times, pipe.close, len(bids))
 
 
 def _release_item(item: Any) -> None:
@@ -127,6 +163,8 @@ class DGLLoader:
         batch_size: int,
         device: torch.device,
         mode: str,
+        sample_set: SampleSet | None = None,
+        depth: int = 2,
     ) -> None:
         import dgl
 
@@ -135,10 +173,11 @@ class DGLLoader:
         self.name = mode
         self.g = dgl_graph(graph.indptr, graph.indices)
         self.sampler = dgl.dataloading.NeighborSampler(fanouts)
-        self.train = torch.from_numpy(graph.train)
+        self.train = torch.from_numpy(np.asarray(graph.train, dtype=np.int64))
         self.batch_size = batch_size
         self.device = device
-        self.labels = torch.from_numpy(graph.labels.astype(np.int64))
+        self.labels = graph.labels
+        self.ss, self.depth = sample_set, depth
         info = store.table_info(table)
         if mode == "in-memory":
             self.feats: Any = torch.from_numpy(store.read_all(table))
@@ -188,7 +227,7 @@ class DGLLoader:
             t1 = time.perf_counter()
             batch = from_dgl_blocks(blocks)
             x = self.gather(input_nodes)
-            y = self.labels[torch.from_numpy(batch.seeds)]
+            y = seed_labels(self.labels, batch.seeds)
             mfg = to_torch(batch, self.device)
             t2 = time.perf_counter()
             times["sample"].busy += t1 - t0
@@ -196,6 +235,14 @@ class DGLLoader:
             times["sample"].items += 1
             times["gather"].items += 1
             yield mfg, x.to(self.device), y.to(self.device), _noop
+
+    def eval_epoch(self, split: str) -> Epoch | None:
+        """The sample set's stored evaluation batches of ``split``, rows from this baseline's features."""
+        bids = self.ss.part_batches(split) if self.ss is not None else np.zeros(0, dtype=np.int64)
+        if not len(bids) or self.ss is None:
+            return None
+        return stored_eval(self.ss, bids, lambda ids: self.gather(torch.from_numpy(ids)), self.labels,
+                           self.device, self.depth)
 
     def gather(self, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(self.feats, torch.Tensor):

@@ -1,4 +1,13 @@
-"""Epochs, evaluation, checkpoints: the training loop over any loader."""
+"""Epochs, evaluation, checkpoints: the training loop over any loader.
+
+Memory: a featdb run charges what it holds to ``memory_budget`` before it
+allocates — the runtime, the model and its optimizer state, one step's
+working set, the batches in flight, and (through the reader) the memory tiers
+and read buffers — and refuses at start, naming the parts, when they cannot
+fit. It never loads the graph: batches come from the sample set, labels are
+indexed per batch from the memory-mapped label table, and evaluation reads
+the stored evaluation batches through the same layout as training.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +24,14 @@ import torch.nn.functional as F
 
 import featdb
 from featdb.errors import ConfigError
-from featdb.graph import load_graph
+from featdb.graph import graph_info, load_graph, node_labels
+from featdb.memory import DEFAULT_BUDGET, TORCH_RUNTIME_BYTES, MemoryBudget, peak_rss
 from featdb.sampling import SampleSet
 from featdb.sampling.offline import SampleConfig, sample
 
-from .allocator import retain_large_allocations
-from .loaders import DGLLoader, FeatDBLoader
-from .mfg import to_torch
+from .allocator import retain_large_allocations, trim_threshold
+from .loaders import DGLLoader, Epoch, FeatDBLoader, stored_eval
 from .models import build_model
-from .pipeline import Pipeline
 
 LOADERS = ("featdb", "in-memory", "dgl-mmap")
 
@@ -47,13 +55,14 @@ class TrainConfig:
     checkpoint: str | None = None
     resume: bool = False
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    memory_budget: int = DEFAULT_BUDGET  # bytes the run may hold (featdb loader; baselines report only)
     progress: Callable[[str, int, int], None] | None = field(default=None, repr=False)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate every epoch, keep the best-validation checkpoint; return a summary."""
     _check(cfg)
-    retain_large_allocations()
+    retain_large_allocations(trim_threshold(cfg.memory_budget))
     torch.manual_seed(cfg.seed)
     threads = torch.get_num_threads()
     if cfg.threads:
@@ -68,7 +77,7 @@ def _check(cfg: TrainConfig) -> None:
     """``ConfigError`` for settings no run could use, before anything is opened or written."""
     if cfg.loader not in LOADERS:
         raise ConfigError(f"loader {cfg.loader!r}: one of {', '.join(LOADERS)}")
-    for name in ("epochs", "hidden", "heads", "queue_depth", "eval_batch_size"):
+    for name in ("epochs", "hidden", "heads", "queue_depth", "eval_batch_size", "memory_budget"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.threads < 0:
@@ -81,57 +90,86 @@ def _check(cfg: TrainConfig) -> None:
 
 def _train(cfg: TrainConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
+    memory = MemoryBudget(cfg.memory_budget, "featdb-train")
     with featdb.open(cfg.store, mode="a") as store:
-        graph = load_graph(store)
         with SampleSet(store, cfg.sample_set) as ss:
             fanouts, batch_size = list(ss.doc["fanouts"]), int(ss.doc["batch_size"])
-        evals = {
-            s: _eval_set(store, cfg.sample_set, s, fanouts, cfg.eval_batch_size)
-            for s in ("valid", "test")
-        }
-        loader = _make_loader(store, cfg, graph, fanouts, batch_size, device)
+            stored_evals = all(len(ss.part_batches(s)) for s in ("valid", "test"))
+            step = _step_bytes(ss, store.schema(cfg.table).dim, cfg)
+            mfg = 4 * int(ss.index[:, 2].max(initial=0))  # decoded, then int64 tensors
+        num_classes = int(graph_info(store).get("num_classes", 0))
+        if cfg.loader == "featdb":
+            graph = None
+            labels = node_labels(store)
+            _charge_training(memory, cfg, store.schema(cfg.table).dim, num_classes, len(fanouts), step, mfg)
+            loader: Any = FeatDBLoader(store, cfg.sample_set, device, cfg.queue_depth, labels, memory)
+        else:
+            graph = load_graph(store, mmap=cfg.loader == "dgl-mmap")
+            labels = graph.labels
+            loader = DGLLoader(store, cfg.table, graph, fanouts, batch_size, device, cfg.loader,
+                               SampleSet(store, cfg.sample_set), cfg.queue_depth)
+        evals = {s: None if stored_evals else _eval_set(store, cfg.sample_set, s, fanouts, cfg.eval_batch_size)
+                 for s in ("valid", "test")}
         try:
-            return _run(store, cfg, graph, loader, evals, fanouts, device)
+            ctx = _Run(store, cfg, loader, evals, labels, num_classes, len(fanouts), device)
+            return _run(ctx) | {"memory": memory.as_dict() | {"enforced": cfg.loader == "featdb"}}
         finally:
             loader.close()
+            if graph is not None and getattr(loader, "ss", None) is not None:
+                loader.ss.close()
 
 
-def _make_loader(
-    store: featdb.Store,
-    cfg: TrainConfig,
-    graph: Any,
-    fanouts: list[int],
-    batch_size: int,
-    device: torch.device,
-) -> Any:
-    if cfg.loader == "featdb":
-        return FeatDBLoader(store, cfg.sample_set, device, cfg.queue_depth, graph)
-    return DGLLoader(store, cfg.table, graph, fanouts, batch_size, device, cfg.loader)
+def _step_bytes(ss: SampleSet, dim: int, cfg: TrainConfig) -> int:
+    """One training step's working set, from the set's largest batch: input rows (and their
+    dropout copy and gradient), the edge arrays as torch tensors, hidden activations."""
+    rows = int(ss.index[:, 4].max(initial=0))
+    record = int(ss.index[:, 2].max(initial=0))
+    heads = cfg.heads if cfg.model == "gat" else 1
+    edges = record // 8  # a record is mostly int32 (src, dst) pairs: about 8 bytes per edge
+    return 3 * rows * dim * 4 + edges * (6 * 8 + heads * 4 * 6) + rows * cfg.hidden * heads * 4 // 4
+
+
+def _charge_training(memory: MemoryBudget, cfg: TrainConfig, dim: int, classes: int, layers: int,
+                     step: int, mfg: int) -> None:
+    """The trainer's own parts; the reader charges its tiers and buffers after these."""
+    memory.charge("runtime (torch)", TORCH_RUNTIME_BYTES)
+    width = cfg.hidden * (cfg.heads if cfg.model == "gat" else 1)
+    params = 2 * (dim * width + (layers - 1) * width * width + width * max(1, classes)) + 4 * width
+    memory.charge("model, gradients and optimizer state", 4 * 4 * params)
+    memory.charge("one training step", step)
+    memory.charge("allocator free-list (trim threshold)", trim_threshold(memory.limit))
+    memory.charge(f"batches in flight ({3 * cfg.queue_depth} sampled MFGs)", 3 * cfg.queue_depth * mfg)
 
 
 def _eval_set(
     store: featdb.Store, train_set: str, split: str, fanouts: list[int], batch_size: int
 ) -> str:
-    """The stored evaluation sample set for ``split`` (created once, shared by every loader)."""
+    """For sample sets made without evaluation parts: a stored evaluation sample set for
+    ``split``, created once and shared by every loader."""
     name = f"{train_set}.eval-{split}"
     if store.catalog.get(f"sampleset/{name}") is None:
-        sample(store, SampleConfig(name, tuple(fanouts), batch_size, 1, seed=12345, split=split))
+        sample(store, SampleConfig(name, tuple(fanouts), batch_size, 1, seed=12345, split=split, eval_splits=()))
     return name
 
 
-def _run(
-    store: featdb.Store,
-    cfg: TrainConfig,
-    graph: Any,
-    loader: Any,
-    evals: dict[str, str],
-    fanouts: list[int],
-    device: torch.device,
-) -> dict[str, Any]:
+@dataclass
+class _Run:
+    store: featdb.Store
+    cfg: TrainConfig
+    loader: Any
+    evals: dict[str, str | None]  # split -> a separate evaluation sample set (None: the set's own part)
+    labels: np.ndarray
+    num_classes: int
+    layers: int
+    device: torch.device
+
+
+def _run(r: _Run) -> dict[str, Any]:
+    cfg, store = r.cfg, r.store
     in_dim = store.schema(cfg.table).dim
     model = build_model(
-        cfg.model, in_dim, cfg.hidden, graph.num_classes, len(fanouts), cfg.dropout, cfg.heads
-    ).to(device)
+        cfg.model, in_dim, cfg.hidden, r.num_classes, r.layers, cfg.dropout, cfg.heads
+    ).to(r.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckpt = Path(
         cfg.checkpoint
@@ -144,20 +182,18 @@ def _run(
     )
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])  # batch order: the same on --resume
-        rec = _train_epoch(cfg, model, opt, loader, epoch, rng, device)
-        rec["val_acc"] = evaluate(
-            store, model, evals["valid"], loader, graph, device, cfg.queue_depth
-        )
-        rec["test_acc"] = evaluate(
-            store, model, evals["test"], loader, graph, device, cfg.queue_depth
-        )
+        rec = _train_epoch(cfg, model, opt, r.loader, epoch, rng, r.device)
+        t = time.perf_counter()
+        rec["val_acc"] = evaluate(r, model, "valid")
+        rec["test_acc"] = evaluate(r, model, "test")
+        rec["eval_s"] = round(time.perf_counter() - t, 3)
         state["history"].append(rec)
         state["epoch"] = epoch
         if rec["val_acc"] > state["best_val"]:
             state["best_val"], state["test_at_best"] = rec["val_acc"], rec["test_acc"]
             _save(ckpt, model, opt, state, best=True)
         _save(ckpt.with_suffix(".last.pt"), model, opt, state, best=False)
-    return _summary(cfg, state, loader, ckpt)
+    return _summary(cfg, state, r.loader, ckpt)
 
 
 def _train_epoch(
@@ -213,37 +249,32 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def evaluate(
-    store: featdb.Store,
-    model: torch.nn.Module,
-    eval_set: str,
-    loader: Any,
-    graph: Any,
-    device: torch.device,
-    depth: int,
-) -> float:
-    """Accuracy over a stored evaluation sample set; features come through the loader's source."""
+def evaluate(r: _Run, model: torch.nn.Module, split: str) -> float:
+    """Accuracy over the split's stored evaluation batches; rows come through the loader's source."""
     model.eval()
-    labels = torch.from_numpy(graph.labels.astype(np.int64))
-    fetch = (
-        loader.reader.read
-        if isinstance(loader, FeatDBLoader)
-        else (lambda ids: loader.gather(torch.from_numpy(ids)))
-    )
+    eval_set = r.evals[split]
+    if eval_set is None:
+        ep = r.loader.eval_epoch(split)
+        return _accuracy(model, ep)
+    with SampleSet(r.store, eval_set) as ss:
+        fetch = r.loader.reader.read if isinstance(r.loader, FeatDBLoader) else \
+            (lambda ids: r.loader.gather(torch.from_numpy(ids)))
+        ep = stored_eval(ss, range(ss.num_batches), fetch, r.labels, r.device, r.cfg.queue_depth)
+        return _accuracy(model, ep)
+
+
+def _accuracy(model: torch.nn.Module, ep: Epoch) -> float:
     correct = total = 0
-    with SampleSet(store, eval_set) as ss:
-
-        def prep(b: int) -> Any:
-            batch = ss.batch(b)
-            x = fetch(batch.input_ids)
-            x = torch.as_tensor(x).to(device)
-            return to_torch(batch, device), x, labels[torch.from_numpy(batch.seeds)].to(device)
-
-        with Pipeline(range(ss.num_batches), [("prepare", prep)], depth) as pipe:
-            for mfg, x, y in pipe:
+    try:
+        for mfg, x, y, release in ep.items:
+            try:
                 pred = model(mfg, x.float()).argmax(dim=1)
-                correct += int((pred == y).sum())
-                total += len(y)
+            finally:
+                release()
+            correct += int((pred == y).sum())
+            total += len(y)
+    finally:
+        ep.close()
     return round(correct / max(1, total), 4)
 
 
@@ -323,9 +354,11 @@ def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Any, ckpt: Path) -
         "test_acc": state["test_at_best"],
         "best_val_acc": state["best_val"],
         "loss": [r["loss"] for r in hist],
+        "eval_s": [r.get("eval_s") for r in hist],
         "tier_hit_rates": {k: v["hit_rate"] for k, v in serve.get("tiers", {}).items()},
         "read_amplification": _packed_amplification(serve),
         "checkpoint": str(ckpt),
-        "allocator": retain_large_allocations(),
+        "allocator": retain_large_allocations(trim_threshold(cfg.memory_budget)),
+        "peak_rss_bytes": peak_rss(),
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "progress"},
     }

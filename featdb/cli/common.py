@@ -41,6 +41,15 @@ def output_options(fn: F) -> F:
     return fn
 
 
+def memory_option(fn: F) -> F:
+    """``--memory-budget``: one option name for every command that holds data."""
+    from ..memory import DEFAULT_BUDGET
+
+    return click.option("--memory-budget", type=SIZE, default=DEFAULT_BUDGET, show_default=True,
+                        help="Bytes this command may hold (RAM); it refuses at start, naming the parts, "
+                             "when its configuration cannot fit.")(fn)
+
+
 def emit(as_json: bool, obj: Any, text: str | None = None) -> None:
     if as_json:
         click.echo(json.dumps(obj, indent=2, default=_jsonable))

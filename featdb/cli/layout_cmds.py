@@ -11,13 +11,13 @@ from ..catalog import Txn
 from ..errors import InvalidInputError, SampleSetNotFoundError
 from ..io import dir_unlocked
 from ..layout import generation
-from ..layout.pack import DEFAULT_BUDGET
 from ..layout.pack import pack as pack_layout
 from ..layout.plan import POLICIES, Budgets
+from ..memory import peak_rss
 from ..sampling.offline import SampleConfig, default_workers, parse_fanouts
 from ..sampling.offline import sample as run_sample
 from ..units import format_size
-from .common import SIZE, cli, emit, output_options, progress
+from .common import SIZE, cli, emit, memory_option, output_options, progress
 
 
 @cli.command()
@@ -31,24 +31,35 @@ from .common import SIZE, cli, emit, output_options, progress
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "valid", "test"]))
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Sampling processes; default one per CPU. The samples do not depend on it.")
+@click.option("--eval/--no-eval", "with_eval", default=True, show_default=True,
+              help="Also sample the other splits once each (evaluation batches, packed with training's).")
+@memory_option
 @output_options
 def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, seed: int, split: str,
-           workers: int | None, as_json: bool, quiet: bool) -> None:
+           workers: int | None, with_eval: bool, memory_budget: int, as_json: bool, quiet: bool) -> None:
     """Sample every mini-batch of EPOCHS epochs offline into a named sample set.
+
+    With --eval (the default) the evaluation splits (valid and test, when they
+    are not the training split) are sampled once each into the same set, so
+    pack lays out what evaluation reads too. The graph is memory-mapped and
+    shared by the sampling processes.
 
     Example: featdb sample ./store --name train --fanouts 10,10 --batch-size 1024 --epochs 3
     """
     from ..graph import graph_info
 
-    cfg = SampleConfig(name, parse_fanouts(fanouts), batch_size, epochs, seed, split)
+    cfg = SampleConfig(name, parse_fanouts(fanouts), batch_size, epochs, seed, split, None if with_eval else ())
+    evals = cfg.evals
     with store_mod.open(store, mode="a") as st:
         cfg.validate()
-        n = int(graph_info(st).get(f"num_{split}", 0) or 0)
-        total = -(-n // max(1, batch_size)) * epochs
+        doc = graph_info(st)
+        sizes = {s: int(doc.get(f"num_{s}", 0) or 0) for s in (split, *evals)}
+        total = sum(-(-n // max(1, batch_size)) * (epochs if s == split else 1) for s, n in sizes.items())
         with progress(total, f"sample {name}", as_json or quiet) as bar:
-            doc = run_sample(st, cfg, progress=bar, workers=workers or default_workers())
-    keys = ("name", "epochs", "batches", "batches_per_epoch", "fanouts", "batch_size", "bytes",
-            "bytes_per_batch", "input_rows", "sample_s")
+            doc = run_sample(st, cfg, progress=bar, workers=workers or default_workers(),
+                             memory_budget=memory_budget)
+    keys = ("name", "epochs", "batches", "batches_per_epoch", "parts", "fanouts", "batch_size", "bytes",
+            "bytes_per_batch", "input_rows", "sample_s", "memory")
     emit(as_json, {k: doc[k] for k in keys},
          None if quiet else f"sample set {name}: {doc['batches']} batches, {format_size(doc['bytes'])} "
                             f"({format_size(doc['bytes_per_batch'])}/batch) in {doc['sample_s']} s")
@@ -61,8 +72,7 @@ def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, se
 @click.option("--host-cache", type=SIZE, default="0", show_default=True, help="L2 host-memory budget.")
 @click.option("--device-cache", type=SIZE, default="0", show_default=True, help="L1 device-memory budget.")
 @click.option("--max-blowup", type=float, help="Cap on disk rows stored / nodes (adds L3 shared extents).")
-@click.option("--memory-budget", type=SIZE, default=DEFAULT_BUDGET, show_default=True,
-              help="Working-set bound of the packer.")
+@memory_option
 @click.option("--policy", type=click.Choice(POLICIES), default="full", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the plan's predictions; write nothing.")
@@ -86,6 +96,7 @@ def pack(store: str, sample_set: str, table: str, host_cache: int, device_cache:
                                         "l2_rows", "l3_rows", "l4_rows", "blowup",
                                         "predicted_amplification", "plan_s", "pack_s")}
     summary["predictions"] = doc["predictions"]
+    summary["memory"] = {"budget_bytes": memory_budget, "peak_rss_bytes": peak_rss()}
     text = (f"{'plan' if dry_run else 'packed generation ' + str(doc.get('id'))}: policy={doc['policy']} "
             f"blowup={doc['blowup']} predicted amplification={doc['predicted_amplification']} "
             f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, SchemaMismatchError
 from ..io import PAGE, ChecksumWriter, aligned_buffer, round_up, write_atomic
+from ..memory import DEFAULT_BUDGET
 from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter
@@ -36,7 +37,6 @@ from .plan import Budgets, Placement, Predictor, SegmentPlan, assign_segment, pl
 Progress = Callable[[int], None] | None
 BATCH_COLS = 8  # n4, n3, n2, n1, l4_offset, l4_crc, map_offset, segment
 SEG_COLS = 5  # first_batch, n_batches, l3_offset, l3_rows, l3_crc
-DEFAULT_BUDGET = 1 << 30
 
 
 @dataclass

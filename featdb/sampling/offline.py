@@ -2,8 +2,16 @@
 
 DGL does the sampling (imported lazily: featdb itself needs neither torch nor
 DGL). Each epoch reshuffles the split with its own seed and samples afresh.
-Batches stream to segment files one at a time, so memory stays bounded by the
-graph, one batch and one per-node counter per sampling process.
+After the training epochs, the evaluation splits (``eval_splits``, by default
+valid and test) are sampled once each, in split order, into *parts* of the same
+set, so the layout planner packs the batches evaluation reads beside the ones
+training reads.
+
+Memory: the graph is memory-mapped (its pages are page cache, shared by every
+sampling process, which are forked after mapping it), and batches stream to
+segment files one at a time, so each process holds one batch, a scratch array
+and a per-node counter. :func:`sample` charges these to its memory budget
+before it starts and refuses when they cannot fit.
 """
 
 from __future__ import annotations
@@ -24,12 +32,14 @@ import numpy as np
 from ..catalog import Txn
 from ..errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from ..io import ChecksumWriter, hold_dir, write_atomic
+from ..memory import DEFAULT_BUDGET, TORCH_RUNTIME_BYTES, MemoryBudget, children_peak_rss
 from ..store import Store
 from .format import HEAD_PARTS, INDEX_COLUMNS, encode_parts
 from .mfg import Batch, Layer
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 SPLITS = ("train", "valid", "test")
+EVAL_SPLITS = ("valid", "test")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,12 @@ class SampleConfig:
     epochs: int
     seed: int = 0
     split: str = "train"
+    eval_splits: tuple[str, ...] | None = None  # sampled once each after training's; None: the other splits
+
+    @property
+    def evals(self) -> tuple[str, ...]:
+        """The evaluation splits to sample: ``eval_splits``, or every split but the training one."""
+        return tuple(s for s in EVAL_SPLITS if s != self.split) if self.eval_splits is None else self.eval_splits
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -52,6 +68,8 @@ class SampleConfig:
             raise InvalidInputError(f"epochs must be at least 1, got {self.epochs}")
         if self.split not in SPLITS:
             raise InvalidInputError(f"split {self.split!r}: one of {', '.join(SPLITS)}")
+        if any(s not in SPLITS or s == self.split for s in self.evals) or len(set(self.evals)) != len(self.evals):
+            raise InvalidInputError(f"evaluation splits {self.evals}: distinct splits other than {self.split!r}")
 
 
 def parse_fanouts(text: str) -> tuple[int, ...]:
@@ -71,12 +89,19 @@ def epoch_batches(seeds: np.ndarray, batch_size: int, seed: int, epoch: int) -> 
     return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
 
 
+def eval_batches(seeds: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """An evaluation split's batches: its ids in stored order, no shuffle (the last may be short)."""
+    return [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
+
+
 def dgl_graph(indptr: np.ndarray, indices: np.ndarray) -> Any:
+    """A DGL graph over the CSC arrays without copying them (memory-mapped arrays stay mapped);
+    edge ids are implicit (0..E-1), not materialised."""
     import dgl
     import torch
 
-    eids = torch.arange(len(indices), dtype=torch.int64)
-    return dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), eids)),
+    no_eids = torch.empty(0, dtype=torch.int64)
+    return dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), no_eids)),
                      num_nodes=len(indptr) - 1)
 
 
@@ -165,12 +190,13 @@ def _in_process(graph: Any, cfg: SampleConfig) -> Iterator[None]:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None) -> None:
+def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None, seeds: dict[str, np.ndarray] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
     dtype = np.int32 if graph.num_nodes() < 2**31 else np.int64
-    _WORKER.update(graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=dtype), done=done)
+    _WORKER.update(graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=dtype), done=done,
+                   seeds=seeds or {})
 
 
 def _sample_one(epoch: int, i: int, seeds: np.ndarray) -> Batch:
@@ -183,12 +209,21 @@ def _sample_one(epoch: int, i: int, seeds: np.ndarray) -> Batch:
 
 @dataclass(frozen=True, slots=True)
 class _Piece:
-    """A contiguous run of one epoch's batches, written to its own segment file."""
+    """A contiguous run of one epoch's (or evaluation part's) batches, written to its own segment file.
+
+    ``epoch`` seeds the sampling: training epochs are 0..E-1, evaluation part k is E+k.
+    """
 
     epoch: int
     lo: int
     hi: int
     segment: str
+    part: str = "train"
+
+    def batches(self, cfg: SampleConfig, seeds: np.ndarray) -> list[np.ndarray]:
+        if self.part == cfg.split:
+            return epoch_batches(seeds, cfg.batch_size, cfg.seed, self.epoch)
+        return eval_batches(seeds, cfg.batch_size)
 
 
 @dataclass(slots=True)
@@ -200,21 +235,32 @@ class _Written:
     crcs: list[int]
 
 
-def _pieces(cfg: SampleConfig, batches_per_epoch: int, workers: int) -> list[_Piece]:
-    """Each epoch split into ``workers`` contiguous runs of batches (fewer if the epoch is short)."""
-    k = max(1, min(workers, batches_per_epoch))
-    bounds = np.linspace(0, batches_per_epoch, k + 1).round().astype(int).tolist()
-    return [_Piece(e, lo, hi, f"epoch-{e:04d}.seg" if k == 1 else f"epoch-{e:04d}-{p:02d}.seg")
-            for e in range(cfg.epochs) for p, (lo, hi) in enumerate(itertools.pairwise(bounds))]
+def _runs(n: int, workers: int) -> list[tuple[int, int]]:
+    k = max(1, min(workers, n))
+    bounds = np.linspace(0, n, k + 1).round().astype(int).tolist()
+    return list(itertools.pairwise(bounds))
 
 
-def _write_piece(piece: _Piece, train_ids: np.ndarray, tmp: Path, id_dtype: np.dtype,
+def _pieces(cfg: SampleConfig, batches_per_epoch: int, workers: int,
+            eval_parts: dict[str, int] | None = None) -> list[_Piece]:
+    """Each epoch (then each evaluation part) split into ``workers`` contiguous runs of batches
+    (fewer if it is short)."""
+    runs = _runs(batches_per_epoch, workers)
+    out = [_Piece(e, lo, hi, f"epoch-{e:04d}.seg" if len(runs) == 1 else f"epoch-{e:04d}-{p:02d}.seg", cfg.split)
+           for e in range(cfg.epochs) for p, (lo, hi) in enumerate(runs)]
+    for k, (split, n) in enumerate((eval_parts or {}).items()):
+        out += [_Piece(cfg.epochs + k, lo, hi, f"{split}-{p:02d}.seg", split)
+                for p, (lo, hi) in enumerate(_runs(n, workers))]
+    return out
+
+
+def _write_piece(piece: _Piece, tmp: Path, id_dtype: np.dtype,
                  progress: Callable[[int], None] | None = None) -> _Written:
     import zlib
 
     from .kernels import count
 
-    batches = epoch_batches(train_ids, _WORKER["cfg"].batch_size, _WORKER["cfg"].seed, piece.epoch)
+    batches = piece.batches(_WORKER["cfg"], _WORKER["seeds"][piece.part])
     counts = np.zeros(_WORKER["graph"].num_nodes(), dtype=np.int32)
     records = []
     with ChecksumWriter(tmp / piece.segment) as writer:
@@ -237,21 +283,23 @@ def _write_piece(piece: _Piece, train_ids: np.ndarray, tmp: Path, id_dtype: np.d
     return _Written(piece, records, counts, writer.size, writer.crcs)
 
 
-def _write_pieces(graph: Any, train_ids: np.ndarray, cfg: SampleConfig, pieces: list[_Piece], tmp: Path,
+def _write_pieces(graph: Any, seeds: dict[str, np.ndarray], cfg: SampleConfig, pieces: list[_Piece], tmp: Path,
                   id_dtype: np.dtype, progress: Callable[[int], None] | None, workers: int) -> Iterator[_Written]:
     """Every piece's segment, written in this process or by ``workers`` forked ones, in piece order."""
     if workers <= 1:
         with _in_process(graph, cfg):
+            _WORKER["seeds"] = seeds
             for piece in pieces:
-                yield _write_piece(piece, train_ids, tmp, id_dtype, progress)
+                yield _write_piece(piece, tmp, id_dtype, progress)
         return
     import functools
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     done = ctx.Value("q", 0)
-    job = functools.partial(_write_piece, train_ids=train_ids, tmp=tmp, id_dtype=id_dtype)
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(graph, cfg, done)) as pool:
+    job = functools.partial(_write_piece, tmp=tmp, id_dtype=id_dtype)
+    # forked workers inherit the mapped graph and the seed arrays; nothing large is pickled
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(graph, cfg, done, seeds)) as pool:
         results = pool.imap(job, pieces)  # streamed in order: finished pieces are not all held at once
         reported = 0
         while True:
@@ -274,13 +322,16 @@ def default_workers() -> int:
 
 
 def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | None = None,
-           workers: int = 1) -> dict[str, Any]:
-    """Sample ``cfg.epochs`` epochs into a new sample set; returns its catalog document.
+           workers: int = 1, memory_budget: int = DEFAULT_BUDGET) -> dict[str, Any]:
+    """Sample ``cfg.epochs`` epochs (and ``cfg.eval_splits``) into a new sample set; returns its
+    catalog document, with the memory account (``memory``) of this run added.
 
     ``workers`` forked processes each sample a contiguous run of every
     epoch's batches into a segment file of their own, so no batch crosses a
     process boundary. The samples do not depend on ``workers``; only the
-    number of segment files does.
+    number of segment files does. What every process holds is charged to
+    ``memory_budget`` first; :class:`~featdb.errors.BudgetExceededError` names
+    the parts when they do not fit.
     """
     from ..graph import load_graph
 
@@ -288,32 +339,53 @@ def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | No
     cfg.validate()
     if store.catalog.get(f"sampleset/{cfg.name}") is not None:
         raise AlreadyExistsError(f"sample set {cfg.name!r} already exists (remove it with featdb gc --sample-set)")
-    g = load_graph(store)
-    seeds = {"train": g.train, "valid": g.valid, "test": g.test}[cfg.split]
-    if len(seeds) == 0:
+    g = load_graph(store, mmap=True)
+    split_ids = {"train": g.train, "valid": g.valid, "test": g.test}
+    if len(split_ids[cfg.split]) == 0:
         raise NotFoundError(f"split {cfg.split!r} of the stored graph is empty")
+    seeds = {cfg.split: split_ids[cfg.split]} | {s: split_ids[s] for s in cfg.evals if len(split_ids[s])}
+    workers = max(1, workers)
+    budget = charge_sampling(MemoryBudget(memory_budget, "sample"), g, cfg, workers)
     id_dtype = np.dtype("<i8" if g.num_nodes >= 2**31 else "<i4")
     rel = f"samples/{cfg.name}"
     tmp = store.root / (rel + f".partial-{time.time_ns():x}")
     tmp.mkdir(parents=True)
     lock = hold_dir(tmp)  # gc leaves a sample set that is still being written alone
     try:
-        doc = _write(store, tmp, rel, g, seeds, cfg, id_dtype, progress, max(1, workers))
+        doc = _write(store, tmp, rel, g, seeds, cfg, id_dtype, progress, workers)
         _publish(store, tmp, rel, doc)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         os.close(lock)
-    return doc
+    return doc | {"memory": budget.as_dict() | {"workers_peak_rss_bytes": children_peak_rss()}}
 
 
-def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: np.ndarray, cfg: SampleConfig,
+def charge_sampling(budget: MemoryBudget, g: Any, cfg: SampleConfig, workers: int) -> MemoryBudget:
+    """What sampling holds: the runtime, per process a scratch array, a counter and one batch in
+    the making; the parent's counter and index. The graph is mapped (shared, evictable)."""
+    n = g.num_nodes
+    budget.charge("runtime (torch, DGL)", TORCH_RUNTIME_BYTES)
+    rows = cfg.batch_size
+    for f in reversed(cfg.fanouts):
+        rows += rows * (f if f > 0 else 64)  # -1 (all neighbours): a generous average degree
+    rows = min(rows, n + cfg.batch_size * sum(abs(f) for f in cfg.fanouts))
+    per_process = n * 4 * 2 + rows * 8 * 8  # scratch + counter; one batch's ids, edges and copies
+    budget.charge(f"sampling processes ({workers} x {per_process >> 20} MiB)", workers * per_process)
+    budget.charge("counts and index", n * 4 + (64 << 20))
+    budget.check()
+    budget.charge_mapped("graph (memory-mapped, shared by all processes)", g.indptr.nbytes + g.indices.nbytes)
+    return budget
+
+
+def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: dict[str, np.ndarray], cfg: SampleConfig,
            id_dtype: np.dtype, progress: Callable[[int], None] | None, workers: int) -> dict[str, Any]:
     graph = dgl_graph(g.indptr, g.indices)
     counts = np.zeros(g.num_nodes, dtype=np.int32)
-    per_epoch = -(-len(seeds) // cfg.batch_size)
-    pieces = _pieces(cfg, per_epoch, workers)
+    per_epoch = -(-len(seeds[cfg.split]) // cfg.batch_size)
+    eval_parts = {s: -(-len(ids) // cfg.batch_size) for s, ids in seeds.items() if s != cfg.split}
+    pieces = _pieces(cfg, per_epoch, workers, eval_parts)
     index: list[tuple[int, ...]] = []
     file_recs: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -328,8 +400,11 @@ def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: np.ndarray, cfg: Sa
     file_recs[f"{rel}/index.i64"] = {"size": isize, "crcs": icrcs, "kind": "samples"}
     nbatches = len(index)
     total = int(idx[:, 2].sum())
-    return {"name": cfg.name, **{k: v for k, v in asdict(cfg).items() if k != "name"},
-            "fanouts": list(cfg.fanouts), "batches": nbatches,
+    parts, lo = {cfg.split: [0, per_epoch * cfg.epochs]}, per_epoch * cfg.epochs
+    for s, n in eval_parts.items():
+        parts[s], lo = [lo, lo + n], lo + n
+    return {"name": cfg.name, **{k: v for k, v in asdict(cfg).items() if k not in ("name", "eval_splits")},
+            "fanouts": list(cfg.fanouts), "batches": nbatches, "parts": parts,
             "batches_per_epoch": per_epoch, "num_nodes": g.num_nodes,
             "id_dtype": id_dtype.str, "bytes": total, "bytes_per_batch": total // max(1, nbatches),
             "input_rows": int(idx[:, 4].sum()), "segments": [p.segment for p in pieces], "path": rel,

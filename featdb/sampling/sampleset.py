@@ -58,6 +58,17 @@ class SampleSet:
             raise IndexError(f"epoch {epoch} out of range [0, {self.epochs})")
         return np.arange(epoch * self.batches_per_epoch, (epoch + 1) * self.batches_per_epoch)
 
+    @property
+    def parts(self) -> dict[str, tuple[int, int]]:
+        """Batch id ranges [lo, hi) by split: the training epochs, then each evaluation split."""
+        default = {str(self.doc.get("split", "train")): [0, self.epochs * self.batches_per_epoch]}
+        return {k: (int(v[0]), int(v[1])) for k, v in self.doc.get("parts", default).items()}
+
+    def part_batches(self, split: str) -> np.ndarray:
+        """The batch ids of one split's part (empty when the set has none)."""
+        lo, hi = self.parts.get(split, (0, 0))
+        return np.arange(lo, hi)
+
     def _ref(self, b: int) -> RecordRef:
         if not 0 <= b < self.num_batches:
             raise IndexError(f"batch {b} out of range [0, {self.num_batches})")

@@ -36,15 +36,18 @@ from ..io import (
     take_rows,
 )
 from ..layout import generation
+from ..memory import MemoryBudget
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import TableReader, check_ids
+from ..units import format_size
 from .dynamic import RowCache
 from .pool import BufferPool
 from .stats import ServeStats
 
 L4_PIECE = 16 << 20  # an extent larger than this is read as parallel pieces of this size
+PAGE_SCRATCH_BYTES = 8 << 20  # per batch in flight: the page buffer of scattered L3/base reads
 
 
 @dataclass
@@ -84,14 +87,15 @@ class LayoutReader:
                  host_budget: int | None = None, device_budget: int | None = None,
                  queue_depth: int = 4, threads: int = 4, cache_bytes: int = 0,
                  cache_policy: str = "lru", buffer_timeout: float = 120.0,
-                 segment_cache_bytes: int = 512 << 20) -> None:
+                 segment_cache_bytes: int = 512 << 20, memory_budget: int | MemoryBudget | None = None) -> None:
         self.store = store
+        self.memory = memory_budget if isinstance(memory_budget, MemoryBudget) else \
+            MemoryBudget(memory_budget or (1 << 62), "the reader")
         self._pin = generation.Pin(store)
-        self.segments = SegmentCache(segment_cache_bytes)
         self._files: list[Any] = []
         try:
             self._open(sample_set, device, host_budget, device_budget, queue_depth, threads,
-                       cache_bytes, cache_policy, buffer_timeout)
+                       cache_bytes, cache_policy, buffer_timeout, segment_cache_bytes)
         except BaseException:
             for pool in (getattr(self, "_exec", None), getattr(self, "_io", None)):
                 if pool is not None:
@@ -103,7 +107,7 @@ class LayoutReader:
     # -- opening -----------------------------------------------------------------------
     def _open(self, sample_set: str | None, device: str, host_budget: int | None,
               device_budget: int | None, queue_depth: int, threads: int, cache_bytes: int,
-              cache_policy: str, buffer_timeout: float) -> None:
+              cache_policy: str, buffer_timeout: float, segment_cache_bytes: int) -> None:
         doc = self.doc = self._pin.doc
         if sample_set is not None and sample_set != doc["sample_set"]:
             raise ConfigError(f"the current layout was packed for sample set {doc['sample_set']!r}, "
@@ -121,6 +125,10 @@ class LayoutReader:
         self.l2_ids = np.fromfile(self.gen_dir / "l2_ids.i64", dtype="<i8")
         _check_budget("host", len(self.l2_ids) * self.rb, host_budget)
         _check_budget("device", len(self.l1_ids) * self.rb, device_budget)
+        nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
+        queue_depth = self._charge(device, cache_bytes, round_up(nmax * self.rb) + PAGE, queue_depth)
+        largest = round_up(int(self.segs[:, 3].max(initial=0)) * self.rb) if self.packed else 0
+        self.segments = SegmentCache(self.memory.fit("L3 segment cache", min(segment_cache_bytes, largest)))
         self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
         self.host = self._load_rows("host.tbl")
         self.device, self.l1 = self._load_device(device)
@@ -130,13 +138,34 @@ class LayoutReader:
         self._map_fd = os.open(self.gen_dir / "map.bin", os.O_RDONLY)
         self._files.append(_Fd(self._map_fd))
         self.stats = ServeStats(self.rb)
-        nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
+        self.queue_depth = queue_depth
         self.pool = BufferPool(queue_depth + 2, round_up(nmax * self.rb) + PAGE, buffer_timeout)
         self._exec = ThreadPoolExecutor(max_workers=max(1, queue_depth), thread_name_prefix="featdb-batch")
         self._threads = threads
         self._scratch = ScratchBuffers()
         self._io = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="featdb-io")
         self._sample_set: SampleSet | None = None
+
+    def _charge(self, device: str, cache_bytes: int, buffer_bytes: int, queue_depth: int) -> int:
+        """Charge what serving holds to the memory budget; returns the queue depth that fits.
+
+        Fixed: the index arrays, the host tier (and the device tier when it stays on the
+        host), the row cache, one page-read scratch buffer per batch in flight. Flexible:
+        the queue depth (read buffers are depth + 2) and, from what is left, the L3 cache.
+        """
+        m = self.memory
+        m.charge("reader index", sum(a.nbytes for a in (self.batches, self.segs, self.l1_ids, self.l2_ids)))
+        m.charge("host tier (L2)", len(self.l2_ids) * self.rb)
+        if _resolve_device(device) == "cpu":
+            m.charge("device tier (L1), on the host", len(self.l1_ids) * self.rb)
+        if cache_bytes:
+            m.charge("row cache", cache_bytes)
+        per_batch = buffer_bytes + PAGE_SCRATCH_BYTES
+        depth = max(1, min(queue_depth, m.left() // max(1, per_batch) - 2))
+        m.charge(f"read buffers ({depth + 2} x {format_size(buffer_bytes)})", (depth + 2) * buffer_bytes)
+        m.charge("page-read scratch", depth * PAGE_SCRATCH_BYTES)
+        m.check()
+        return depth
 
     def _index(self, name: str, cols: int, rows: int | None) -> np.ndarray:
         arr = np.fromfile(self.gen_dir / name, dtype="<i8")
