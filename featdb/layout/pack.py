@@ -18,7 +18,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -243,18 +243,21 @@ def _base_pass(reader: TableReader, g: _Group, hot: _HotWriters | None, fd4: int
     src, dst, ext = _l4_targets(g, rb)
     l3src, l3row, l3buf = _l3_targets(g, rb)
     crc = {b: 0 for b in g.l4_batch}
-    chunk_rows = max(1, (memory_budget // 5) // rb)  # two read buffers, the chunk's gathered copy, slack
-    for lo, hi, chunk in _chunks(reader, chunk_rows):
-        a, b = np.searchsorted(src, [lo, hi])
-        if b > a:
-            _write_runs(fd4, chunk, src[a:b] - lo, dst[a:b], ext[a:b], rb, crc)
-        a, b = np.searchsorted(l3src, [lo, hi])
-        if b > a:
-            l3buf[l3row[a:b]] = chunk[l3src[a:b] - lo]
-        if hot is not None:
-            hot.take(chunk, lo, hi)
-        if progress:
-            progress(0)
+    # two read buffers and two gathered slices in flight, a fifth each of the working budget
+    chunk_rows = max(1, (memory_budget // 5) // rb)
+    with _Writer(fd4, crc, max(1, (memory_budget // 10) // rb), rb) as writer:
+        for lo, hi, chunk in _chunks(reader, chunk_rows):
+            a, b = np.searchsorted(src, [lo, hi])
+            if b > a:
+                writer.scatter(chunk, src[a:b] - lo, dst[a:b], ext[a:b])
+            a, b = np.searchsorted(l3src, [lo, hi])
+            if b > a:
+                l3buf[l3row[a:b]] = chunk[l3src[a:b] - lo]
+            if hot is not None:
+                hot.take(chunk, lo, hi)
+            writer.drain()  # the chunk's buffer is read ahead into again next
+            if progress:
+                progress(0)
     for bid in g.l4_batch:
         n = int(batches[bid, 0]) * rb
         batches[bid, 5] = zlib.crc32(bytes(round_up(n) - n), crc[bid])
@@ -286,19 +289,54 @@ def _l3_targets(g: _Group, rb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return src[order], order, np.zeros((len(src), rb), dtype=np.uint8)
 
 
-def _write_runs(fd: int, chunk: np.ndarray, rows: np.ndarray, dst: np.ndarray, ext: np.ndarray,
-                rb: int, crc: dict[int, int]) -> None:
-    """Write the chunk's rows to their extents, one pwrite per contiguous piece."""
-    o = np.argsort(dst, kind="stable")
-    d, e = dst[o], ext[o]
-    gathered = chunk[rows[o]]
-    cut = np.flatnonzero((d[1:] != d[:-1] + rb) | (e[1:] != e[:-1])) + 1
-    bounds = np.concatenate([[0], cut, [len(d)]]).tolist()
-    mv = memoryview(gathered).cast("B")
-    for i, j in itertools.pairwise(bounds):
-        piece = mv[i * rb : j * rb]
-        os.pwrite(fd, piece, int(d[i]))
-        crc[int(e[i])] = zlib.crc32(piece, crc[int(e[i])])
+class _Writer:
+    """Writes a chunk's rows to their batch extents on a thread, while the next slice is gathered.
+
+    A chunk's targets (sorted by source row) are cut into slices of at most
+    ``slice_rows`` rows, so the gathered copy stays bounded however many
+    extents a row goes to. Slices are written in order, one ``pwrite`` per
+    contiguous piece, so each extent's crc32 is carried over its pieces in
+    offset order (an extent's rows are sorted by node id, as the slices are).
+    At most two slices are in flight.
+    """
+
+    def __init__(self, fd: int, crc: dict[int, int], slice_rows: int, rb: int) -> None:
+        self.fd, self.crc, self.slice_rows, self.rb = fd, crc, slice_rows, rb
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-pack-write")
+        self._inflight: list[Future[None]] = []
+
+    def scatter(self, chunk: np.ndarray, rows: np.ndarray, dst: np.ndarray, ext: np.ndarray) -> None:
+        for i in range(0, len(rows), self.slice_rows):
+            j = i + self.slice_rows
+            o = np.argsort(dst[i:j], kind="stable")
+            d, e = dst[i:j][o], ext[i:j][o]
+            gathered = chunk[rows[i:j][o]]
+            while len(self._inflight) >= 2:
+                self._inflight.pop(0).result()
+            self._inflight.append(self._pool.submit(self._write, gathered, d, e))
+
+    def _write(self, gathered: np.ndarray, d: np.ndarray, e: np.ndarray) -> None:
+        rb = self.rb
+        cut = np.flatnonzero((d[1:] != d[:-1] + rb) | (e[1:] != e[:-1])) + 1
+        bounds = np.concatenate([[0], cut, [len(d)]]).tolist()
+        mv = memoryview(gathered).cast("B")
+        for i, j in itertools.pairwise(bounds):
+            piece = mv[i * rb : j * rb]
+            os.pwrite(self.fd, piece, int(d[i]))
+            self.crc[int(e[i])] = zlib.crc32(piece, self.crc[int(e[i])])
+
+    def drain(self) -> None:
+        while self._inflight:
+            self._inflight.pop(0).result()
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self.drain()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _write_l3(fd: int, g: _Group, l3buf: np.ndarray, segs: np.ndarray, rb: int) -> None:
