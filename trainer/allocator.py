@@ -34,8 +34,8 @@ _M_MMAP_THRESHOLD = -3
 
 
 def trim_threshold(memory_budget: int) -> int:
-    """The trim threshold for a memory budget: :data:`TRIM_THRESHOLD`, at most an eighth of it."""
-    return min(TRIM_THRESHOLD, max(1 << 20, memory_budget // 8))
+    """The trim threshold for a memory budget: :data:`TRIM_THRESHOLD`, at most a sixteenth of it."""
+    return min(TRIM_THRESHOLD, max(1 << 20, memory_budget // 16))
 
 
 @functools.cache

@@ -41,6 +41,8 @@ from .loop import LOADERS, TrainConfig, train
 @click.option("--checkpoint", help="Checkpoint path (default: <store>/checkpoints/...).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch intra-op threads (0: torch's default).")
+@click.option("--max-batches", type=click.IntRange(min=0), default=0,
+              help="Train only this many batches per epoch and skip evaluation (for slow baselines).")
 @memory_option
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
 @click.option("-q", "--quiet", is_flag=True)
@@ -61,6 +63,7 @@ def main(
     checkpoint: str | None,
     resume: bool,
     threads: int,
+    max_batches: int,
     memory_budget: int,
     as_json: bool,
     quiet: bool,
@@ -87,6 +90,7 @@ def main(
         resume=resume,
         threads=threads,
         memory_budget=memory_budget,
+        max_batches=max_batches,
     )
     bars = _Bars()
     if not (as_json or quiet):
@@ -131,6 +135,8 @@ def render(s: dict) -> str:  # type: ignore[type-arg]
     lines = [
         f"{s['loader']} {s['model']} seed={s['seed']}: test acc {s['test_acc']:.4f} "
         f"(best val {s['best_val_acc']:.4f})"
+        if s["eval_s"][-1] is not None
+        else f"{s['loader']} {s['model']} seed={s['seed']}: {s['batches'][-1]} batches, no evaluation"
     ]
     lines.append("epoch s: " + ", ".join(f"{x:.2f}" for x in s["epoch_s"]))
     lines.append("stage busy s: " + ", ".join(f"{k}={v:.2f}" for k, v in s["stage_s"].items()))
@@ -138,7 +144,7 @@ def render(s: dict) -> str:  # type: ignore[type-arg]
     lines.append(f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (memory budget "
                  f"{mem['budget_bytes'] / 2**20:.0f} MiB{'' if mem['enforced'] else ', not enforced for baselines'}); "
                  "evaluation s: "
-                 + ", ".join(f"{x:.2f}" for x in s["eval_s"]))
+                 + ", ".join("-" if x is None else f"{x:.2f}" for x in s["eval_s"]))
     if s.get("read_amplification") is not None:
         lines.append(
             f"read amplification {s['read_amplification']}; hit rates {s['tier_hit_rates']}"

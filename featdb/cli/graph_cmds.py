@@ -77,11 +77,14 @@ def ingest_ogb(store: str, folder: str, split_name: str | None, feat_key: str, m
 @click.option("--noise", type=float, default=0.9, show_default=True, help="Feature noise std.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-frac", type=float, default=0.1, show_default=True)
+@click.option("--valid-frac", type=float, default=0.05, show_default=True)
+@click.option("--test-frac", type=float, default=0.05, show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--memory-budget", type=SIZE, default=graph_mod.DEFAULT_BUDGET, show_default=True)
 @output_options
 def synth(store: str, nodes: int, avg_degree: float, dim: int, classes: int, homophily: float,
-          noise: float, seed: int, train_frac: float, dtype: str, memory_budget: int,
+          noise: float, seed: int, train_frac: float, valid_frac: float, test_frac: float, dtype: str,
+          memory_budget: int,
           as_json: bool, quiet: bool) -> None:
     """Generate a seeded node-classification dataset (graph, features, labels, splits) into STORE.
 
@@ -96,7 +99,8 @@ def synth(store: str, nodes: int, avg_degree: float, dim: int, classes: int, hom
     with open_or_create(store) as st, \
             progress(synth_mod.PROGRESS_PASSES * nodes, "synth", as_json or quiet) as bar:
         doc = synth_mod.synth(st, nodes, avg_degree, dim, classes, homophily=homophily, noise=noise,
-                              seed=seed, train_frac=train_frac, memory_budget=memory_budget,
+                              seed=seed, train_frac=train_frac, valid_frac=valid_frac, test_frac=test_frac,
+                              memory_budget=memory_budget,
                               progress=bar, dtype=dtype)
     s = _summary(doc, t)
     emit(as_json, s, None if quiet else

@@ -32,7 +32,7 @@ import numpy as np
 from ..catalog import Txn
 from ..errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from ..io import ChecksumWriter, hold_dir, write_atomic
-from ..memory import DEFAULT_BUDGET, TORCH_RUNTIME_BYTES, MemoryBudget, children_peak_rss
+from ..memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, MemoryBudget, children_peak_rss
 from ..store import Store
 from .format import HEAD_PARTS, INDEX_COLUMNS, encode_parts
 from .mfg import Batch, Layer
@@ -366,7 +366,7 @@ def charge_sampling(budget: MemoryBudget, g: Any, cfg: SampleConfig, workers: in
     """What sampling holds: the runtime, per process a scratch array, a counter and one batch in
     the making; the parent's counter and index. The graph is mapped (shared, evictable)."""
     n = g.num_nodes
-    budget.charge("runtime (torch, DGL)", TORCH_RUNTIME_BYTES)
+    budget.charge("runtime (torch, DGL)", DGL_RUNTIME_BYTES)
     rows = cfg.batch_size
     for f in reversed(cfg.fanouts):
         rows += rows * (f if f > 0 else 64)  # -1 (all neighbours): a generous average degree

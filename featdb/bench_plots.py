@@ -1,0 +1,50 @@
+"""PNG plots of ``featdb bench train`` results (matplotlib, from the ``bench`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def plot(doc: dict[str, Any], out: Path) -> list[str]:
+    """Seconds per batch per system and featdb's tier hit rates; returns the files written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ConfigError("--plot needs matplotlib: pip install 'featdb[bench]'") from exc
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    systems = doc["systems"]
+    names = list(systems)
+    vals = [systems[n]["s_per_batch"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bars = ax.bar(names, vals, color=["#2a7", "#c44", "#888", "#48c"][: len(names)])
+    for bar, n in zip(bars, names, strict=True):
+        s = systems[n]
+        label = f"{s['s_per_batch']:.3f}" if s["completed"] else ("OOM-killed" if s["oom_killed"] else "failed")
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    cap = f"{doc['cap_bytes'] / 2**30:.2f} GiB cap" if doc["capped"] else "uncapped"
+    ax.set_ylabel("seconds per training batch")
+    ax.set_title(f"preset {doc['preset']}: {doc['table_bytes'] / 1e9:.2f} GB table, {cap}")
+    fig.tight_layout()
+    written.append(_save(fig, out / f"s_per_batch-{doc['preset']}.png"))
+    hits = systems["featdb"].get("tier_hit_rates") or {}
+    if hits:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar(list(hits), list(hits.values()), color="#2a7")
+        ax.set_ylabel("share of rows served")
+        ax.set_title(f"featdb tier hit rates (preset {doc['preset']})")
+        fig.tight_layout()
+        written.append(_save(fig, out / f"tier_hits-{doc['preset']}.png"))
+    plt.close("all")
+    return written
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.savefig(path, dpi=110)
+    return str(path)
