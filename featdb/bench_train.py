@@ -92,9 +92,10 @@ def _json(f: Finished) -> dict[str, Any] | None:
 def _step(cap: MemoryCap, argv: list[str], root: Path, say: Say, label: str) -> dict[str, Any]:
     """Run one featdb command under ``cap`` from a cold page cache; its summary and what it cost."""
     _drop_cache(root)
-    say(f"{label}: {' '.join(argv[1:3])} ... ({'cap ' + str(cap.limit >> 20) + ' MiB' if cap.capped else 'uncapped'})")
+    where = f"cap {(cap.limit or 0) >> 20} MiB" if cap.capped else "uncapped"
+    say(f"{label}: {' '.join(argv[1:3])} ... ({where})")
     f = cap.run(argv)
-    out = {"completed": f.returncode == 0, "returncode": f.returncode, "oom_killed": f.oom_killed,
+    out: dict[str, Any] = {"completed": f.returncode == 0, "returncode": f.returncode, "oom_killed": f.oom_killed,
            "wall_s": f.seconds, "peak_rss_bytes": f.peak_rss_bytes, "summary": _json(f)}
     if f.returncode != 0:
         out["error"] = f.stderr_tail.strip().splitlines()[-1:] if f.stderr_tail.strip() else []

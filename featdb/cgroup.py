@@ -159,6 +159,9 @@ def _wait(proc: subprocess.Popen[str], timeout: float | None,
     proc.returncode = os.waitstatus_to_exitcode(status)
     for th in threads:
         th.join(timeout=10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
     return proc.returncode, int(usage.ru_maxrss) * 1024, "".join(chunks["out"]), "".join(chunks["err"]), seen
 
 

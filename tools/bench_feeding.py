@@ -52,7 +52,7 @@ def main() -> None:
     allocator = None if a.default_malloc else retain_large_allocations()
     with featdb.open(a.store, mode="r") as st:
         graph = load_graph(st)
-        loader = FeatDBLoader(st, a.sample_set, torch.device("cpu"), 4, graph)
+        loader = FeatDBLoader(st, a.sample_set, torch.device("cpu"), 4, graph.labels)
         try:
             out = measure(loader, graph, a.rounds)
             out["allocator"] = allocator

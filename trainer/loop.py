@@ -185,7 +185,10 @@ def _run(r: _Run) -> dict[str, Any]:
     )
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])  # batch order: the same on --resume
+        before = r.loader.serve_stats()
         rec = _train_epoch(cfg, model, opt, r.loader, epoch, rng, r.device)
+        between = r.loader.serve_stats()
+        rec["read_amplification"] = _disk_amplification(before, between)
         t = time.perf_counter()
         if cfg.max_batches:  # a partial epoch: nothing to evaluate
             rec["val_acc"] = rec["test_acc"] = rec["eval_s"] = None
@@ -193,6 +196,7 @@ def _run(r: _Run) -> dict[str, Any]:
             rec["val_acc"] = evaluate(r, model, "valid")
             rec["test_acc"] = evaluate(r, model, "test")
             rec["eval_s"] = round(time.perf_counter() - t, 3)
+            rec["eval_read_amplification"] = _disk_amplification(between, r.loader.serve_stats())
         state["history"].append(rec)
         state["epoch"] = epoch
         if rec["val_acc"] is not None and rec["val_acc"] > state["best_val"]:
@@ -346,9 +350,20 @@ def io_read_bytes() -> int | None:
         return None
 
 
+def _disk_amplification(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+    """Bytes read from disk (L3, L4, base) over the bytes of the rows served from them, between two
+    snapshots of the reader's statistics (``None`` for loaders without a reader)."""
+    if not before.get("tiers") or not after.get("tiers"):
+        return None
+    disk = ("l3", "l4", "base")
+    read = sum(after["tiers"][t]["bytes_read"] - before["tiers"][t]["bytes_read"] for t in disk)
+    rows = sum(after["tiers"][t]["bytes"] - before["tiers"][t]["bytes"] for t in disk)
+    return round(read / rows, 4) if rows else None
+
+
 def _packed_amplification(serve: dict[str, Any]) -> float | None:
-    """Bytes read from L3 + L4 over their row bytes: training batches only (evaluation reads the
-    base table, reported under its own tier)."""
+    """Bytes read from L3 + L4 over their row bytes, training and evaluation batches together
+    (each phase alone: ``epoch_read_amplification``, ``eval_read_amplification``)."""
     tiers = serve.get("tiers")
     if not tiers:
         return None
@@ -376,6 +391,8 @@ def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Any, ckpt: Path) -
         "best_val_acc": state["best_val"],
         "loss": [r["loss"] for r in hist],
         "eval_s": [r.get("eval_s") for r in hist],
+        "epoch_read_amplification": [r.get("read_amplification") for r in hist],
+        "eval_read_amplification": [r.get("eval_read_amplification") for r in hist],
         "tier_hit_rates": {k: v["hit_rate"] for k, v in serve.get("tiers", {}).items()},
         "read_amplification": _packed_amplification(serve),
         "checkpoint": str(ckpt),

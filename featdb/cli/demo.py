@@ -83,7 +83,7 @@ def _lap(t: float) -> float:
 def _summary(steps: dict[str, float], sdoc: dict[str, Any], layout: dict[str, Any], problems: list[str],
              runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     keep = ("epochs", "epoch_s", "stage_s", "epoch_over_slowest", "test_acc", "best_val_acc",
-            "tier_hit_rates", "read_amplification")
+            "tier_hit_rates", "read_amplification", "eval_s", "peak_rss_bytes")
     out: dict[str, Any] = {
         "steps": steps,
         "sample_set": {k: sdoc[k] for k in ("batches", "bytes", "bytes_per_batch")},

@@ -160,8 +160,7 @@ class LayoutReader:
             m.charge("device tier (L1), on the host", len(self.l1_ids) * self.rb)
         if cache_bytes:
             m.charge("row cache", cache_bytes)
-        per_batch = buffer_bytes + PAGE_SCRATCH_BYTES
-        depth = max(1, min(queue_depth, m.left() // max(1, per_batch) - 2))
+        depth = max(1, min(queue_depth, (m.left() - 2 * buffer_bytes) // (buffer_bytes + PAGE_SCRATCH_BYTES)))
         m.charge(f"read buffers ({depth + 2} x {format_size(buffer_bytes)})", (depth + 2) * buffer_bytes)
         m.charge("page-read scratch", depth * PAGE_SCRATCH_BYTES)
         m.check()
