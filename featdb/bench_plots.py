@@ -41,8 +41,33 @@ def plot(doc: dict[str, Any], out: Path) -> list[str]:
         ax.set_title(f"featdb tier hit rates (preset {doc['preset']})")
         fig.tight_layout()
         written.append(_save(fig, out / f"tier_hits-{doc['preset']}.png"))
+    if doc.get("sweep"):
+        written.append(_sweep(plt, doc, out))
     plt.close("all")
     return written
+
+
+def _sweep(plt: Any, doc: dict[str, Any], out: Path) -> str:
+    """Seconds per batch against table / cap; runs that could not complete are marked on the axis."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    floor = min((r["s_per_batch"] for r in doc["sweep"] if r["completed"]), default=0.1) / 2
+    for system, color in (("featdb", "#2a7"), ("dgl-mmap", "#c44")):
+        pts = [r for r in doc["sweep"] if r["system"] == system]
+        ok = [r for r in pts if r["completed"]]
+        ax.plot([r["table_over_cap"] for r in ok], [r["s_per_batch"] for r in ok], "o-", color=color, label=system)
+        for r in pts:
+            if not r["completed"]:
+                why = "OOM-killed" if r["oom_killed"] else "refused"
+                ax.annotate(f"{system}: {why}", (r["table_over_cap"], floor), color=color, rotation=90,
+                            va="bottom", ha="center", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("table size / memory cap")
+    ax.set_ylabel("seconds per training batch")
+    ax.set_title(f"cap sweep, preset {doc['preset']} ({doc['table_bytes'] / 1e9:.2f} GB table)")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, out / f"cap_sweep-{doc['preset']}.png")
 
 
 def _save(fig: Any, path: Path) -> str:

@@ -64,7 +64,7 @@ PRESETS = {
     # torch together do not fit; about 90 s once built
     "small": Preset(2_000_000, 128, 15.0, 0.05, 0.01, 0.01, 3 << 29, 64 << 20, mmap_batches=5),
     # larger than memory: 8 M nodes (a 4.1 GB table) under a 2 GiB cap
-    "large": Preset(8_000_000, 128, 15.0, 0.02, 0.005, 0.005, 2 << 30, 256 << 20, mmap_batches=10),
+    "large": Preset(8_000_000, 128, 15.0, 0.02, 0.005, 0.005, 2 << 30, 256 << 20, mmap_batches=3),
 }
 HEADROOM = 256 << 20  # of the cap, left to the page cache (sample files, labels, catalog)
 SAMPLE_SET = "bench"
@@ -90,7 +90,9 @@ def _json(f: Finished) -> dict[str, Any] | None:
 
 
 def _step(cap: MemoryCap, argv: list[str], root: Path, say: Say, label: str) -> dict[str, Any]:
-    """Run one featdb command under ``cap`` from a cold page cache; its summary and what it cost."""
+    """Run one featdb command under ``cap`` from a cold page cache, after the writes of earlier steps
+    reached the disk (a pack's write-back would otherwise compete with the next run's reads)."""
+    os.sync()
     _drop_cache(root)
     where = f"cap {(cap.limit or 0) >> 20} MiB" if cap.capped else "uncapped"
     say(f"{label}: {' '.join(argv[1:3])} ... ({where})")
@@ -166,8 +168,29 @@ def system_result(step: dict[str, Any], row_bytes: int) -> dict[str, Any]:
     return res
 
 
+SWEEP = (2, 4, 8)  # table / cap
+SWEEP_BATCHES = 3
+
+
+def sweep(root: Path, p: Preset, say: Say) -> list[dict[str, Any]]:
+    """featdb and DGL + mmap on a few batches under caps of table / 2, / 4, / 8."""
+    out = []
+    for k in SWEEP:
+        cap_limit = p.table_bytes // k
+        budget = max(64 << 20, cap_limit - HEADROOM)
+        with MemoryCap(cap_limit) as cap:
+            for loader in ("featdb", "dgl-mmap"):
+                step = _step(cap, train_argv(root, loader, budget, SWEEP_BATCHES), root, say,
+                             f"sweep table/{k} {loader}")
+                res = system_result(step, p.dim * 4)
+                out.append({"table_over_cap": k, "cap_bytes": cap_limit, "capped": cap.capped, "system": loader}
+                           | {f: res.get(f) for f in ("completed", "oom_killed", "s_per_batch", "peak_rss_bytes",
+                                                       "read_amplification", "error")})
+    return out
+
+
 def run(preset: str, workdir: Path, cap_bytes: int | None = None, fresh: bool = False,
-        plot_dir: Path | None = None, say: Say = lambda m: None) -> dict[str, Any]:
+        plot_dir: Path | None = None, say: Say = lambda m: None, with_sweep: bool = False) -> dict[str, Any]:
     """The whole benchmark; returns the JSON document ``featdb bench train --json`` prints."""
     from .bench import sequential_bandwidth
 
@@ -200,6 +223,8 @@ def run(preset: str, workdir: Path, cap_bytes: int | None = None, fresh: bool = 
            "why_uncapped": cap.why_uncapped, "memory_budget_bytes": budget, "table_bytes": p.table_bytes,
            "disk_seq_read_MBps": round(seq["bytes"] / seq["seconds"] / 1e6, 1), "steps": _step_results(steps),
            "systems": res, "ratios": _ratios(res), "seconds": round(time.perf_counter() - started, 1)}
+    if with_sweep:
+        doc["sweep"] = sweep(root, p, say)
     if plot_dir is not None:
         from .bench_plots import plot
 

@@ -149,3 +149,19 @@ def test_commands_take_one_memory_option_and_report_the_peak(tmp_path: Path) -> 
     assert mem["budget_bytes"] == 256 << 20 and mem["peak_rss_bytes"] > 0
     with featdb.open(root) as again:
         assert np.asarray(again.read("node/_/feat", [0])).shape == (1, 8)
+
+
+@pytest.mark.slow
+def test_bench_train_small_preset_end_to_end(tmp_path: Path) -> None:
+    """The regression preset: every step completes under the cap, featdb within its budget + 10 %."""
+    result = CliRunner().invoke(cli, ["bench", "train", "--preset", "small", "--dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    for name in ("sample", "pack"):
+        assert doc["steps"][name]["completed"] and doc["steps"][name]["peak_over_budget"] <= 1.1
+    f = doc["systems"]["featdb"]
+    assert f["completed"] and f["peak_rss_bytes"] <= 1.1 * f["memory_budget_bytes"]
+    assert doc["systems"]["in-memory-uncapped"]["completed"]
+    if doc["capped"]:
+        assert not doc["systems"]["in-memory"]["completed"]  # the table does not fit the cap
+    assert set(doc["ratios"]) == {"mmap_over_featdb", "featdb_over_inmemory", "featdb_eval_over_inmemory_eval"}

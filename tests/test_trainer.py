@@ -622,5 +622,5 @@ def test_a_budget_too_small_is_refused_at_start_naming_the_parts(store_dir: Path
     from featdb.errors import BudgetExceededError
 
     with pytest.raises(BudgetExceededError, match=r"runtime \(torch\).*one training step.*host tier"):
-        train(config(store_dir, tmp_path, memory_budget=620 << 20))
+        train(config(store_dir, tmp_path, memory_budget=500 << 20))
     assert not list(tmp_path.iterdir())  # nothing written

@@ -84,9 +84,11 @@ def bench_pack(store: str, sample_set: str, table: str, host_cache: int, max_blo
               "(default: .bench-train, or $FEATDB_BENCH_DIR).")
 @click.option("--fresh", is_flag=True, help="Rebuild the dataset even if it is there.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write PNG plots here (matplotlib).")
+@click.option("--sweep", "with_sweep", is_flag=True,
+              help="Also run featdb and DGL + mmap on 3 batches under caps of table / 2, / 4 and / 8.")
 @output_options
 def bench_train(preset: str, cap: int | None, workdir: str | None, fresh: bool, plot_dir: str | None,
-                as_json: bool, quiet: bool) -> None:
+                with_sweep: bool, as_json: bool, quiet: bool) -> None:
     """featdb vs DGL + numpy.memmap vs in-memory training, each a process under one memory cap.
 
     Builds the preset's dataset (sample and pack run under the cap too), drops
@@ -102,7 +104,7 @@ def bench_train(preset: str, cap: int | None, workdir: str | None, fresh: bool, 
 
     say = (lambda m: None) if (as_json or quiet) else (lambda m: click.echo(m, err=True))
     res = bt.run(preset, Path(workdir) if workdir else bt.default_workdir(), cap, fresh,
-                 Path(plot_dir) if plot_dir else None, say)
+                 Path(plot_dir) if plot_dir else None, say, with_sweep)
     emit(as_json, res, None if quiet else render_train(res))
 
 
