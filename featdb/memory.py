@@ -33,7 +33,7 @@ from .units import format_size
 DEFAULT_BUDGET = 1 << 30
 """What a command may hold when the user sets nothing: fits a machine with 4 GiB of RAM."""
 
-RUNTIME_BYTES = 96 << 20
+RUNTIME_BYTES = 48 << 20
 """The interpreter with numpy, lmdb and featdb imported (measured: 41 MiB resident)."""
 
 TORCH_RUNTIME_BYTES = 480 << 20

@@ -343,8 +343,9 @@ def test_sample_name_clash_and_pack_errors(synth_store: Path, tmp_path: Path) ->
     )
     assert_one_error_line(
         run("pack", store, "--sample-set", "t", "--memory-budget", "1MiB", code=1),
-        "ConfigError",
-        "too small",
+        "BudgetExceededError",
+        "per-node arrays",
+        "--memory-budget",
     )
     assert_one_error_line(
         run("pack", store, "--sample-set", "t", "--table", "node/_/x", code=1), "TableNotFoundError"

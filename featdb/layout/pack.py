@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, SchemaMismatchError
+from ..errors import SchemaMismatchError
 from ..io import PAGE, ChecksumWriter, aligned_buffer, round_up, write_atomic
-from ..memory import DEFAULT_BUDGET
+from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
 from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter
@@ -96,13 +96,12 @@ MIN_WORK = 8 << 20
 
 
 def working_budget(memory_budget: int, num_nodes: int, row_bytes: int) -> int:
-    """What is left of the budget for chunks and scatter lists once per-node arrays are paid for."""
-    work = memory_budget - num_nodes * PER_NODE_BYTES - (48 << 20)  # interpreter and libraries
-    if work < max(MIN_WORK, 16 * row_bytes):
-        need = num_nodes * PER_NODE_BYTES + (48 << 20) + max(MIN_WORK, 16 * row_bytes)
-        raise ConfigError(f"--memory-budget {memory_budget:,} bytes is too small to pack {num_nodes:,} nodes: "
-                          f"it needs at least {need:,} bytes ({need >> 20} MiB)")
-    return work
+    """What is left of the budget for chunks and scatter lists once per-node arrays are paid for;
+    :class:`~featdb.errors.BudgetExceededError` (naming the parts) when not even the minimum is."""
+    m = MemoryBudget(memory_budget, f"pack ({num_nodes:,} nodes)")
+    m.charge("runtime", RUNTIME_BYTES)
+    m.charge(f"per-node arrays ({PER_NODE_BYTES} B/node)", num_nodes * PER_NODE_BYTES)
+    return m.fit("chunks, gathered slices and scatter lists", memory_budget, minimum=max(MIN_WORK, 16 * row_bytes))
 
 
 def _doc(p: Placement, sample_set: str, table: str, schema: Schema, b: Budgets,
