@@ -21,7 +21,8 @@ def plot(doc: dict[str, Any], out: Path) -> list[str]:
     written = []
     systems = doc["systems"]
     names = list(systems)
-    vals = [systems[n]["s_per_batch"] or 0.0 for n in names]
+    shown = [s["s_per_batch"] for s in systems.values() if s["s_per_batch"]]
+    vals = [systems[n]["s_per_batch"] or min(shown, default=1.0) / 10 for n in names]  # a stub for runs that died
     fig, ax = plt.subplots(figsize=(7, 4))
     bars = ax.bar(names, vals, color=["#2a7", "#c44", "#888", "#48c"][: len(names)])
     for bar, n in zip(bars, names, strict=True):
@@ -29,7 +30,8 @@ def plot(doc: dict[str, Any], out: Path) -> list[str]:
         label = f"{s['s_per_batch']:.3f}" if s["completed"] else ("OOM-killed" if s["oom_killed"] else "failed")
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
     cap = f"{doc['cap_bytes'] / 2**30:.2f} GiB cap" if doc["capped"] else "uncapped"
-    ax.set_ylabel("seconds per training batch")
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per training batch (log)")
     ax.set_title(f"preset {doc['preset']}: {doc['table_bytes'] / 1e9:.2f} GB table, {cap}")
     fig.tight_layout()
     written.append(_save(fig, out / f"s_per_batch-{doc['preset']}.png"))
@@ -57,7 +59,7 @@ def _sweep(plt: Any, doc: dict[str, Any], out: Path) -> str:
         ax.plot([r["table_over_cap"] for r in ok], [r["s_per_batch"] for r in ok], "o-", color=color, label=system)
         for r in pts:
             if not r["completed"]:
-                why = "OOM-killed" if r["oom_killed"] else "refused"
+                why = "OOM-killed" if r["oom_killed"] else "timed out" if r.get("timed_out") else "refused"
                 ax.annotate(f"{system}: {why}", (r["table_over_cap"], floor), color=color, rotation=90,
                             va="bottom", ha="center", fontsize=8)
     ax.set_xscale("log", base=2)

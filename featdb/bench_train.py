@@ -89,15 +89,17 @@ def _json(f: Finished) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _step(cap: MemoryCap, argv: list[str], root: Path, say: Say, label: str) -> dict[str, Any]:
+def _step(cap: MemoryCap, argv: list[str], root: Path, say: Say, label: str,
+          timeout: float | None = None) -> dict[str, Any]:
     """Run one featdb command under ``cap`` from a cold page cache, after the writes of earlier steps
     reached the disk (a pack's write-back would otherwise compete with the next run's reads)."""
     os.sync()
     _drop_cache(root)
     where = f"cap {(cap.limit or 0) >> 20} MiB" if cap.capped else "uncapped"
     say(f"{label}: {' '.join(argv[1:3])} ... ({where})")
-    f = cap.run(argv)
+    f = cap.run(argv, timeout=timeout)
     out: dict[str, Any] = {"completed": f.returncode == 0, "returncode": f.returncode, "oom_killed": f.oom_killed,
+           "timed_out": timeout is not None and f.returncode != 0 and f.seconds >= timeout,
            "wall_s": f.seconds, "peak_rss_bytes": f.peak_rss_bytes, "summary": _json(f)}
     if f.returncode != 0:
         out["error"] = f.stderr_tail.strip().splitlines()[-1:] if f.stderr_tail.strip() else []
@@ -169,11 +171,12 @@ def system_result(step: dict[str, Any], row_bytes: int) -> dict[str, Any]:
 
 
 SWEEP = (2, 4, 8)  # table / cap
-SWEEP_BATCHES = 3
+SWEEP_BATCHES = 2
+SWEEP_TIMEOUT = 900.0  # seconds per run; a run past it is reported as timed out
 
 
 def sweep(root: Path, p: Preset, say: Say) -> list[dict[str, Any]]:
-    """featdb and DGL + mmap on a few batches under caps of table / 2, / 4, / 8."""
+    """featdb and DGL + mmap on :data:`SWEEP_BATCHES` batches under caps of table / 2, / 4, / 8."""
     out = []
     for k in SWEEP:
         cap_limit = p.table_bytes // k
@@ -181,9 +184,10 @@ def sweep(root: Path, p: Preset, say: Say) -> list[dict[str, Any]]:
         with MemoryCap(cap_limit) as cap:
             for loader in ("featdb", "dgl-mmap"):
                 step = _step(cap, train_argv(root, loader, budget, SWEEP_BATCHES), root, say,
-                             f"sweep table/{k} {loader}")
+                             f"sweep table/{k} {loader}", SWEEP_TIMEOUT)
                 res = system_result(step, p.dim * 4)
-                out.append({"table_over_cap": k, "cap_bytes": cap_limit, "capped": cap.capped, "system": loader}
+                out.append({"table_over_cap": k, "cap_bytes": cap_limit, "capped": cap.capped, "system": loader,
+                            "timed_out": step["timed_out"]}
                            | {f: res.get(f) for f in ("completed", "oom_killed", "s_per_batch", "peak_rss_bytes",
                                                        "read_amplification", "error")})
     return out
