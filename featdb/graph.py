@@ -50,7 +50,7 @@ from .errors import (
     SchemaMismatchError,
 )
 from .store import Store, check_key
-from .tables import HEADER_BYTES, Schema, TableWriter
+from .tables import Schema, TableWriter
 
 GRAPH_DOC = "graph"
 INDPTR_KEY = "graph/csc/indptr"
@@ -147,13 +147,9 @@ def node_labels(store: Store) -> np.ndarray:
 
 
 def _map_table(store: Store, key: str) -> np.ndarray:
-    info = store.table_info(key)
-    if info["rows"] == 0:
-        return np.empty(0, dtype=info["dtype"])
     # copy-on-write: pages stay shared with the page cache (nothing writes them), and the array is
     # writable as far as numpy and torch are concerned, so torch wraps it without a copy or a warning
-    return np.memmap(store.root / info["file"], dtype=info["dtype"], mode="c", offset=HEADER_BYTES,
-                     shape=(info["rows"] * info["dim"],))
+    return store.map(key).reshape(-1)
 
 
 # --------------------------------------------------------------------------- staging + publish

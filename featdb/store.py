@@ -27,7 +27,7 @@ from .errors import (
     TableNotFoundError,
 )
 from .io import round_up, verify_file
-from .tables import Schema, TableReader, TableWriter
+from .tables import HEADER_BYTES, Schema, TableReader, TableWriter
 
 FORMAT_VERSION = 1
 builtins_open = builtins.open  # this module's `open` opens stores
@@ -196,8 +196,18 @@ class Store:
         return self.reader(key).read(ids)
 
     def read_all(self, key: str) -> np.ndarray:
+        """The whole table in memory: one sequential read into one buffer (no second copy)."""
         s = self.schema(key)
-        return self.reader(key).read_range(0, s.rows).copy()
+        return self.reader(key).read_range(0, s.rows)
+
+    def map(self, key: str) -> np.ndarray:
+        """The table memory-mapped, ``rows x dim`` (a copy-on-write mapping: its pages are shared page
+        cache, never written back). Indexing it reads only the pages of the rows asked for."""
+        info = self.table_info(key)
+        if info["rows"] == 0:
+            return np.empty((0, info["dim"]), dtype=info["dtype"])
+        return np.memmap(self.root / info["file"], dtype=info["dtype"], mode="c", offset=HEADER_BYTES,
+                         shape=(info["rows"], info["dim"]))
 
     def io_mode(self, key: str) -> str:
         """``"direct"`` or ``"buffered"``: which read path this table's reads use."""

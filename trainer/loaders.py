@@ -178,19 +178,10 @@ class DGLLoader:
         self.device = device
         self.labels = graph.labels
         self.ss, self.depth = sample_set, depth
-        info = store.table_info(table)
         if mode == "in-memory":
             self.feats: Any = torch.from_numpy(store.read_all(table))
         else:
-            from featdb.tables import HEADER_BYTES
-
-            self.feats = np.memmap(
-                store.root / info["file"],
-                dtype=info["dtype"],
-                mode="r",
-                offset=HEADER_BYTES,
-                shape=(info["rows"], info["dim"]),
-            )
+            self.feats = store.map(table)
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
         import dgl
