@@ -1,12 +1,40 @@
 """featdb: a storage engine for feature tables larger than memory.
 
-Public API: :func:`open`, :func:`create`, :class:`Store` and the errors in
-:mod:`featdb.errors`.
+The public API — what the CLI and the trainer use; everything else is internal:
+
+- stores: :func:`open`, :func:`create`, :class:`Store` (tables: ``read``, ``read_all``, ``map``);
+- the graph: :class:`Graph`, :func:`graph_info`, :func:`load_graph`, :func:`node_labels`;
+- memory: :class:`MemoryBudget`, :func:`peak_rss`, :func:`parse_size` and the runtime sizes;
+- errors: :mod:`featdb.errors` (every error is a :class:`FeatDBError`).
+
+Sampling, layout and serving live in :mod:`featdb.sampling`, :mod:`featdb.layout`
+and :mod:`featdb.serve`, each with its own ``__all__``.
 """
 
 from . import errors
 from .errors import FeatDBError
+from .graph import Graph, graph_info, load_graph, node_labels
+from .memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, RUNTIME_BYTES, TORCH_RUNTIME_BYTES, MemoryBudget, peak_rss
 from .store import Store, create, open
+from .units import format_size, parse_size
 
-__all__ = ["FeatDBError", "Store", "create", "errors", "open"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DGL_RUNTIME_BYTES",
+    "RUNTIME_BYTES",
+    "TORCH_RUNTIME_BYTES",
+    "FeatDBError",
+    "Graph",
+    "MemoryBudget",
+    "Store",
+    "create",
+    "errors",
+    "format_size",
+    "graph_info",
+    "load_graph",
+    "node_labels",
+    "open",
+    "parse_size",
+    "peak_rss",
+]
 __version__ = "0.1.0"

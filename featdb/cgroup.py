@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ class Finished:
     stderr_tail: str
     oom_killed: bool
     last_io_read_bytes: int | None  # /proc/<pid>/io read_bytes, last seen while it ran
+
+
+def command_path(name: str) -> str:
+    """A console script installed beside this interpreter (``featdb-train`` in the same virtualenv),
+    else the bare name for ``PATH`` to resolve."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
 
 
 class MemoryCap:

@@ -119,3 +119,29 @@ class GenerationPinnedError(FeatDBError, RuntimeError):
 
 class ResourceExhaustedError(FeatDBError, RuntimeError):
     """A bounded resource (buffer pool, memory budget) ran out."""
+
+
+__all__ = [
+    "AlreadyExistsError",
+    "BudgetExceededError",
+    "CatalogError",
+    "ConfigError",
+    "CorruptDataError",
+    "FeatDBError",
+    "FormatVersionError",
+    "GenerationPinnedError",
+    "GraphNotFoundError",
+    "IdsOutOfRangeError",
+    "InvalidIdsError",
+    "InvalidInputError",
+    "InvalidKeyError",
+    "LayoutNotFoundError",
+    "NotFoundError",
+    "ReadOnlyError",
+    "ResourceExhaustedError",
+    "SampleSetNotFoundError",
+    "SchemaMismatchError",
+    "StoreExistsError",
+    "StoreNotFoundError",
+    "TableNotFoundError",
+]

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from featdb.cli.common import memory_option
+from featdb.cli import memory_option
 from featdb.errors import FeatDBError
 
 from .loop import LOADERS, TrainConfig, train

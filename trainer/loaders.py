@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 import featdb
-from featdb.graph import Graph
-from featdb.memory import MemoryBudget
+from featdb import Graph, MemoryBudget
 from featdb.sampling import SampleSet
 from featdb.serve import open_reader
 
@@ -168,7 +167,7 @@ class DGLLoader:
     ) -> None:
         import dgl
 
-        from featdb.sampling.offline import dgl_graph
+        from featdb.sampling import dgl_graph
 
         self.name = mode
         self.g = dgl_graph(graph.indptr, graph.indices)

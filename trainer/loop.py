@@ -23,11 +23,9 @@ import torch
 import torch.nn.functional as F
 
 import featdb
+from featdb import DEFAULT_BUDGET, TORCH_RUNTIME_BYTES, MemoryBudget, graph_info, load_graph, node_labels, peak_rss
 from featdb.errors import ConfigError
-from featdb.graph import graph_info, load_graph, node_labels
-from featdb.memory import DEFAULT_BUDGET, TORCH_RUNTIME_BYTES, MemoryBudget, peak_rss
-from featdb.sampling import SampleSet
-from featdb.sampling.offline import SampleConfig, sample
+from featdb.sampling import SampleConfig, SampleSet, sample
 
 from .allocator import retain_large_allocations, trim_threshold
 from .loaders import DGLLoader, Epoch, FeatDBLoader, stored_eval

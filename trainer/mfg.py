@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from featdb.sampling.mfg import Batch, Layer
+from featdb.sampling import Batch, Layer
 
 __all__ = [
     "TorchBatch",

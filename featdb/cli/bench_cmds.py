@@ -85,8 +85,8 @@ def bench_pack(store: str, sample_set: str, table: str, host_cache: int, max_blo
 @click.option("--fresh", is_flag=True, help="Rebuild the dataset even if it is there.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write PNG plots here (matplotlib).")
 @click.option("--sweep", "with_sweep", is_flag=True,
-              help="Also run featdb and DGL + mmap on 2 batches under caps of table / 2, / 4 and / 8 "
-                   "(15 minutes at most per run).")
+              help="Also run featdb (one epoch) and DGL + mmap (2 batches) under caps of table / 2, / 4 "
+                   "and / 8 (15 minutes at most per run).")
 @output_options
 def bench_train(preset: str, cap: int | None, workdir: str | None, fresh: bool, plot_dir: str | None,
                 with_sweep: bool, as_json: bool, quiet: bool) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import click
 
 from .. import store as store_mod
+from ..cgroup import command_path
 from ..layout.pack import pack as pack_layout
 from ..layout.plan import Budgets
 from ..sampling.offline import SampleConfig, default_workers
@@ -20,6 +23,7 @@ DEFAULT = {"nodes": 300_000, "avg_degree": 15.0, "dim": 128, "classes": 16, "see
 FANOUTS = (10, 10)
 BATCH = 1024
 HOST_CACHE_FRACTION = 0.10
+TRAIN_BUDGET = 1 << 30
 
 
 @cli.command()
@@ -35,8 +39,6 @@ def demo(path: str, epochs: int, nodes: int, seed: int, baseline: bool, as_json:
 
     Example: featdb demo --json
     """
-    from trainer.loop import TrainConfig, train
-
     say = (lambda msg: None) if (as_json or quiet) else (lambda msg: click.echo(msg, err=True))
     steps: dict[str, float] = {}
     root = Path(path)
@@ -69,11 +71,21 @@ def demo(path: str, epochs: int, nodes: int, seed: int, baseline: bool, as_json:
         problems = st.verify()
         steps["verify_s"] = _lap(t)
     say(f"[5/5] train: GraphSAGE, {epochs} epochs, featdb" + (" and in-memory baseline" if baseline else ""))
-    runs = {"featdb": train(TrainConfig(str(root), "demo", epochs=epochs, seed=seed))}
+    runs = {"featdb": _train(root, epochs, seed, "featdb")}
     if baseline:
-        runs["in-memory"] = train(TrainConfig(str(root), "demo", epochs=epochs, seed=seed, loader="in-memory"))
+        runs["in-memory"] = _train(root, epochs, seed, "in-memory")
     out = _summary(steps, sdoc, layout, problems, runs)
     emit(as_json, out, None if quiet else _render(out))
+
+
+def _train(root: Path, epochs: int, seed: int, loader: str) -> dict[str, Any]:
+    """One ``featdb-train --json`` run (the trainer is its own package: featdb runs its command)."""
+    argv = [command_path("featdb-train"), str(root), "--sample-set", "demo", "--epochs", str(epochs),
+            "--seed", str(seed), "--loader", loader, "--memory-budget", str(TRAIN_BUDGET), "--json", "-q"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise click.ClickException(f"featdb-train ({loader}) failed: {done.stderr.strip()[-2000:]}")
+    return dict(json.loads(done.stdout))
 
 
 def _lap(t: float) -> float:

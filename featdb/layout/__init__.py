@@ -1,1 +1,6 @@
-"""Layout: the pure planner, the batched packer and generations."""
+"""Layout: the pure planner (:mod:`.plan`), the batched packer (:mod:`.pack`) and generations."""
+
+from . import generation, pack, plan
+from .plan import POLICIES, Budgets, Placement
+
+__all__ = ["POLICIES", "Budgets", "Placement", "generation", "pack", "plan"]

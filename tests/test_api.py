@@ -1,0 +1,67 @@
+"""The public surface: the trainer uses only what featdb exports, and featdb imports nothing from it."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import featdb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imports(package: str) -> list[tuple[str, str, int, str]]:
+    """(file, imported module, line, name) for every ``from X import name`` and ``import X``."""
+    out = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out += [(path.name, node.module, node.lineno, a.name) for a in node.names]
+            elif isinstance(node, ast.Import):
+                out += [(path.name, a.name, node.lineno, "") for a in node.names]
+    return out
+
+
+def _attributes(package: str, root_name: str) -> set[str]:
+    """Names used as ``featdb.<name>`` in the package's code."""
+    names = set()
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == root_name:
+                names.add(node.attr)
+    return names
+
+
+def test_featdb_imports_nothing_from_the_trainer() -> None:
+    bad = [i for i in _imports("featdb") if i[1] == "trainer" or i[1].startswith("trainer.")]
+    assert bad == []
+
+
+def test_the_trainer_imports_only_exported_names() -> None:
+    """Every ``from featdb... import name`` in trainer/ names something in that module's ``__all__``,
+    and the module is featdb itself or one of its public sub-packages (or the error tree)."""
+    public = {"featdb", "featdb.errors", "featdb.sampling", "featdb.serve", "featdb.layout", "featdb.cli"}
+    seen = 0
+    for file, module, line, name in _imports("trainer"):
+        if module != "featdb" and not module.startswith("featdb."):
+            continue
+        seen += 1
+        assert module in public, f"trainer/{file}:{line} imports from internal module {module}"
+        if name:
+            exported = getattr(importlib.import_module(module), "__all__", ())
+            assert name in exported, f"trainer/{file}:{line}: {module}.{name} is not in {module}.__all__"
+    assert seen > 5
+    used = _attributes("trainer", "featdb")
+    assert used and used <= set(featdb.__all__), used - set(featdb.__all__)
+
+
+@pytest.mark.parametrize(
+    "module", ["featdb", "featdb.errors", "featdb.sampling", "featdb.serve", "featdb.layout", "featdb.cli"]
+)
+def test_every_exported_name_exists(module: str) -> None:
+    mod = importlib.import_module(module)
+    missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+    assert missing == []
