@@ -131,7 +131,8 @@ def _acquire(path: Path, create: bool) -> lmdb.Environment:
         if rec is None:
             rec = _ENVS[key] = [_open_env(path, create), 0]
         rec[1] += 1
-        return rec[0]
+        opened: lmdb.Environment = rec[0]
+        return opened
 
 
 def _release(path: Path) -> None:

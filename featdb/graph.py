@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import (
     AlreadyExistsError,
@@ -67,7 +68,7 @@ BYTES_PER_EDGE = 64  # working set of one edge in the scatter pass (sort order, 
 CSC_PHASES = 3  # build_csc reports every edge once per phase: count, place, sort/write
 
 Progress = Callable[[int], None] | None
-EdgeChunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+EdgeChunks = Callable[[], Iterable[tuple[NDArray[Any], NDArray[Any]]]]
 
 
 # --------------------------------------------------------------------------- the graph
@@ -78,35 +79,35 @@ class Graph:
     num_nodes: int
     num_edges: int
     num_classes: int
-    indptr: np.ndarray
-    indices: np.ndarray
-    labels: np.ndarray
-    train: np.ndarray
-    valid: np.ndarray
-    test: np.ndarray
+    indptr: NDArray[Any]
+    indices: NDArray[Any]
+    labels: NDArray[Any]
+    train: NDArray[Any]
+    valid: NDArray[Any]
+    test: NDArray[Any]
     info: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
-    def train_ids(self) -> np.ndarray:
+    def train_ids(self) -> NDArray[Any]:
         return self.train
 
     @property
-    def valid_ids(self) -> np.ndarray:
+    def valid_ids(self) -> NDArray[Any]:
         return self.valid
 
     @property
-    def test_ids(self) -> np.ndarray:
+    def test_ids(self) -> NDArray[Any]:
         return self.test
 
-    def split(self, name: str) -> np.ndarray:
+    def split(self, name: str) -> NDArray[Any]:
         if name not in SPLITS:
             raise InvalidInputError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
         return getattr(self, name)  # type: ignore[no-any-return]
 
-    def in_degrees(self) -> np.ndarray:
+    def in_degrees(self) -> NDArray[Any]:
         return np.diff(self.indptr)
 
-    def in_neighbors(self, v: int) -> np.ndarray:
+    def in_neighbors(self, v: int) -> NDArray[Any]:
         return self.indices[self.indptr[v] : self.indptr[v + 1]]
 
 
@@ -128,7 +129,7 @@ def load_graph(store: Store, mmap: bool = False) -> Graph:
     doc = graph_info(store)
     tables = {**GRAPH_TABLES, **doc.get("tables", {})}
 
-    def read(name: str) -> np.ndarray:
+    def read(name: str) -> NDArray[Any]:
         key = tables[name]
         return _map_table(store, key) if mmap else store.read_all(key).reshape(-1)
 
@@ -140,13 +141,13 @@ def load_graph(store: Store, mmap: bool = False) -> Graph:
     )
 
 
-def node_labels(store: Store) -> np.ndarray:
+def node_labels(store: Store) -> NDArray[Any]:
     """Every node's label, memory-mapped: indexing it reads only the pages of the ids asked for."""
     doc = graph_info(store)
     return _map_table(store, {**GRAPH_TABLES, **doc.get("tables", {})}["label"])
 
 
-def _map_table(store: Store, key: str) -> np.ndarray:
+def _map_table(store: Store, key: str) -> NDArray[Any]:
     # copy-on-write: pages stay shared with the page cache (nothing writes them), and the array is
     # writable as far as numpy and torch are concerned, so torch wraps it without a copy or a warning
     return store.map(key).reshape(-1)
@@ -200,7 +201,7 @@ class GraphWriter:
         with self.store.table_writer(self._stage_key(final_key), schema, internal=True) as w:
             yield w
 
-    def write(self, final_key: str, data: np.ndarray) -> None:
+    def write(self, final_key: str, data: NDArray[Any]) -> None:
         arr = np.ascontiguousarray(data)
         arr = arr.reshape(len(arr), -1) if arr.ndim != 1 else arr.reshape(-1, 1)
         with self.writer(final_key, Schema(arr.dtype.name, arr.shape[0], arr.shape[1])) as w:
@@ -342,7 +343,7 @@ def build_csc(edge_chunks: EdgeChunks, num_nodes: int, store: Store,
     return stored
 
 
-def _shift_right(a: np.ndarray, step: int) -> None:
+def _shift_right(a: NDArray[Any], step: int) -> None:
     """``a[1:] = a[:-1]; a[0] = 0`` in place, with step-sized temporaries only."""
     for hi in range(len(a) - 1, 0, -step):
         lo = max(0, hi - step)
@@ -351,7 +352,7 @@ def _shift_right(a: np.ndarray, step: int) -> None:
         a[0] = 0
 
 
-def write_rows(w: TableWriter, rows: np.ndarray) -> None:
+def write_rows(w: TableWriter, rows: NDArray[Any]) -> None:
     """``w.write(rows)``, skipping empty chunks (the table writer cannot take zero-length views)."""
     if len(rows):
         w.write(rows)
@@ -363,7 +364,7 @@ def _check_num_nodes(num_nodes: Any) -> int:
     return int(num_nodes)
 
 
-def _as_edge_arrays(src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray]:
+def _as_edge_arrays(src: Any, dst: Any) -> tuple[NDArray[Any], NDArray[Any]]:
     s, d = np.asarray(src), np.asarray(dst)
     if s.ndim != 1 or d.ndim != 1 or len(s) != len(d):
         raise SchemaMismatchError(f"edge chunk: src and dst must be 1-D arrays of one length, "
@@ -374,7 +375,7 @@ def _as_edge_arrays(src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray]:
     return s.astype(np.int64, copy=False), d.astype(np.int64, copy=False)
 
 
-def _check_ids(s: np.ndarray, d: np.ndarray, n: int, offset: int, where: str = "",
+def _check_ids(s: NDArray[Any], d: NDArray[Any], n: int, offset: int, where: str = "",
                unit: str = "edge") -> None:
     for name, a in (("source", s), ("destination", d)):
         if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
@@ -383,19 +384,19 @@ def _check_ids(s: np.ndarray, d: np.ndarray, n: int, offset: int, where: str = "
                                      f"is outside [0, {n}) (num_nodes={n})")
 
 
-def _fingerprint(s: np.ndarray, d: np.ndarray) -> tuple[int, int, int]:
+def _fingerprint(s: NDArray[Any], d: NDArray[Any]) -> tuple[int, int, int]:
     with np.errstate(over="ignore"):
         return len(s), int(np.sum(s * 1_000_003 + d)), int(np.sum(d * (s + 7)))
 
 
-def _chunks(edge_chunks: EdgeChunks, step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _chunks(edge_chunks: EdgeChunks, step: int) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
     for src, dst in edge_chunks():
         s, d = _as_edge_arrays(src, dst)
         for lo in range(0, len(s), step):
             yield s[lo : lo + step], d[lo : lo + step]
 
 
-def _count_in_degrees(edge_chunks: EdgeChunks, n: int, step: int, indptr: np.ndarray,
+def _count_in_degrees(edge_chunks: EdgeChunks, n: int, step: int, indptr: NDArray[Any],
                       progress: Progress) -> tuple[int, int, int]:
     """Pass 1: validate ids, add each destination's count into ``indptr[1 + v]``."""
     counts = indptr[1:]
@@ -414,7 +415,7 @@ def _wrap(x: int) -> int:
     return (x + (1 << 63)) % (1 << 64) - (1 << 63)
 
 
-def _add_counts(counts: np.ndarray, d: np.ndarray) -> None:
+def _add_counts(counts: NDArray[Any], d: NDArray[Any]) -> None:
     if d.size == 0:
         return
     lo, hi = int(d.min()), int(d.max())
@@ -425,7 +426,7 @@ def _add_counts(counts: np.ndarray, d: np.ndarray) -> None:
         counts[u] += c
 
 
-def _place_sources(edge_chunks: EdgeChunks, step: int, indptr: np.ndarray, scratch: np.ndarray,
+def _place_sources(edge_chunks: EdgeChunks, step: int, indptr: NDArray[Any], scratch: NDArray[Any],
                    progress: Progress) -> tuple[int, int, int]:
     """Pass 2: put each source at its destination's cursor (``indptr[:-1]``, advanced in place)."""
     cursor = indptr[:-1]
@@ -453,7 +454,7 @@ def _place_sources(edge_chunks: EdgeChunks, step: int, indptr: np.ndarray, scrat
     return seen, _wrap(fa), _wrap(fb)
 
 
-def _node_ranges(indptr: np.ndarray, step: int) -> list[tuple[int, int]]:
+def _node_ranges(indptr: NDArray[Any], step: int) -> list[tuple[int, int]]:
     """Consecutive node ranges holding about ``step`` edges each (one node may hold more)."""
     n = len(indptr) - 1
     ranges: list[tuple[int, int]] = []
@@ -466,8 +467,8 @@ def _node_ranges(indptr: np.ndarray, step: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _sort_segments(vals: np.ndarray, deg: np.ndarray, n: int,
-                   dedup: bool) -> tuple[np.ndarray, np.ndarray]:
+def _sort_segments(vals: NDArray[Any], deg: NDArray[Any], n: int,
+                   dedup: bool) -> tuple[NDArray[Any], NDArray[Any]]:
     """Sort each node's run of ``vals`` (runs given by ``deg``); optionally drop repeats."""
     seg = np.repeat(np.arange(len(deg), dtype=np.int64), deg)
     if len(deg) * n < (1 << 62):
@@ -485,7 +486,7 @@ def _sort_segments(vals: np.ndarray, deg: np.ndarray, n: int,
     return vals, deg
 
 
-def _write_indices(scratch: np.ndarray, indptr: np.ndarray, n: int, step: int, sort: bool,
+def _write_indices(scratch: NDArray[Any], indptr: NDArray[Any], n: int, step: int, sort: bool,
                    dedup: bool, progress: Progress, open_indices: Callable[[int], Any]) -> int:
     """Pass 3: sort (and dedup) neighbour lists and stream them into the indices table."""
     total = int(indptr[-1])
@@ -526,7 +527,7 @@ def _write_indices(scratch: np.ndarray, indptr: np.ndarray, n: int, step: int, s
 
 
 @contextmanager
-def _scratch_array(store: Store, length: int) -> Iterator[np.ndarray]:
+def _scratch_array(store: Store, length: int) -> Iterator[NDArray[Any]]:
     """An int64 array of ``length`` backed by a temporary file in ``<store>/tmp``.
 
     The file is unlinked as soon as it is mapped, so a crash leaves nothing behind.
@@ -548,7 +549,7 @@ def _scratch_array(store: Store, length: int) -> Iterator[np.ndarray]:
 
 
 # --------------------------------------------------------------------------- ingest from .npy
-def _npy_layout(path: Path) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+def _npy_layout(path: Path) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
     from .ingest import npy_layout  # lazy: ingest may import this module
 
     if not path.exists():
@@ -561,7 +562,7 @@ class NpyEdges:
     """An edge list in a ``.npy`` file, 2xE or Ex2, read in chunks with plain reads."""
 
     path: Path
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     num_edges: int
     interleaved: bool  # True: (src, dst) pairs back to back; False: all srcs, then all dsts
     offset: int
@@ -583,7 +584,7 @@ class NpyEdges:
         # C-order 2xE and Fortran Ex2 keep the two id lists apart; the others interleave them
         return cls(p, dtype, int(num_edges), interleaved=(two_by_e == fortran), offset=offset)
 
-    def read(self, lo: int, hi: int, fd: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, lo: int, hi: int, fd: int) -> tuple[NDArray[Any], NDArray[Any]]:
         isz, n = self.dtype.itemsize, hi - lo
         if self.interleaved:
             pairs = self._pread(fd, self.offset + 2 * lo * isz, 2 * n).reshape(n, 2)
@@ -592,7 +593,7 @@ class NpyEdges:
         dst = self._pread(fd, self.offset + (self.num_edges + lo) * isz, n)
         return src, dst
 
-    def _pread(self, fd: int, offset: int, count: int) -> np.ndarray:
+    def _pread(self, fd: int, offset: int, count: int) -> NDArray[Any]:
         raw = os.pread(fd, count * self.dtype.itemsize, offset)
         if len(raw) != count * self.dtype.itemsize:
             raise InvalidInputError(f"{self.path}: short read at byte {offset}")
@@ -603,7 +604,7 @@ class NpyEdges:
 
         With ``num_nodes``, ids are checked here so errors name the edge's place in the file.
         """
-        def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def gen() -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
             fd = os.open(self.path, os.O_RDONLY)
             try:
                 for lo in range(0, self.num_edges, per_chunk):
@@ -623,13 +624,13 @@ class NpyEdges:
         return top
 
 
-def _with_reverse(s: np.ndarray, d: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+def _with_reverse(s: NDArray[Any], d: NDArray[Any], symmetric: bool) -> tuple[NDArray[Any], NDArray[Any]]:
     if not symmetric:
         return s, d
     return np.concatenate((s, d)), np.concatenate((d, s))
 
 
-def _labels_from_array(raw: np.ndarray, where: str) -> np.ndarray:
+def _labels_from_array(raw: NDArray[Any], where: str) -> NDArray[Any]:
     """Validate a chunk of labels: integers >= -1, or floats with NaN for unlabeled."""
     a = np.asarray(raw)
     if a.dtype.kind == "f":
@@ -646,16 +647,17 @@ def _labels_from_array(raw: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
+def _load_npy(path: Path, what: str) -> NDArray[Any]:
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        arr: NDArray[Any] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return arr
     except (ValueError, OSError) as exc:
         raise InvalidInputError(f"{path}: not a readable .npy {what} file ({exc})") from exc
 
 
-def load_splits(path: str | Path, num_nodes: int) -> dict[str, np.ndarray]:
+def load_splits(path: str | Path, num_nodes: int) -> dict[str, NDArray[Any]]:
     """Read a ``.npz`` with keys train/valid/test (or ``val``): id lists or boolean masks."""
     p = Path(path)
     if not p.exists():
@@ -674,7 +676,7 @@ def load_splits(path: str | Path, num_nodes: int) -> dict[str, np.ndarray]:
     return {k: check_split(arrays[k], num_nodes, f"{p}[{k}]") for k in SPLITS}
 
 
-def check_split(ids: Any, num_nodes: int, where: str) -> np.ndarray:
+def check_split(ids: Any, num_nodes: int, where: str) -> NDArray[Any]:
     """A split as int64 node ids: a 1-D id array, or a boolean mask of length ``num_nodes``."""
     a = np.asarray(ids)
     if a.ndim == 2 and 1 in a.shape:
@@ -695,7 +697,7 @@ def check_split(ids: Any, num_nodes: int, where: str) -> np.ndarray:
     return a
 
 
-def _check_split_labels(splits: dict[str, np.ndarray], lo: int, labels: np.ndarray) -> None:
+def _check_split_labels(splits: dict[str, NDArray[Any]], lo: int, labels: NDArray[Any]) -> None:
     hi = lo + len(labels)
     for name, ids in splits.items():
         inside = ids[(ids >= lo) & (ids < hi)]
@@ -704,8 +706,8 @@ def _check_split_labels(splits: dict[str, np.ndarray], lo: int, labels: np.ndarr
             raise InvalidInputError(f"split {name!r} holds node {bad}, which has no label")
 
 
-def _write_labels(gw: GraphWriter, chunks: Iterable[np.ndarray], num_nodes: int,
-                  splits: dict[str, np.ndarray] | None) -> tuple[int, int]:
+def _write_labels(gw: GraphWriter, chunks: Iterable[NDArray[Any]], num_nodes: int,
+                  splits: dict[str, NDArray[Any]] | None) -> tuple[int, int]:
     """Stream label chunks into the label table; returns (num_classes, num_labeled)."""
     top, labeled, done = -1, 0, 0
     with gw.writer(LABEL_KEY, Schema("int64", num_nodes, 1)) as w:
@@ -724,11 +726,11 @@ def _write_labels(gw: GraphWriter, chunks: Iterable[np.ndarray], num_nodes: int,
     return top + 1, labeled
 
 
-def _no_splits() -> dict[str, np.ndarray]:
+def _no_splits() -> dict[str, NDArray[Any]]:
     return {k: np.empty(0, np.int64) for k in SPLITS}
 
 
-def _unlabeled_chunks(num_nodes: int, step: int) -> Iterator[np.ndarray]:
+def _unlabeled_chunks(num_nodes: int, step: int) -> Iterator[NDArray[Any]]:
     for lo in range(0, num_nodes, step):
         yield np.full(min(step, num_nodes - lo), -1, dtype=np.int64)
 
@@ -763,7 +765,7 @@ def ingest_graph(store: Store, edges_path: str | Path, num_nodes: int | None = N
     with GraphWriter(store, replace=replace) as gw:
         step = max(MIN_STEP, memory_budget // 32)
         if labels is not None:
-            lab_chunks: Iterable[np.ndarray] = (
+            lab_chunks: Iterable[NDArray[Any]] = (
                 _labels_from_array(labels[lo : lo + step].reshape(-1), str(labels_path))
                 for lo in range(0, n, step))
             num_classes, num_labeled = _write_labels(gw, lab_chunks, n, splits)
@@ -788,7 +790,7 @@ def ingest_graph(store: Store, edges_path: str | Path, num_nodes: int | None = N
 CSV_BLOCK = 8 << 20  # decompressed bytes parsed at a time
 
 
-def iter_csv(path: Path, dtype: Any, block_bytes: int = CSV_BLOCK) -> Iterator[np.ndarray]:
+def iter_csv(path: Path, dtype: Any, block_bytes: int = CSV_BLOCK) -> Iterator[NDArray[Any]]:
     """Stream a (gzipped) comma-separated numeric file as 2-D arrays of whole lines."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -813,7 +815,7 @@ def iter_csv(path: Path, dtype: Any, block_bytes: int = CSV_BLOCK) -> Iterator[n
         raise InvalidInputError(f"{path}: cannot read ({exc})") from exc
 
 
-def _parse_csv(data: bytes, dtype: Any, path: Path, first_line: int) -> np.ndarray:
+def _parse_csv(data: bytes, dtype: Any, path: Path, first_line: int) -> NDArray[Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
@@ -900,7 +902,7 @@ def _csv_max_id(path: Path) -> int:
 
 def _csv_edges(path: Path, symmetric: bool, num_nodes: int,
                progress: Progress = None) -> EdgeChunks:
-    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def gen() -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
         line = 1
         for a in iter_csv(path, np.int64):
             if a.shape[1] != 2:
@@ -913,7 +915,7 @@ def _csv_edges(path: Path, symmetric: bool, num_nodes: int,
     return gen
 
 
-def _ogb_splits(f: OgbFolder, n: int) -> dict[str, np.ndarray]:
+def _ogb_splits(f: OgbFolder, n: int) -> dict[str, NDArray[Any]]:
     if f.split_dir is None:
         return _no_splits()
     out = {}
@@ -951,7 +953,7 @@ def _ogb_features(gw: GraphWriter, path: Path, n: int, feat_key: str, progress: 
     return dim
 
 
-def _ogb_labels(path: Path, progress: Progress) -> Iterator[np.ndarray]:
+def _ogb_labels(path: Path, progress: Progress) -> Iterator[NDArray[Any]]:
     for a in iter_csv(path, np.float64):
         if a.shape[1] != 1:
             raise SchemaMismatchError(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import InvalidInputError, SchemaMismatchError
 from .store import Store
@@ -26,13 +28,13 @@ def chunk_rows(row_bytes: int, memory_budget: int) -> int:
     return max(1, min(1 << 22, memory_budget // (3 * max(1, row_bytes))))
 
 
-def npy_layout(path: Path) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+def npy_layout(path: Path) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
     """(dtype, shape, fortran_order, data offset) read from a .npy header."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            reader = {(1, 0): np.lib.format.read_array_header_1_0,
-                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            fmt: Any = np.lib.format  # untyped in numpy's stubs
+            version = fmt.read_magic(f)
+            reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
             if reader is None:
                 raise InvalidInputError(f"{path}: unsupported .npy version {version}")
             shape, fortran, dtype = reader(f)
@@ -43,8 +45,8 @@ def npy_layout(path: Path) -> tuple[np.dtype, tuple[int, ...], bool, int]:
         raise InvalidInputError(f"{path}: not a readable .npy file ({exc})") from exc
 
 
-def _stream(path: Path, offset: int, dtype: np.dtype, rows: int, dim: int,
-            per_chunk: int) -> Iterator[np.ndarray]:
+def _stream(path: Path, offset: int, dtype: np.dtype[Any], rows: int, dim: int,
+            per_chunk: int) -> Iterator[NDArray[Any]]:
     row_bytes = dtype.itemsize * dim
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)
@@ -52,7 +54,7 @@ def _stream(path: Path, offset: int, dtype: np.dtype, rows: int, dim: int,
         done = 0
         while done < rows:
             n = min(per_chunk, rows - done)
-            view = memoryview(buf[: n * dim]).cast("B")
+            view = buf[: n * dim].data.cast("B")
             got = f.readinto(view)
             if got != n * row_bytes:
                 raise InvalidInputError(f"{path}: file ends early at row {done + (got or 0) // row_bytes}")
@@ -71,7 +73,7 @@ def ingest_npy(store: Store, key: str, path: Path, memory_budget: int = DEFAULT_
     per = chunk_rows(src_dtype.itemsize * dim, memory_budget)
     if fortran:
         mm = np.load(path, mmap_mode="r")
-        chunks: Iterator[np.ndarray] = (np.ascontiguousarray(mm[i : i + per]).reshape(-1, dim)
+        chunks: Iterator[NDArray[Any]] = (np.ascontiguousarray(mm[i : i + per]).reshape(-1, dim)
                                         for i in range(0, rows, per))
     else:
         chunks = _stream(path, offset, src_dtype, rows, dim, per)
@@ -113,7 +115,7 @@ def ingest(store: Store, key: str, source: str | Path, dtype: str | None = None,
     return ingest_raw(store, key, path, dtype, shape, memory_budget, progress, replace, as_dtype)
 
 
-def _write(store: Store, key: str, schema: Schema, chunks: Iterator[np.ndarray],
+def _write(store: Store, key: str, schema: Schema, chunks: Iterator[NDArray[Any]],
            progress: Progress, replace: bool) -> Schema:
     with store.table_writer(key, schema, replace=replace) as w:
         for chunk in chunks:

@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import CorruptDataError
 
@@ -105,13 +107,13 @@ class ChecksumWriter:
         self.crcs: list[int] = []
         self.size = 0
 
-    def write(self, data: bytes | memoryview | np.ndarray) -> int:
+    def write(self, data: bytes | memoryview | NDArray[Any]) -> int:
         offset = self.size
         if isinstance(data, np.ndarray):
             if data.size == 0:
                 return offset
             data = np.ascontiguousarray(data)
-        mv = memoryview(data).cast("B")
+        mv = (data.data if isinstance(data, np.ndarray) else memoryview(data)).cast("B")
         self._f.write(mv)
         self.size += len(mv)
         self._checksum(mv)
@@ -255,16 +257,16 @@ class PageFile:
 class PageRuns:
     """Runs of consecutive pages covering a sorted set of byte ranges."""
 
-    start: np.ndarray  # first page of each run
-    npages: np.ndarray  # pages in each run
-    buf_offset: np.ndarray  # byte offset of each run in the scratch buffer
+    start: NDArray[Any]  # first page of each run
+    npages: NDArray[Any]  # pages in each run
+    buf_offset: NDArray[Any]  # byte offset of each run in the scratch buffer
 
     @property
     def total_bytes(self) -> int:
         return int(self.npages.sum()) * PAGE
 
 
-def page_runs(first_byte: np.ndarray, nbytes: int, max_run_pages: int = 256) -> tuple[PageRuns, np.ndarray]:
+def page_runs(first_byte: NDArray[Any], nbytes: int, max_run_pages: int = 256) -> tuple[PageRuns, NDArray[Any]]:
     """Coalesce the pages of sorted, equal-length byte ranges into runs.
 
     Returns the runs and, for every range, its byte position in a scratch
@@ -287,7 +289,7 @@ def page_runs(first_byte: np.ndarray, nbytes: int, max_run_pages: int = 256) -> 
     return PageRuns(run_start, run_pages, buf_offset), pos
 
 
-def _split_runs(starts: np.ndarray, lengths: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+def _split_runs(starts: NDArray[Any], lengths: NDArray[Any], cap: int) -> tuple[NDArray[Any], NDArray[Any]]:
     pieces = -(-lengths // cap)
     if int(pieces.max(initial=1)) <= 1:
         return starts.astype(np.int64), lengths.astype(np.int64)
@@ -298,7 +300,7 @@ def _split_runs(starts: np.ndarray, lengths: np.ndarray, cap: int) -> tuple[np.n
     return s.astype(np.int64), n.astype(np.int64)
 
 
-def gather_rows(buf: mmap.mmap | memoryview, pos: np.ndarray, row_bytes: int, out: np.ndarray) -> None:
+def gather_rows(buf: mmap.mmap | memoryview, pos: NDArray[Any], row_bytes: int, out: NDArray[Any]) -> None:
     """Copy ``row_bytes`` at each byte position of ``buf`` into the rows of ``out`` (uint8 2-D).
 
     Rows are gathered through an overlapping strided view of the buffer in the
@@ -318,7 +320,7 @@ def gather_rows(buf: mmap.mmap | memoryview, pos: np.ndarray, row_bytes: int, ou
     out.view(np.dtype(f"u{word}"))[...] = windows[pos // word]
 
 
-def take_rows(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+def take_rows(src: NDArray[Any], rows: NDArray[Any], out: NDArray[Any]) -> None:
     """``out[i] = src[rows[i]]`` for 2-D ``src``; ``CorruptDataError`` if a row is out of range.
 
     ``np.take`` with ``out`` and its default ``mode='raise'`` gathers into a
@@ -347,8 +349,8 @@ class ScratchBuffers:
 
 
 def read_scattered(f: PageFile, pool: Executor, threads: int, scratch: ScratchBuffers,
-                   sorted_starts: np.ndarray, row_bytes: int, out: np.ndarray,
-                   order: np.ndarray | None = None) -> int:
+                   sorted_starts: NDArray[Any], row_bytes: int, out: NDArray[Any],
+                   order: NDArray[Any] | None = None) -> int:
     """Read rows starting at sorted, distinct byte offsets of ``f``; returns the bytes read.
 
     Their pages are coalesced into runs, the runs read on ``threads`` workers of
@@ -368,7 +370,7 @@ def read_scattered(f: PageFile, pool: Executor, threads: int, scratch: ScratchBu
     return runs.total_bytes
 
 
-def _read_runs(f: PageFile, mv: memoryview, start: np.ndarray, npages: np.ndarray, boff: np.ndarray) -> None:
+def _read_runs(f: PageFile, mv: memoryview, start: NDArray[Any], npages: NDArray[Any], boff: NDArray[Any]) -> None:
     for s, n, b in zip(start.tolist(), npages.tolist(), boff.tolist(), strict=True):
         f.read_into(mv[b : b + n * PAGE], s * PAGE)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .catalog import Catalog, Txn
 from .errors import (
@@ -161,7 +162,7 @@ class Store:
         if old_rel:
             (self.root / old_rel).unlink(missing_ok=True)
 
-    def write_table(self, key: str, data: np.ndarray | Iterable[np.ndarray], schema: Schema | None = None,
+    def write_table(self, key: str, data: NDArray[Any] | Iterable[NDArray[Any]], schema: Schema | None = None,
                     internal: bool = False, replace: bool = False) -> Schema:
         """Write a whole table from an array or an iterable of row chunks."""
         if schema is None:
@@ -191,16 +192,16 @@ class Store:
         if r is not None:
             r.close()
 
-    def read(self, key: str, ids: Any) -> np.ndarray:
+    def read(self, key: str, ids: Any) -> NDArray[Any]:
         """Rows of table ``key`` in the order of ``ids`` (duplicates allowed, any length)."""
         return self.reader(key).read(ids)
 
-    def read_all(self, key: str) -> np.ndarray:
+    def read_all(self, key: str) -> NDArray[Any]:
         """The whole table in memory: one sequential read into one buffer (no second copy)."""
         s = self.schema(key)
         return self.reader(key).read_range(0, s.rows)
 
-    def map(self, key: str) -> np.ndarray:
+    def map(self, key: str) -> NDArray[Any]:
         """The table memory-mapped, ``rows x dim`` (a copy-on-write mapping: its pages are shared page
         cache, never written back). Indexing it reads only the pages of the rows asked for."""
         info = self.table_info(key)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import InvalidInputError
 from .graph import (
@@ -72,26 +73,27 @@ class SynthModel:
 
     nodes: int
     classes: int
-    starts: np.ndarray  # int64 [K+1], community k holds ids [starts[k], starts[k+1])
-    comm_class: np.ndarray  # int64 [K]
-    centroids: np.ndarray  # float32 [classes, dim], unit rows
-    by_class: np.ndarray  # community ids ordered by class
-    by_class_cum: np.ndarray  # cumulative sizes in that order
-    class_lo: np.ndarray  # int64 [classes], cumulative size before each class's first community
-    class_size: np.ndarray  # int64 [classes]
+    starts: NDArray[Any]  # int64 [K+1], community k holds ids [starts[k], starts[k+1])
+    comm_class: NDArray[Any]  # int64 [K]
+    centroids: NDArray[Any]  # float32 [classes, dim], unit rows
+    by_class: NDArray[Any]  # community ids ordered by class
+    by_class_cum: NDArray[Any]  # cumulative sizes in that order
+    class_lo: NDArray[Any]  # int64 [classes], cumulative size before each class's first community
+    class_size: NDArray[Any]  # int64 [classes]
 
     @property
-    def sizes(self) -> np.ndarray:
+    def sizes(self) -> NDArray[Any]:
         return np.diff(self.starts)
 
-    def community_of(self, ids: np.ndarray) -> np.ndarray:
+    def community_of(self, ids: NDArray[Any]) -> NDArray[Any]:
         return np.searchsorted(self.starts, ids, side="right") - 1
 
-    def community_class(self, lo: int, hi: int) -> np.ndarray:
-        return self.comm_class[self.community_of(np.arange(lo, hi, dtype=np.int64))]
+    def community_class(self, lo: int, hi: int) -> NDArray[Any]:
+        classes: NDArray[Any] = self.comm_class[self.community_of(np.arange(lo, hi, dtype=np.int64))]
+        return classes
 
 
-def node_labels(model: SynthModel, seed: int, label_noise: float, lo: int, hi: int) -> np.ndarray:
+def node_labels(model: SynthModel, seed: int, label_noise: float, lo: int, hi: int) -> NDArray[Any]:
     """Labels of nodes ``[lo, hi)``: the community class, random for a ``label_noise`` share."""
     out = model.community_class(lo, hi)
     if label_noise <= 0:
@@ -125,25 +127,27 @@ def make_model(nodes: int, dim: int, classes: int, seed: int, community_size: in
                       by_class_cum, class_lo, class_size)
 
 
-def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
+def _apportion(weights: NDArray[Any], total: int) -> NDArray[Any]:
     """Integer sizes >= 1 summing to ``total``, proportional to ``weights`` (largest remainder)."""
     k = len(weights)
     share = (total - k) * weights / weights.sum()
     sizes = np.floor(share).astype(np.int64)
     short = total - k - int(sizes.sum())
     sizes[np.argsort(sizes - share, kind="stable")[:short]] += 1
-    return sizes + 1
+    out: NDArray[Any] = sizes + 1
+    return out
 
 
-def _zipf_rank(size: np.ndarray, u: np.ndarray) -> np.ndarray:
+def _zipf_rank(size: NDArray[Any], u: NDArray[Any]) -> NDArray[Any]:
     """Ranks in [0, size) drawn with probability about proportional to (rank + 1) ** -HUB_SKEW."""
     e = 1.0 - HUB_SKEW
     r = np.floor((1.0 + u * ((size + 1.0) ** e - 1.0)) ** (1.0 / e)) - 1.0
-    return np.clip(r.astype(np.int64), 0, size - 1)
+    ranks: NDArray[Any] = np.clip(r.astype(np.int64), 0, size - 1)
+    return ranks
 
 
 def block_edges(model: SynthModel, seed: int, block: int, avg_degree: float,
-                homophily: float) -> tuple[np.ndarray, np.ndarray]:
+                homophily: float) -> tuple[NDArray[Any], NDArray[Any]]:
     """The out-edges of nodes ``[block * EDGE_BLOCK, ...)`` (one direction, no self-loops)."""
     lo = block * EDGE_BLOCK
     hi = min(model.nodes, lo + EDGE_BLOCK)
@@ -172,7 +176,7 @@ def block_edges(model: SynthModel, seed: int, block: int, avg_degree: float,
 
 
 def block_features(model: SynthModel, seed: int, block: int, rows: int, noise: float,
-                   label_noise: float, dtype: np.dtype) -> np.ndarray:
+                   label_noise: float, dtype: np.dtype[Any]) -> NDArray[Any]:
     lo = block * rows
     hi = min(model.nodes, lo + rows)
     rng = np.random.default_rng([seed, _FEATURES, block])
@@ -183,7 +187,7 @@ def block_features(model: SynthModel, seed: int, block: int, rows: int, noise: f
 
 
 def block_splits(model: SynthModel, seed: int, block: int,
-                 fracs: tuple[float, float, float]) -> list[np.ndarray]:
+                 fracs: tuple[float, float, float]) -> list[NDArray[Any]]:
     lo = block * EDGE_BLOCK
     hi = min(model.nodes, lo + EDGE_BLOCK)
     u = np.random.default_rng([seed, _SPLITS, block]).random(hi - lo)
@@ -235,7 +239,7 @@ def synth(store: Store, nodes: int, avg_degree: float = 15.0, dim: int = 128, cl
                 w.write(node_labels(model, seed, label_noise, lo, min(nodes, lo + EDGE_BLOCK)))
         sizes = _write_splits(gw, model, seed, blocks, fracs)
 
-        def edge_chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def edge_chunks() -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
             for b in range(blocks):
                 s, d = block_edges(model, seed, b, avg_degree, homophily)
                 if progress:
@@ -259,7 +263,7 @@ def synth(store: Store, nodes: int, avg_degree: float = 15.0, dim: int = 128, cl
 
 
 def _write_features(gw: GraphWriter, model: SynthModel, seed: int, noise: float, label_noise: float,
-                    dtype: np.dtype, feat_key: str, progress: Progress) -> None:
+                    dtype: np.dtype[Any], feat_key: str, progress: Progress) -> None:
     dim = model.centroids.shape[1]
     rows = max(1, FEAT_BLOCK_ELEMS // dim)
     with gw.writer(feat_key, Schema(dtype.name, model.nodes, dim)) as w:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import CorruptDataError, FormatVersionError, IdsOutOfRangeError, InvalidIdsError
 from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered, take_rows
@@ -68,7 +69,7 @@ class TableWriter:
         self._w.write(encode_header(schema))
         self.rows_written = 0
 
-    def write(self, rows: np.ndarray) -> None:
+    def write(self, rows: NDArray[Any]) -> None:
         rows = np.asarray(rows, dtype=self.schema.dtype).reshape(-1, self.schema.dim)
         if self.rows_written + len(rows) > self.schema.rows:
             raise ValueError("more rows written than the schema declares")
@@ -122,7 +123,7 @@ class ReadStats:
                 "calls": self.calls}
 
 
-def check_ids(ids: Any, rows: int) -> np.ndarray:
+def check_ids(ids: Any, rows: int) -> NDArray[Any]:
     """Validate row ids: a 1-D integer array, every id in [0, rows)."""
     arr = np.asarray(ids)
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or (arr.size == 0 and arr.dtype == np.float64)):
@@ -151,7 +152,7 @@ class TableReader:
     def mode(self) -> str:
         return self.file.mode
 
-    def read(self, ids: Any, out: np.ndarray | None = None) -> np.ndarray:
+    def read(self, ids: Any, out: NDArray[Any] | None = None) -> NDArray[Any]:
         """Rows in the order of ``ids`` (duplicates allowed), into ``out`` when given."""
         ids = check_ids(ids, self.schema.rows)
         if out is None:
@@ -159,11 +160,11 @@ class TableReader:
         self._read(ids, out)
         return out
 
-    def read_counted(self, ids: Any, out: np.ndarray) -> int:
+    def read_counted(self, ids: Any, out: NDArray[Any]) -> int:
         """Like :meth:`read` into ``out``; returns the bytes read from the file."""
         return self._read(check_ids(ids, self.schema.rows), out)
 
-    def _read(self, ids: np.ndarray, out: np.ndarray) -> int:
+    def _read(self, ids: NDArray[Any], out: NDArray[Any]) -> int:
         s = self.schema
         if len(ids) == 0:
             return 0
@@ -179,7 +180,7 @@ class TableReader:
         self.stats.add(len(ids), len(uniq), nbytes)
         return nbytes
 
-    def read_range_into(self, buf: Any, start: int, stop: int) -> np.ndarray:
+    def read_range_into(self, buf: Any, start: int, stop: int) -> NDArray[Any]:
         """Rows [start, stop) read sequentially into an aligned ``buf``; returns a uint8 view."""
         s = self.schema
         lo = HEADER_BYTES + start * s.row_bytes
@@ -191,7 +192,7 @@ class TableReader:
         u = np.frombuffer(buf, dtype=np.uint8)[lo - first : lo - first + length]
         return u.reshape(stop - start, s.row_bytes)
 
-    def read_range(self, start: int, stop: int) -> np.ndarray:
+    def read_range(self, start: int, stop: int) -> NDArray[Any]:
         """Rows [start, stop) with one sequential read (used by packing and export)."""
         lo = HEADER_BYTES + start * self.schema.row_bytes
         buf = aligned_buffer(lo % PAGE + (stop - start) * self.schema.row_bytes)

@@ -74,7 +74,7 @@ def progress(total: int, label: str, silent: bool) -> Iterator[Callable[[int], N
         yield bar.update
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType[int]):
     name = "SIZE"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..sampling.offline import SampleConfig, default_workers
 from ..sampling.offline import sample as run_sample
 from .common import cli, emit, output_options, progress
 
-DEFAULT = {"nodes": 300_000, "avg_degree": 15.0, "dim": 128, "classes": 16, "seed": 0}
+DEFAULT: dict[str, Any] = {"nodes": 300_000, "avg_degree": 15.0, "dim": 128, "classes": 16, "seed": 0}
 FANOUTS = (10, 10)
 BATCH = 1024
 HOST_CACHE_FRACTION = 0.10
@@ -39,7 +40,7 @@ def demo(path: str, epochs: int, nodes: int, seed: int, baseline: bool, as_json:
 
     Example: featdb demo --json
     """
-    say = (lambda msg: None) if (as_json or quiet) else (lambda msg: click.echo(msg, err=True))
+    say: Callable[[str], None] = (lambda msg: None) if (as_json or quiet) else (lambda msg: click.echo(msg, err=True))
     steps: dict[str, float] = {}
     root = Path(path)
     if root.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -11,7 +12,7 @@ from .common import SIZE, cli, emit, output_options, progress
 from .store_cmds import open_or_create
 
 
-def _summary(doc: dict, started: float) -> dict:
+def _summary(doc: dict[str, Any], started: float) -> dict[str, Any]:
     return {"num_nodes": doc["num_nodes"], "num_edges": doc["num_edges"],
             "num_classes": doc.get("num_classes"), "seconds": round(time.perf_counter() - started, 2),
             **{f"num_{k}": doc.get(f"num_{k}") for k in ("train", "valid", "test")}}

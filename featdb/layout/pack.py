@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import SchemaMismatchError
 from ..io import PAGE, ChecksumWriter, aligned_buffer, round_up, write_atomic
@@ -43,10 +44,10 @@ SEG_COLS = 5  # first_batch, n_batches, l3_offset, l3_rows, l3_crc
 class _Group:
     """Extents whose rows one pass over the base table will fill."""
 
-    l4_ids: list[np.ndarray] = field(default_factory=list)
+    l4_ids: list[NDArray[Any]] = field(default_factory=list)
     l4_batch: list[int] = field(default_factory=list)
     l4_off: list[int] = field(default_factory=list)
-    l3_ids: list[np.ndarray] = field(default_factory=list)
+    l3_ids: list[NDArray[Any]] = field(default_factory=list)
     l3_seg: list[int] = field(default_factory=list)
     l3_off: list[int] = field(default_factory=list)
     bytes: int = 0
@@ -172,9 +173,9 @@ def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str
     return files
 
 
-def _record_segment(sp: SegmentPlan, si: int, batches: np.ndarray, segs: np.ndarray,
+def _record_segment(sp: SegmentPlan, si: int, batches: NDArray[Any], segs: NDArray[Any],
                     mapw: ChecksumWriter, group: _Group, cursor: dict[str, int], rb: int,
-                    id_dt: np.dtype) -> None:
+                    id_dt: np.dtype[Any]) -> None:
     n3 = len(sp.l3_ids)
     segs[si] = (sp.first_batch, len(sp.batches), cursor["l3"], n3, 0)
     if n3:
@@ -205,7 +206,7 @@ class _HotWriters:
         self.parts = [(name, ids, TableWriter(tmp / name, Schema(schema.dtype, len(ids), schema.dim)))
                       for name, ids in (("device.tbl", p.l1_ids), ("host.tbl", p.l2_ids))]
 
-    def take(self, chunk: np.ndarray, lo: int, hi: int) -> None:
+    def take(self, chunk: NDArray[Any], lo: int, hi: int) -> None:
         for _, ids, w in self.parts:
             a, b = np.searchsorted(ids, [lo, hi])
             if b > a:
@@ -221,7 +222,7 @@ class _HotWriters:
             self.records[name] = {"size": rec["size"], "crcs": rec["crcs"], "kind": "layout"}
 
 
-def _chunks(reader: TableReader, chunk_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def _chunks(reader: TableReader, chunk_rows: int) -> Iterator[tuple[int, int, NDArray[Any]]]:
     """Base-table chunks in order, the next one read ahead on a thread."""
     rows = reader.schema.rows
     spans = [(lo, min(rows, lo + chunk_rows)) for lo in range(0, rows, chunk_rows)]
@@ -237,7 +238,7 @@ def _chunks(reader: TableReader, chunk_rows: int) -> Iterator[tuple[int, int, np
 
 
 def _base_pass(reader: TableReader, g: _Group, hot: _HotWriters | None, fd4: int, fd3: int,
-               batches: np.ndarray, segs: np.ndarray, memory_budget: int, progress: Progress) -> None:
+               batches: NDArray[Any], segs: NDArray[Any], memory_budget: int, progress: Progress) -> None:
     rb = reader.schema.row_bytes
     src, dst, ext = _l4_targets(g, rb)
     l3src, l3row, l3buf = _l3_targets(g, rb)
@@ -265,7 +266,7 @@ def _base_pass(reader: TableReader, g: _Group, hot: _HotWriters | None, fd4: int
         hot.commit()
 
 
-def _l4_targets(g: _Group, rb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _l4_targets(g: _Group, rb: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     if not g.l4_ids:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
@@ -279,7 +280,7 @@ def _l4_targets(g: _Group, rb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return src[order], dst[order], ext[order]
 
 
-def _l3_targets(g: _Group, rb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _l3_targets(g: _Group, rb: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     if not g.l3_ids:
         z = np.zeros(0, dtype=np.int64)
         return z, z, np.zeros((0, rb), dtype=np.uint8)
@@ -304,7 +305,7 @@ class _Writer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-pack-write")
         self._inflight: list[Future[None]] = []
 
-    def scatter(self, chunk: np.ndarray, rows: np.ndarray, dst: np.ndarray, ext: np.ndarray) -> None:
+    def scatter(self, chunk: NDArray[Any], rows: NDArray[Any], dst: NDArray[Any], ext: NDArray[Any]) -> None:
         for i in range(0, len(rows), self.slice_rows):
             j = i + self.slice_rows
             o = np.argsort(dst[i:j], kind="stable")
@@ -314,11 +315,11 @@ class _Writer:
                 self._inflight.pop(0).result()
             self._inflight.append(self._pool.submit(self._write, gathered, d, e))
 
-    def _write(self, gathered: np.ndarray, d: np.ndarray, e: np.ndarray) -> None:
+    def _write(self, gathered: NDArray[Any], d: NDArray[Any], e: NDArray[Any]) -> None:
         rb = self.rb
         cut = np.flatnonzero((d[1:] != d[:-1] + rb) | (e[1:] != e[:-1])) + 1
         bounds = np.concatenate([[0], cut, [len(d)]]).tolist()
-        mv = memoryview(gathered).cast("B")
+        mv = gathered.data.cast("B")
         for i, j in itertools.pairwise(bounds):
             piece = mv[i * rb : j * rb]
             os.pwrite(self.fd, piece, int(d[i]))
@@ -338,7 +339,7 @@ class _Writer:
             self._pool.shutdown(wait=True)
 
 
-def _write_l3(fd: int, g: _Group, l3buf: np.ndarray, segs: np.ndarray, rb: int) -> None:
+def _write_l3(fd: int, g: _Group, l3buf: NDArray[Any], segs: NDArray[Any], rb: int) -> None:
     pos = 0
     for ids, si, off in zip(g.l3_ids, g.l3_seg, g.l3_off, strict=True):
         raw = l3buf[pos : pos + len(ids)].tobytes()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import ConfigError, InvalidInputError
 from ..io import PAGE, round_up
@@ -34,7 +35,7 @@ MINHASH_K = 3
 SEGMENT_CACHE_BYTES = 512 << 20  # the reader's default budget for whole L3 extents in memory
 _PRIME = (1 << 31) - 1  # a * batch index stays inside int64
 
-Trace = Callable[[Sequence[int]], Iterable[np.ndarray]]  # batch ids -> their input ids, in order
+Trace = Callable[[Sequence[int]], Iterable[NDArray[Any]]]  # batch ids -> their input ids, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +64,8 @@ class Placement:
     row_bytes: int
     num_batches: int
     policy: str
-    l1_ids: np.ndarray  # sorted node ids held in device memory
-    l2_ids: np.ndarray  # sorted node ids held in host memory
+    l1_ids: NDArray[Any]  # sorted node ids held in device memory
+    l2_ids: NDArray[Any]  # sorted node ids held in host memory
     segment_len: int  # consecutive batches sharing one L3 extent (1: no L3)
     seed: int
     predictions: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +74,7 @@ class Placement:
     def packs(self) -> bool:
         return self.policy in ("full", "pack-only")
 
-    def tier_map(self) -> np.ndarray:
+    def tier_map(self) -> NDArray[Any]:
         """int8 per node: L1, L2, else L4 (cold; L3 membership is per segment)."""
         tier = np.zeros(self.num_nodes, dtype=np.int8)
         tier[self.l2_ids] = L2
@@ -87,25 +88,25 @@ class Placement:
 
 @dataclass(frozen=True, slots=True)
 class BatchPlan:
-    order: np.ndarray  # positions into the batch's input ids: L4, L3, L2, L1 rows in serving order
+    order: NDArray[Any]  # positions into the batch's input ids: L4, L3, L2, L1 rows in serving order
     n4: int
     n3: int
     n2: int
     n1: int
-    l4_ids: np.ndarray  # sorted node ids stored in this batch's extent
-    l3_rows: np.ndarray  # rows of the segment's L3 extent; node ids of the base table if not packed
-    l2_slots: np.ndarray  # rows of the host cache
-    l1_slots: np.ndarray  # rows of the device cache
+    l4_ids: NDArray[Any]  # sorted node ids stored in this batch's extent
+    l3_rows: NDArray[Any]  # rows of the segment's L3 extent; node ids of the base table if not packed
+    l2_slots: NDArray[Any]  # rows of the host cache
+    l1_slots: NDArray[Any]  # rows of the device cache
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentPlan:
     first_batch: int
-    l3_ids: np.ndarray  # node ids of the shared extent, in stored (MinHash) order
+    l3_ids: NDArray[Any]  # node ids of the shared extent, in stored (MinHash) order
     batches: tuple[BatchPlan, ...]
 
 
-def hot_sets(counts: np.ndarray, row_bytes: int, budgets: Budgets) -> tuple[np.ndarray, np.ndarray]:
+def hot_sets(counts: NDArray[Any], row_bytes: int, budgets: Budgets) -> tuple[NDArray[Any], NDArray[Any]]:
     """L1 and L2 node ids (sorted): the most-read rows that fit each budget; ties broken by seed."""
     if budgets.policy in ("pack-only", "none"):
         empty = np.zeros(0, dtype=np.int64)
@@ -118,7 +119,7 @@ def hot_sets(counts: np.ndarray, row_bytes: int, budgets: Budgets) -> tuple[np.n
     return np.sort(rank[:n1]), np.sort(rank[n1 : n1 + n2])
 
 
-def stored_rows(trace: Trace, num_batches: int, tier: np.ndarray, seg_len: int) -> int:
+def stored_rows(trace: Trace, num_batches: int, tier: NDArray[Any], seg_len: int) -> int:
     """Rows stored in L3 + L4 for a segment length: each segment stores its distinct cold rows once."""
     last = np.full(len(tier), -1, dtype=np.int32)  # per node: the last segment that stored it
     total = 0
@@ -131,7 +132,7 @@ def stored_rows(trace: Trace, num_batches: int, tier: np.ndarray, seg_len: int) 
     return total
 
 
-def choose_segment_len(trace: Trace, num_batches: int, tier: np.ndarray, cap: float | None,
+def choose_segment_len(trace: Trace, num_batches: int, tier: NDArray[Any], cap: float | None,
                        num_nodes: int) -> tuple[int, dict[int, float]]:
     """The smallest segment length whose blowup is within ``cap`` (doubling, then bisection)."""
     tried: dict[int, float] = {}
@@ -160,7 +161,7 @@ def choose_segment_len(trace: Trace, num_batches: int, tier: np.ndarray, cap: fl
     return hi, tried
 
 
-def plan(counts: np.ndarray, trace: Trace, num_batches: int, row_bytes: int,
+def plan(counts: NDArray[Any], trace: Trace, num_batches: int, row_bytes: int,
          budgets: Budgets, predict_costs: bool = True) -> Placement:
     """Plan a layout and (unless ``predict_costs`` is false) predict what serving it will cost.
 
@@ -181,7 +182,7 @@ def plan(counts: np.ndarray, trace: Trace, num_batches: int, row_bytes: int,
     return replace(placement, predictions=preds)
 
 
-def _minhash(n_rows: int, batch_rows: Sequence[np.ndarray], seed: int) -> np.ndarray:
+def _minhash(n_rows: int, batch_rows: Sequence[NDArray[Any]], seed: int) -> NDArray[Any]:
     """Per row (0..n_rows-1), MINHASH_K minima of hashed indices of the batches that read it."""
     rng = np.random.default_rng([seed, 7])
     a = rng.integers(1, _PRIME, size=(MINHASH_K, 1), dtype=np.int64)
@@ -193,8 +194,8 @@ def _minhash(n_rows: int, batch_rows: Sequence[np.ndarray], seed: int) -> np.nda
     return sig
 
 
-def assign_segment(p: Placement, first_batch: int, inputs: Sequence[np.ndarray],
-                   tier: np.ndarray, scratch: np.ndarray) -> SegmentPlan:
+def assign_segment(p: Placement, first_batch: int, inputs: Sequence[NDArray[Any]],
+                   tier: NDArray[Any], scratch: NDArray[Any]) -> SegmentPlan:
     """Per batch serving order and tier positions for one segment of consecutive batches.
 
     ``tier`` is :meth:`Placement.tier_map`; ``scratch`` an int64 array of
@@ -213,16 +214,17 @@ def assign_segment(p: Placement, first_batch: int, inputs: Sequence[np.ndarray],
     return SegmentPlan(first_batch, l3_ids, plans)
 
 
-def _shared_rows(cold: Sequence[np.ndarray]) -> np.ndarray:
+def _shared_rows(cold: Sequence[NDArray[Any]]) -> NDArray[Any]:
     """Cold rows read by at least two of the segment's batches (sorted)."""
     allc = np.concatenate(cold) if cold else np.zeros(0, dtype=np.int64)
     if not len(allc):
         return allc
     uniq, n = np.unique(allc, return_counts=True)
-    return uniq[n >= 2]
+    shared: NDArray[Any] = uniq[n >= 2]
+    return shared
 
 
-def _assign_batch(p: Placement, ids: np.ndarray, tier: np.ndarray, l3pos: np.ndarray) -> BatchPlan:
+def _assign_batch(p: Placement, ids: NDArray[Any], tier: NDArray[Any], l3pos: NDArray[Any]) -> BatchPlan:
     t = tier[ids]
     pos = np.arange(len(ids), dtype=np.int64)
     in3 = (t == L4) & (l3pos[ids] >= 0) if p.packs else np.zeros(len(ids), dtype=bool)
@@ -288,7 +290,7 @@ def predict(p: Placement, trace: Trace) -> dict[str, Any]:
     return acc.result()
 
 
-def _pages_touched(pos: np.ndarray, row_bytes: int, packed: bool) -> int:
+def _pages_touched(pos: NDArray[Any], row_bytes: int, packed: bool) -> int:
     """Distinct pages holding the rows at ``pos`` (row positions in an extent or base table)."""
     if not len(pos):
         return 0

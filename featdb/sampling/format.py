@@ -27,8 +27,10 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import CorruptDataError
 from .mfg import Batch, Layer
@@ -49,7 +51,7 @@ class RecordRef:
     n_inputs: int
 
 
-def encode_parts(batch: Batch, id_dtype: np.dtype) -> list[np.ndarray]:
+def encode_parts(batch: Batch, id_dtype: np.dtype[Any]) -> list[NDArray[Any]]:
     """A batch record as the arrays that follow one another on disk (no copy where dtypes match)."""
     head = [MAGIC, len(batch.layers), len(batch.seeds), len(batch.input_ids)]
     for layer in batch.layers:
@@ -61,7 +63,7 @@ def encode_parts(batch: Batch, id_dtype: np.dtype) -> list[np.ndarray]:
     return [np.ascontiguousarray(p) for p in parts]
 
 
-def decode(raw: bytes | memoryview, id_dtype: np.dtype, where: str = "") -> Batch:
+def decode(raw: bytes | memoryview, id_dtype: np.dtype[Any], where: str = "") -> Batch:
     head = np.frombuffer(raw, dtype="<i8", count=4)
     if int(head[0]) != MAGIC:
         raise CorruptDataError(f"{where}: not a sample record")
@@ -83,7 +85,7 @@ def decode(raw: bytes | memoryview, id_dtype: np.dtype, where: str = "") -> Batc
     return Batch(seeds, inputs, tuple(layers))
 
 
-def decode_inputs(raw: bytes | memoryview, id_dtype: np.dtype) -> tuple[np.ndarray, int]:
+def decode_inputs(raw: bytes | memoryview, id_dtype: np.dtype[Any]) -> tuple[NDArray[Any], int]:
     """A record's input ids, and the length of its head (header, seeds, input ids) in bytes."""
     head = np.frombuffer(raw, dtype="<i8", count=4)
     n_layers, n_seeds, n_inputs = (int(x) for x in head[1:4])

@@ -6,13 +6,15 @@ table; numpy needs about eight random-access passes for the same result.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
-import numpy as np
+from numpy.typing import NDArray
 
 
 @numba.njit(cache=True, nogil=True)
-def relabel(u: np.ndarray, v: np.ndarray, dst: np.ndarray, slots: np.ndarray,
-            u_local: np.ndarray, v_local: np.ndarray, nodes: np.ndarray) -> int:  # pragma: no cover - compiled
+def relabel(u: NDArray[Any], v: NDArray[Any], dst: NDArray[Any], slots: NDArray[Any],
+            u_local: NDArray[Any], v_local: NDArray[Any], nodes: NDArray[Any]) -> int:  # pragma: no cover - compiled
     """Local ids of the edges (u -> v); returns how many source nodes the layer has.
 
     The sources are ``dst`` in order, then every new node of ``u`` in order of
@@ -40,7 +42,7 @@ def relabel(u: np.ndarray, v: np.ndarray, dst: np.ndarray, slots: np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True)
-def count(ids: np.ndarray, counts: np.ndarray) -> None:  # pragma: no cover - compiled
+def count(ids: NDArray[Any], counts: NDArray[Any]) -> None:  # pragma: no cover - compiled
     """``counts[ids] += 1``, one pass."""
     for i in range(ids.shape[0]):
         counts[ids[i]] += 1

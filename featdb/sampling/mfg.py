@@ -16,26 +16,28 @@ relabels layer 0 to match.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 @dataclass(frozen=True, slots=True)
 class Layer:
-    src: np.ndarray  # int32 or int64 [E], local source index
-    dst: np.ndarray  # int32 or int64 [E], local destination index
-    dst_in_src: np.ndarray  # int64 [num_dst]
+    src: NDArray[Any]  # int32 or int64 [E], local source index
+    dst: NDArray[Any]  # int32 or int64 [E], local destination index
+    dst_in_src: NDArray[Any]  # int64 [num_dst]
     num_src: int
     num_dst: int
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    seeds: np.ndarray  # int64 global ids of the output nodes
-    input_ids: np.ndarray  # int64 global ids of layer 0's sources, in row order
+    seeds: NDArray[Any]  # int64 global ids of the output nodes
+    input_ids: NDArray[Any]  # int64 global ids of layer 0's sources, in row order
     layers: tuple[Layer, ...]
 
-    def reordered(self, order: np.ndarray) -> Batch:
+    def reordered(self, order: NDArray[Any]) -> Batch:
         """The same batch with input rows permuted: new row ``k`` is old row ``order[k]``."""
         inv = np.empty(len(order), dtype=np.int64)
         inv[order] = np.arange(len(order), dtype=np.int64)

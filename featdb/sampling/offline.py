@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..catalog import Txn
 from ..errors import AlreadyExistsError, InvalidInputError, NotFoundError
@@ -82,19 +83,19 @@ def parse_fanouts(text: str) -> tuple[int, ...]:
     return fanouts
 
 
-def epoch_batches(seeds: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+def epoch_batches(seeds: NDArray[Any], batch_size: int, seed: int, epoch: int) -> list[NDArray[Any]]:
     """The epoch's shuffled seed batches (the last one may be short)."""
     rng = np.random.default_rng([seed, epoch])
     perm = seeds[rng.permutation(len(seeds))]
     return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
 
 
-def eval_batches(seeds: np.ndarray, batch_size: int) -> list[np.ndarray]:
+def eval_batches(seeds: NDArray[Any], batch_size: int) -> list[NDArray[Any]]:
     """An evaluation split's batches: its ids in stored order, no shuffle (the last may be short)."""
     return [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
 
 
-def dgl_graph(indptr: np.ndarray, indices: np.ndarray) -> Any:
+def dgl_graph(indptr: NDArray[Any], indices: NDArray[Any]) -> Any:
     """A DGL graph over the CSC arrays without copying them (memory-mapped arrays stay mapped);
     edge ids are implicit (0..E-1), not materialised."""
     import dgl
@@ -119,7 +120,7 @@ def blocks_to_batch(blocks: list[Any]) -> Batch:
                  blocks[0].srcdata[dgl.NID].numpy().astype(np.int64), tuple(layers))
 
 
-def sample_batch(graph: Any, seeds: np.ndarray, fanouts: tuple[int, ...], scratch: np.ndarray) -> Batch:
+def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scratch: NDArray[Any]) -> Batch:
     """One batch: DGL samples each layer's in-neighbours; numpy relabels them into an MFG.
 
     Layers are sampled from the seeds outward (``fanouts[-1]`` for the seeds'
@@ -142,8 +143,8 @@ def sample_batch(graph: Any, seeds: np.ndarray, fanouts: tuple[int, ...], scratc
     return Batch(seeds.astype(np.int64), dst, tuple(reversed(layers)))
 
 
-def _relabel(u: np.ndarray, v: np.ndarray, dst: np.ndarray,
-             slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _relabel(u: NDArray[Any], v: NDArray[Any], dst: NDArray[Any],
+             slots: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """(source nodes, local u, local v): sources are ``dst``, then the new nodes of ``u``."""
     from .kernels import relabel
 
@@ -158,7 +159,7 @@ def _batch_seed(cfg: SampleConfig, epoch: int, i: int) -> int:
     return int(np.random.default_rng([cfg.seed, epoch, i]).integers(2**31 - 1))
 
 
-def iter_sampled(graph: Any, train_ids: np.ndarray, cfg: SampleConfig) -> Iterator[tuple[int, Batch]]:
+def iter_sampled(graph: Any, train_ids: NDArray[Any], cfg: SampleConfig) -> Iterator[tuple[int, Batch]]:
     """(epoch, batch) for every batch of every epoch, in order, in this process.
 
     Every batch is sampled by one single-threaded DGL call seeded from (seed,
@@ -190,7 +191,7 @@ def _in_process(graph: Any, cfg: SampleConfig) -> Iterator[None]:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None, seeds: dict[str, np.ndarray] | None = None) -> None:
+def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None, seeds: dict[str, NDArray[Any]] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -199,7 +200,7 @@ def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None, seeds: dict[st
                    seeds=seeds or {})
 
 
-def _sample_one(epoch: int, i: int, seeds: np.ndarray) -> Batch:
+def _sample_one(epoch: int, i: int, seeds: NDArray[Any]) -> Batch:
     import dgl
 
     cfg = _WORKER["cfg"]
@@ -220,7 +221,7 @@ class _Piece:
     segment: str
     part: str = "train"
 
-    def batches(self, cfg: SampleConfig, seeds: np.ndarray) -> list[np.ndarray]:
+    def batches(self, cfg: SampleConfig, seeds: NDArray[Any]) -> list[NDArray[Any]]:
         if self.part == cfg.split:
             return epoch_batches(seeds, cfg.batch_size, cfg.seed, self.epoch)
         return eval_batches(seeds, cfg.batch_size)
@@ -230,7 +231,7 @@ class _Piece:
 class _Written:
     piece: _Piece
     records: list[tuple[int, int, int, int, int]]  # (offset, length, crc32, input count, head crc32)
-    counts: np.ndarray  # per node, how many of the piece's batches read it
+    counts: NDArray[Any]  # per node, how many of the piece's batches read it
     size: int
     crcs: list[int]
 
@@ -254,7 +255,7 @@ def _pieces(cfg: SampleConfig, batches_per_epoch: int, workers: int,
     return out
 
 
-def _write_piece(piece: _Piece, tmp: Path, id_dtype: np.dtype,
+def _write_piece(piece: _Piece, tmp: Path, id_dtype: np.dtype[Any],
                  progress: Callable[[int], None] | None = None) -> _Written:
     import zlib
 
@@ -269,7 +270,7 @@ def _write_piece(piece: _Piece, tmp: Path, id_dtype: np.dtype,
             offset, crc, head_crc = writer.size, 0, 0
             for k, part in enumerate(encode_parts(batch, id_dtype)):
                 writer.write(part)
-                crc = zlib.crc32(part, crc)
+                crc = zlib.crc32(part.data, crc)
                 if k == HEAD_PARTS - 1:  # header, seeds, input ids: what the planner's trace reads
                     head_crc = crc
             records.append((offset, writer.size - offset, crc, len(batch.input_ids), head_crc))
@@ -283,8 +284,8 @@ def _write_piece(piece: _Piece, tmp: Path, id_dtype: np.dtype,
     return _Written(piece, records, counts, writer.size, writer.crcs)
 
 
-def _write_pieces(graph: Any, seeds: dict[str, np.ndarray], cfg: SampleConfig, pieces: list[_Piece], tmp: Path,
-                  id_dtype: np.dtype, progress: Callable[[int], None] | None, workers: int) -> Iterator[_Written]:
+def _write_pieces(graph: Any, seeds: dict[str, NDArray[Any]], cfg: SampleConfig, pieces: list[_Piece], tmp: Path,
+                  id_dtype: np.dtype[Any], progress: Callable[[int], None] | None, workers: int) -> Iterator[_Written]:
     """Every piece's segment, written in this process or by ``workers`` forked ones, in piece order."""
     if workers <= 1:
         with _in_process(graph, cfg):
@@ -379,8 +380,8 @@ def charge_sampling(budget: MemoryBudget, g: Any, cfg: SampleConfig, workers: in
     return budget
 
 
-def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: dict[str, np.ndarray], cfg: SampleConfig,
-           id_dtype: np.dtype, progress: Callable[[int], None] | None, workers: int) -> dict[str, Any]:
+def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: dict[str, NDArray[Any]], cfg: SampleConfig,
+           id_dtype: np.dtype[Any], progress: Callable[[int], None] | None, workers: int) -> dict[str, Any]:
     graph = dgl_graph(g.indptr, g.indices)
     counts = np.zeros(g.num_nodes, dtype=np.int32)
     per_epoch = -(-len(seeds[cfg.split]) // cfg.batch_size)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import CorruptDataError, SampleSetNotFoundError
 from ..store import Store
@@ -53,7 +54,7 @@ class SampleSet:
         """Batches are stored epoch by epoch, the same number in each."""
         return b // self.batches_per_epoch
 
-    def epoch_batches(self, epoch: int) -> np.ndarray:
+    def epoch_batches(self, epoch: int) -> NDArray[Any]:
         if not 0 <= epoch < self.epochs:
             raise IndexError(f"epoch {epoch} out of range [0, {self.epochs})")
         return np.arange(epoch * self.batches_per_epoch, (epoch + 1) * self.batches_per_epoch)
@@ -64,7 +65,7 @@ class SampleSet:
         default = {str(self.doc.get("split", "train")): [0, self.epochs * self.batches_per_epoch]}
         return {k: (int(v[0]), int(v[1])) for k, v in self.doc.get("parts", default).items()}
 
-    def part_batches(self, split: str) -> np.ndarray:
+    def part_batches(self, split: str) -> NDArray[Any]:
         """The batch ids of one split's part (empty when the set has none)."""
         lo, hi = self.parts.get(split, (0, 0))
         return np.arange(lo, hi)
@@ -79,7 +80,7 @@ class SampleSet:
         raw = self._files.read(self._ref(b))
         return decode(raw, self.id_dtype, f"{self.name}[{b}]")
 
-    def input_ids(self, b: int) -> np.ndarray:
+    def input_ids(self, b: int) -> NDArray[Any]:
         """The batch's input node ids, reading only the record's head."""
         ref = self._ref(b)
         # one read long enough for any batch of this set: header, seeds (<= batch size), input ids
@@ -95,18 +96,18 @@ class SampleSet:
                                    f"{ref.offset} of {self.doc['segments'][ref.segment]} fails its checksum")
         return ids
 
-    def inputs_of(self, batch_ids: Iterable[int]) -> Iterator[np.ndarray]:
+    def inputs_of(self, batch_ids: Iterable[int]) -> Iterator[NDArray[Any]]:
         """Input ids of several batches, in order (the planner's trace)."""
         return (self.input_ids(b) for b in batch_ids)
 
-    def num_inputs(self) -> np.ndarray:
+    def num_inputs(self) -> NDArray[Any]:
         return self.index[:, 4].copy()
 
-    def counts(self) -> np.ndarray:
+    def counts(self) -> NDArray[Any]:
         """Per node, how many batches of the whole set read it."""
         return np.fromfile(self.root / self.doc["path"] / "counts.i32", dtype=np.int32)
 
-    def trace(self) -> Iterator[tuple[int, np.ndarray]]:
+    def trace(self) -> Iterator[tuple[int, NDArray[Any]]]:
         """(batch id, its input ids) for every batch, one at a time."""
         for b in range(self.num_batches):
             yield b, self.input_ids(b)

@@ -8,6 +8,7 @@ from typing import Any
 
 import cachetools
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import InvalidInputError
 
@@ -20,12 +21,12 @@ class RowCache:
         if policy not in kinds:
             raise InvalidInputError(f"cache policy {policy!r}: lru or lfu")
         self.row_bytes = row_bytes
-        self._cache: cachetools.Cache[int, np.ndarray] = kinds[policy](
+        self._cache: cachetools.Cache[int, NDArray[Any]] = kinds[policy](
             maxsize=max(row_bytes, capacity_bytes), getsizeof=lambda v: row_bytes)
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
-    def fill(self, ids: np.ndarray, todo: np.ndarray, out: np.ndarray, stats: Any) -> np.ndarray:
+    def fill(self, ids: NDArray[Any], todo: NDArray[Any], out: NDArray[Any], stats: Any) -> NDArray[Any]:
         """Fill ``out[i]`` for cached ``ids[i]``, i in ``todo``; return the positions still missing."""
         t = time.perf_counter()
         missing = []
@@ -43,7 +44,7 @@ class RowCache:
         stats.add("cache", hits, 0, time.perf_counter() - t)
         return np.asarray(missing, dtype=np.int64)
 
-    def put(self, ids: np.ndarray, rows: np.ndarray) -> None:
+    def put(self, ids: NDArray[Any], rows: NDArray[Any]) -> None:
         with self._lock:
             for i, row in zip(ids.tolist(), rows, strict=True):
                 if i in self._cache:

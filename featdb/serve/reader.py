@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import ConfigError, CorruptDataError
 from ..io import (
@@ -36,6 +37,7 @@ from ..io import (
     take_rows,
 )
 from ..layout import generation
+from ..layout.generation import Pin
 from ..memory import MemoryBudget
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
@@ -55,18 +57,19 @@ class BatchRows:
     """One served batch. ``rows`` is a view into a pooled buffer: call :meth:`release` when done."""
 
     batch_id: int
-    rows: np.ndarray  # [n_host, dim]: L4, L3, L2 rows, and L1 rows unless they live on a device
-    order: np.ndarray  # positions into the sample's input ids, in row order
+    rows: NDArray[Any]  # [n_host, dim]: L4, L3, L2 rows, and L1 rows unless they live on a device
+    order: NDArray[Any]  # positions into the sample's input ids, in row order
     device_rows: Any = None  # L1 rows as a device tensor (torch, CUDA), appended after ``rows``
     _release: Any = None
     _sample_set: SampleSet | None = None
 
     @property
-    def input_ids(self) -> np.ndarray:
+    def input_ids(self) -> NDArray[Any]:
         """Node ids in row order (read from the attached sample set on first use)."""
         if self._sample_set is None:
             return np.zeros(0, dtype=np.int64)
-        return self._sample_set.input_ids(self.batch_id)[self.order]
+        ids: NDArray[Any] = self._sample_set.input_ids(self.batch_id)[self.order]
+        return ids
 
     def release(self) -> None:
         if self._release is not None:
@@ -166,7 +169,7 @@ class LayoutReader:
         m.check()
         return depth
 
-    def _index(self, name: str, cols: int, rows: int | None) -> np.ndarray:
+    def _index(self, name: str, cols: int, rows: int | None) -> NDArray[Any]:
         arr = np.fromfile(self.gen_dir / name, dtype="<i8")
         if arr.size % cols or (rows is not None and arr.size != rows * cols):
             raise CorruptDataError(f"{self.gen_dir / name}: {arr.size} entries do not match the layout")
@@ -176,7 +179,7 @@ class LayoutReader:
         self._files.append(f)
         return f
 
-    def _load_rows(self, name: str) -> np.ndarray:
+    def _load_rows(self, name: str) -> NDArray[Any]:
         r = TableReader(self.gen_dir / name, direct=self.store.direct)
         try:
             rows = r.read_range(0, r.schema.rows).copy() if r.schema.rows else \
@@ -210,7 +213,8 @@ class LayoutReader:
         segs = np.unique(seg)
         rank = np.empty(int(segs.max(initial=0)) + 1, dtype=np.int64)
         rank[segs] = rng.permutation(len(segs))
-        return ids[np.lexsort((rng.random(len(ids)), rank[seg]))].tolist()
+        order: list[int] = ids[np.lexsort((rng.random(len(ids)), rank[seg]))].tolist()
+        return order
 
     def read_batch(self, b: int, _ticket: int | None = None) -> BatchRows:
         """Batch ``b``'s input rows, in serving order (see :class:`BatchRows`)."""
@@ -258,13 +262,13 @@ class LayoutReader:
             raise ConfigError(f"layout is for sample set {self.doc['sample_set']!r}, not {sample_set.name!r}")
         self._sample_set = sample_set
 
-    def batch(self, b: int, order: np.ndarray) -> Batch:
+    def batch(self, b: int, order: NDArray[Any]) -> Batch:
         """The sample's MFG for batch ``b`` relabelled to the served row order."""
         if self._sample_set is None:
             raise ConfigError("attach(sample_set) first")
         return self._sample_set.batch(b).reordered(order)
 
-    def _map(self, off: int, n4: int, n3: int, n2: int, n1: int) -> tuple[np.ndarray, ...]:
+    def _map(self, off: int, n4: int, n3: int, n2: int, n1: int) -> tuple[NDArray[Any], ...]:
         n = n4 + n3 + n2 + n1
         sizes = [4 * n, self.id_dt.itemsize * n3, 4 * n2, 4 * n1]
         raw = os.pread(self._map_fd, sum(sizes), off)
@@ -304,7 +308,7 @@ class LayoutReader:
 
         return done
 
-    def _read_l3(self, out: np.ndarray, rows: np.ndarray, seg: int) -> None:
+    def _read_l3(self, out: NDArray[Any], rows: NDArray[Any], seg: int) -> None:
         if not len(rows):
             return
         t = time.perf_counter()
@@ -325,21 +329,21 @@ class LayoutReader:
     def _segment_bytes(self, seg: int) -> int:
         return round_up(int(self.segs[seg, 3]) * self.rb)
 
-    def _load_segment(self, seg: int) -> np.ndarray:
+    def _load_segment(self, seg: int) -> NDArray[Any]:
         """One sequential read of a segment's whole shared extent (kept while its batches are served)."""
         buf = aligned_buffer(self._segment_bytes(seg))
         read_pieces(self.l3, self._io, memoryview(buf), int(self.segs[seg, 2]), L4_PIECE)
         n = int(self.segs[seg, 3])
         return np.frombuffer(buf, dtype=np.uint8, count=n * self.rb).reshape(n, self.rb)
 
-    def _gather(self, tier: str, src: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
+    def _gather(self, tier: str, src: NDArray[Any], slots: NDArray[Any], out: NDArray[Any]) -> None:
         if not len(slots):
             return
         t = time.perf_counter()
         take_rows(src.view(np.uint8).reshape(len(src), self.rb), slots, out)
         self.stats.add(tier, len(slots), 0, time.perf_counter() - t)
 
-    def _gather_l1(self, slots: np.ndarray, out: np.ndarray) -> Any:
+    def _gather_l1(self, slots: NDArray[Any], out: NDArray[Any]) -> Any:
         if self.device == "cpu":
             self._gather("l1", self.l1, slots, out)
             return None
@@ -351,7 +355,7 @@ class LayoutReader:
         return rows
 
     # -- arbitrary ids -------------------------------------------------------------------
-    def read(self, ids: Any) -> np.ndarray:
+    def read(self, ids: Any) -> NDArray[Any]:
         """Rows for any ids: hot tiers first, then the dynamic cache, then the base table."""
         ids = check_ids(ids, int(self.doc["num_nodes"]))
         out = np.empty((len(ids), self.dim), dtype=self.dtype)
@@ -389,7 +393,7 @@ class LayoutReader:
         self._finalizer()
 
     @staticmethod
-    def _cleanup(pin: generation.Pin, files: list[Any]) -> None:
+    def _cleanup(pin: Pin, files: list[Any]) -> None:
         for f in files:
             with contextlib.suppress(Exception):
                 f.close()
@@ -437,9 +441,9 @@ class SegmentCache:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
-        self._held: dict[int, np.ndarray] = {}
+        self._held: dict[int, NDArray[Any]] = {}
 
-    def get(self, seg: int, nbytes: int, load: Any) -> tuple[np.ndarray | None, int]:
+    def get(self, seg: int, nbytes: int, load: Any) -> tuple[NDArray[Any] | None, int]:
         """The extent (and the bytes read to get it: 0 on a hit), or (None, 0) if it cannot fit."""
         if nbytes > self.capacity:
             return None, 0
@@ -460,7 +464,7 @@ class SegmentCache:
             return extent, nbytes
 
 
-def _lookup(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(keys: NDArray[Any], ids: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     if not len(keys):
         return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
     slot = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
