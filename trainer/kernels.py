@@ -8,14 +8,17 @@ way.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
+from numpy.typing import NDArray
 
 
 @numba.njit(cache=True, nogil=True)
-def relabel_served(order: np.ndarray, ids: np.ndarray, src: np.ndarray, dst_in_src: np.ndarray,
-                   ids_out: np.ndarray, src_out: np.ndarray,
-                   dst_in_src_out: np.ndarray) -> bool:  # pragma: no cover - compiled
+def relabel_served(order: NDArray[Any], ids: NDArray[Any], src: NDArray[Any], dst_in_src: NDArray[Any],
+                   ids_out: NDArray[Any], src_out: NDArray[Any],
+                   dst_in_src_out: NDArray[Any]) -> bool:  # pragma: no cover - compiled
     """Layer 0 relabelled so that new row ``k`` is old row ``order[k]``.
 
     Writes ``ids_out = ids[order]``, ``src_out = inv[src]`` and

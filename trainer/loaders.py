@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 import featdb
 from featdb import Graph, MemoryBudget
@@ -54,7 +55,7 @@ class FeatDBLoader:
         sample_set: str,
         device: torch.device,
         queue_depth: int,
-        labels: np.ndarray,
+        labels: NDArray[Any],
         memory: MemoryBudget | None = None,
     ) -> None:
         self.ss = SampleSet(store, sample_set)
@@ -82,7 +83,7 @@ class FeatDBLoader:
             raise
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
-        return self._stream(self.reader.epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs), rng))
+        return self._stream(self.reader.epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs).tolist(), rng))
 
     def eval_epoch(self, split: str) -> Epoch | None:
         """The split's stored evaluation batches, served from the layout like training's
@@ -91,7 +92,8 @@ class FeatDBLoader:
         return self._stream(bids.tolist()) if len(bids) else None
 
     def _stream(self, bids: list[int]) -> Epoch:
-        stages = [("sample", self._sample), ("read", self._read), ("assemble", self._assemble)]
+        stages: list[tuple[str, Callable[[Any], Any]]] = [
+            ("sample", self._sample), ("read", self._read), ("assemble", self._assemble)]
         pipe = Pipeline(bids, stages, self.depth, on_drop=_release_item)
         return Epoch(iter(pipe), pipe.times, pipe.close, len(bids))
 
@@ -123,12 +125,12 @@ class FeatDBLoader:
         self.ss.close()
 
 
-def seed_labels(labels: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
+def seed_labels(labels: NDArray[Any], seeds: NDArray[Any]) -> torch.Tensor:
     """The labels of a batch's seeds, read from the (memory-mapped) label array."""
     return torch.from_numpy(np.asarray(labels[seeds], dtype=np.int64))
 
 
-def stored_eval(ss: SampleSet, bids: Any, fetch: Callable[[np.ndarray], Any], labels: np.ndarray,
+def stored_eval(ss: SampleSet, bids: Any, fetch: Callable[[NDArray[Any]], Any], labels: NDArray[Any],
                 device: torch.device, depth: int) -> Epoch:
     """Stored evaluation batches with rows from ``fetch(input ids)``, prepared in a pipeline stage."""
 

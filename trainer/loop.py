@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 
 import featdb
 from featdb import DEFAULT_BUDGET, TORCH_RUNTIME_BYTES, MemoryBudget, graph_info, load_graph, node_labels, peak_rss
@@ -159,7 +160,7 @@ class _Run:
     cfg: TrainConfig
     loader: Any
     evals: dict[str, str | None]  # split -> a separate evaluation sample set (None: the set's own part)
-    labels: np.ndarray
+    labels: NDArray[Any]
     num_classes: int
     layers: int
     device: torch.device
@@ -176,7 +177,7 @@ def _run(r: _Run) -> dict[str, Any]:
         cfg.checkpoint
         or store.root / "checkpoints" / f"{cfg.sample_set}-{cfg.model}-{cfg.loader}-s{cfg.seed}.pt"
     )
-    state = (
+    state: dict[str, Any] = (
         _resume(ckpt, model, opt)
         if cfg.resume
         else {"epoch": -1, "best_val": -1.0, "test_at_best": 0.0, "history": []}
@@ -216,7 +217,8 @@ def _train_epoch(
     model.train()
     ep = loader.epoch(epoch, rng)
     compute = wait = 0.0
-    n = loss_sum = rows = 0
+    n = rows = 0
+    loss_sum = 0.0
     total = min(ep.batches, cfg.max_batches) if cfg.max_batches else ep.batches
     io_start = io_read_bytes()
     t_start = time.perf_counter()
@@ -232,7 +234,7 @@ def _train_epoch(
             try:
                 opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(mfg, x.float() if x.dtype != torch.float32 else x), y)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
             finally:
                 release()
@@ -335,7 +337,7 @@ def _resume(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> d
 
 
 def _rng_state() -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
     return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 
