@@ -24,6 +24,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check featdb trainer tests tools
+	$(BIN)/ruff format --check featdb trainer tests tools
 	$(BIN)/mypy
 
 clean:

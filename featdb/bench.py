@@ -43,8 +43,9 @@ def random_reads(store: Store, key: str, rows: int, batch: int, seed: int = 0) -
         reader.read(ids[lo : lo + batch])
     need = sum(len(np.unique(ids[lo : lo + batch])) for lo in range(0, rows, batch)) * rb
     out["distinct_row_bytes"] = need
-    out["featdb"] = _result(time.perf_counter() - t, rows, proc_read_bytes() - before,
-                            reader.stats.bytes_read, need, reader.mode)
+    out["featdb"] = _result(
+        time.perf_counter() - t, rows, proc_read_bytes() - before, reader.stats.bytes_read, need, reader.mode
+    )
     drop_page_cache(path)
     mm = np.memmap(path, dtype=info["dtype"], mode="r", offset=HEADER_BYTES, shape=(info["rows"], info["dim"]))
     before, t = proc_read_bytes(), time.perf_counter()
@@ -57,14 +58,20 @@ def random_reads(store: Store, key: str, rows: int, batch: int, seed: int = 0) -
 
 
 def _result(secs: float, rows: int, disk: int, counted: int | None, need: int, mode: str) -> dict[str, Any]:
-    return {"seconds": round(secs, 3), "rows_per_s": round(rows / secs), "io": mode,
-            "disk_bytes": disk, "read_amplification": round(disk / need, 3) if disk else None,
-            "featdb_counted_bytes": counted,
-            "featdb_counted_amplification": round(counted / need, 3) if counted else None}
+    return {
+        "seconds": round(secs, 3),
+        "rows_per_s": round(rows / secs),
+        "io": mode,
+        "disk_bytes": disk,
+        "read_amplification": round(disk / need, 3) if disk else None,
+        "featdb_counted_bytes": counted,
+        "featdb_counted_amplification": round(counted / need, 3) if counted else None,
+    }
 
 
-def sequential_bandwidth(path: Path, piece: int = 4 << 20, threads: int = 4,
-                         limit: int | None = None) -> dict[str, Any]:
+def sequential_bandwidth(
+    path: Path, piece: int = 4 << 20, threads: int = 4, limit: int | None = None
+) -> dict[str, Any]:
     """Direct sequential read of a file in ``piece`` chunks, ``threads`` at a time (cold)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -74,8 +81,9 @@ def sequential_bandwidth(path: Path, piece: int = 4 << 20, threads: int = 4,
     bufs = [aligned_buffer(piece) for _ in range(threads)]
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        futs = [pool.submit(f.read_into, memoryview(bufs[i % threads]), off)
-                for i, off in enumerate(range(0, size, piece))]
+        futs = [
+            pool.submit(f.read_into, memoryview(bufs[i % threads]), off) for i, off in enumerate(range(0, size, piece))
+        ]
         n = sum(x.result() for x in futs)
     secs = time.perf_counter() - t
     mode = f.mode
@@ -109,15 +117,25 @@ def serve_epoch(store: Store, epoch: int = 0, queue_depth: int = 4) -> dict[str,
     l4 = stats["tiers"]["l4"]
     seq = sequential_bandwidth(gdir / "l4.dat", limit=max(PAGE, l4_size))
     if seq_before is not None:  # the disk is shared and noisy: bracket the epoch, use the mean
-        seq = {"mib_per_s": round((seq["mib_per_s"] + seq_before["mib_per_s"]) / 2, 1),
-               "before": seq_before, "after": seq}
-    return {"generation": doc["id"], "policy": doc["policy"], "batches": len(bids), "seconds": round(secs, 3),
-            "batches_per_s": round(len(bids) / secs, 2), "stats": stats,
-            "l4_mib_per_s": round(l4["bytes_read"] / secs / 2**20, 1) if l4["bytes_read"] else None,
-            "sequential": seq,
-            "l4_over_sequential": round(l4["bytes_read"] / secs / 2**20 / seq["mib_per_s"], 3)
-            if l4["bytes_read"] else None,
-            "read_amplification": stats["read_amplification"]}
+        seq = {
+            "mib_per_s": round((seq["mib_per_s"] + seq_before["mib_per_s"]) / 2, 1),
+            "before": seq_before,
+            "after": seq,
+        }
+    return {
+        "generation": doc["id"],
+        "policy": doc["policy"],
+        "batches": len(bids),
+        "seconds": round(secs, 3),
+        "batches_per_s": round(len(bids) / secs, 2),
+        "stats": stats,
+        "l4_mib_per_s": round(l4["bytes_read"] / secs / 2**20, 1) if l4["bytes_read"] else None,
+        "sequential": seq,
+        "l4_over_sequential": round(l4["bytes_read"] / secs / 2**20 / seq["mib_per_s"], 3)
+        if l4["bytes_read"]
+        else None,
+        "read_amplification": stats["read_amplification"],
+    }
 
 
 def sequential_write(path: Path, nbytes: int, piece: int = 8 << 20) -> dict[str, Any]:
@@ -153,7 +171,16 @@ def pack_ratio(store: Store, sample_set: str, table: str, budgets: Any, memory_b
     doc = pack(store, sample_set, table, budgets, memory_budget)
     secs = time.perf_counter() - t
     io_s = read["seconds"] + write["seconds"]
-    return {"table_bytes": base.stat().st_size, "packed_bytes": packed_bytes, "blowup": doc["blowup"],
-            "read_once": read, "write_once": write, "pack_s": round(secs, 3), "plan_s": doc["plan_s"],
-            "io_floor_s": round(io_s, 3), "pack_over_io": round(secs / io_s, 3), "generation": doc["id"],
-            "memory_budget": memory_budget}
+    return {
+        "table_bytes": base.stat().st_size,
+        "packed_bytes": packed_bytes,
+        "blowup": doc["blowup"],
+        "read_once": read,
+        "write_once": write,
+        "pack_s": round(secs, 3),
+        "plan_s": doc["plan_s"],
+        "io_floor_s": round(io_s, 3),
+        "pack_over_io": round(secs / io_s, 3),
+        "generation": doc["id"],
+        "memory_budget": memory_budget,
+    }

@@ -61,8 +61,15 @@ def _sweep(plt: Any, doc: dict[str, Any], out: Path) -> str:
             if not r["completed"]:
                 why = "OOM-killed" if r["oom_killed"] else "timed out" if r.get("timed_out") else "refused"
                 shift = 0.93 if system == "featdb" else 1.07  # side by side at one x
-                ax.annotate(f"{system}: {why}", (r["table_over_cap"] * shift, floor), color=color, rotation=90,
-                            va="bottom", ha="center", fontsize=8)
+                ax.annotate(
+                    f"{system}: {why}",
+                    (r["table_over_cap"] * shift, floor),
+                    color=color,
+                    rotation=90,
+                    va="bottom",
+                    ha="center",
+                    fontsize=8,
+                )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ks = sorted({r["table_over_cap"] for r in doc["sweep"]})

@@ -83,8 +83,9 @@ def _json(f: Finished) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _step(cap: MemoryCap, argv: list[str], root: Path, say: Say, label: str,
-          timeout: float | None = None) -> dict[str, Any]:
+def _step(
+    cap: MemoryCap, argv: list[str], root: Path, say: Say, label: str, timeout: float | None = None
+) -> dict[str, Any]:
     """Run one featdb command under ``cap`` from a cold page cache, after the writes of earlier steps
     reached the disk (a pack's write-back would otherwise compete with the next run's reads)."""
     os.sync()
@@ -92,14 +93,22 @@ def _step(cap: MemoryCap, argv: list[str], root: Path, say: Say, label: str,
     where = f"cap {(cap.limit or 0) >> 20} MiB" if cap.capped else "uncapped"
     say(f"{label}: {' '.join(argv[1:3])} ... ({where})")
     f = cap.run(argv, timeout=timeout)
-    out: dict[str, Any] = {"completed": f.returncode == 0, "returncode": f.returncode, "oom_killed": f.oom_killed,
-           "timed_out": timeout is not None and f.returncode != 0 and f.seconds >= timeout,
-           "wall_s": f.seconds, "peak_rss_bytes": f.peak_rss_bytes, "summary": _json(f)}
+    out: dict[str, Any] = {
+        "completed": f.returncode == 0,
+        "returncode": f.returncode,
+        "oom_killed": f.oom_killed,
+        "timed_out": timeout is not None and f.returncode != 0 and f.seconds >= timeout,
+        "wall_s": f.seconds,
+        "peak_rss_bytes": f.peak_rss_bytes,
+        "summary": _json(f),
+    }
     if f.returncode != 0:
         out["error"] = f.stderr_tail.strip().splitlines()[-1:] if f.stderr_tail.strip() else []
     out["last_io_read_bytes"] = f.last_io_read_bytes
-    say(f"{label}: {'done' if out['completed'] else 'FAILED ' + str(out.get('error'))} in {f.seconds} s, "
-        f"peak RSS {f.peak_rss_bytes >> 20} MiB")
+    say(
+        f"{label}: {'done' if out['completed'] else 'FAILED ' + str(out.get('error'))} in {f.seconds} s, "
+        f"peak RSS {f.peak_rss_bytes >> 20} MiB"
+    )
     return out
 
 
@@ -111,19 +120,77 @@ def build(root: Path, p: Preset, cap: MemoryCap, budget: int, say: Say, fresh: b
     if fresh or not marker.exists() or json.loads(marker.read_text()) != want:
         if root.exists():
             shutil.rmtree(root)
-        steps["synth"] = _step(cap, [command_path("featdb"), "synth", str(root), "--nodes", str(p.nodes), "--dim",
-                                     str(p.dim), "--avg-degree", str(p.avg_degree), "--train-frac",
-                                     str(p.train_frac), "--valid-frac", str(p.valid_frac), "--test-frac",
-                                     str(p.test_frac), "--memory-budget", str(min(budget, 512 << 20)),
-                                     "--json", "-q"], root.parent, say, "synth")
+        steps["synth"] = _step(
+            cap,
+            [
+                command_path("featdb"),
+                "synth",
+                str(root),
+                "--nodes",
+                str(p.nodes),
+                "--dim",
+                str(p.dim),
+                "--avg-degree",
+                str(p.avg_degree),
+                "--train-frac",
+                str(p.train_frac),
+                "--valid-frac",
+                str(p.valid_frac),
+                "--test-frac",
+                str(p.test_frac),
+                "--memory-budget",
+                str(min(budget, 512 << 20)),
+                "--json",
+                "-q",
+            ],
+            root.parent,
+            say,
+            "synth",
+        )
         _require(steps["synth"], "synth")
-        steps["sample"] = _step(cap, [command_path("featdb"), "sample", str(root), "--name", SAMPLE_SET, "--fanouts",
-                                      p.fanouts, "--batch-size", str(p.batch_size), "--epochs", "1",
-                                      "--memory-budget", str(budget), "--json", "-q"], root, say, "sample")
+        steps["sample"] = _step(
+            cap,
+            [
+                command_path("featdb"),
+                "sample",
+                str(root),
+                "--name",
+                SAMPLE_SET,
+                "--fanouts",
+                p.fanouts,
+                "--batch-size",
+                str(p.batch_size),
+                "--epochs",
+                "1",
+                "--memory-budget",
+                str(budget),
+                "--json",
+                "-q",
+            ],
+            root,
+            say,
+            "sample",
+        )
         _require(steps["sample"], "sample")
-        steps["pack"] = _step(cap, [command_path("featdb"), "pack", str(root), "--sample-set", SAMPLE_SET,
-                                    "--host-cache", str(p.host_cache), "--memory-budget", str(budget), "--json",
-                                    "-q"], root, say, "pack")
+        steps["pack"] = _step(
+            cap,
+            [
+                command_path("featdb"),
+                "pack",
+                str(root),
+                "--sample-set",
+                SAMPLE_SET,
+                "--host-cache",
+                str(p.host_cache),
+                "--memory-budget",
+                str(budget),
+                "--json",
+                "-q",
+            ],
+            root,
+            say,
+            "pack",
+        )
         _require(steps["pack"], "pack")
         marker.write_text(json.dumps(want))
     else:
@@ -137,8 +204,22 @@ def _require(step: dict[str, Any], name: str) -> None:
 
 
 def train_argv(root: Path, loader: str, budget: int, max_batches: int = 0) -> list[str]:
-    argv = [command_path("featdb-train"), str(root), "--sample-set", SAMPLE_SET, "--loader", loader, "--epochs", "1",
-            "--memory-budget", str(budget), "--json", "-q", "--checkpoint", str(root / f"bench-{loader}.pt")]
+    argv = [
+        command_path("featdb-train"),
+        str(root),
+        "--sample-set",
+        SAMPLE_SET,
+        "--loader",
+        loader,
+        "--epochs",
+        "1",
+        "--memory-budget",
+        str(budget),
+        "--json",
+        "-q",
+        "--checkpoint",
+        str(root / f"bench-{loader}.pt"),
+    ]
     return argv + (["--max-batches", str(max_batches)] if max_batches else [])
 
 
@@ -147,20 +228,32 @@ def system_result(step: dict[str, Any], row_bytes: int) -> dict[str, Any]:
     s = step["summary"] or {}
     res = {k: step[k] for k in ("completed", "oom_killed", "wall_s", "peak_rss_bytes")}
     if not s:
-        res |= {"s_per_batch": None, "epoch_s": None, "eval_s": None, "batches": 0,
-                "read_bytes": step["last_io_read_bytes"], "read_amplification": None, "error": step.get("error")}
+        res |= {
+            "s_per_batch": None,
+            "epoch_s": None,
+            "eval_s": None,
+            "batches": 0,
+            "read_bytes": step["last_io_read_bytes"],
+            "read_amplification": None,
+            "error": step.get("error"),
+        }
         return res
     batches, epoch_s = s["batches"][0], s["epoch_s"][0]
     full = s["config"]["max_batches"] == 0
     train_read = s["epoch_io_read_bytes"][0]
     rows = s["input_rows"][0]
-    res |= {"batches": batches, "s_per_batch": round(epoch_s / max(1, batches), 4),
-            "epoch_s": epoch_s if full else None, "eval_s": s["eval_s"][0],
-            "read_bytes": s["io_read_bytes"], "train_read_bytes": train_read,
-            "read_amplification": round(train_read / (rows * row_bytes), 3) if rows and train_read is not None
-            else None,
-            "test_acc": s["test_acc"] if full else None, "tier_hit_rates": s.get("tier_hit_rates") or None,
-            "memory_budget_bytes": s["memory"]["budget_bytes"] if s["memory"]["enforced"] else None}
+    res |= {
+        "batches": batches,
+        "s_per_batch": round(epoch_s / max(1, batches), 4),
+        "epoch_s": epoch_s if full else None,
+        "eval_s": s["eval_s"][0],
+        "read_bytes": s["io_read_bytes"],
+        "train_read_bytes": train_read,
+        "read_amplification": round(train_read / (rows * row_bytes), 3) if rows and train_read is not None else None,
+        "test_acc": s["test_acc"] if full else None,
+        "tier_hit_rates": s.get("tier_hit_rates") or None,
+        "memory_budget_bytes": s["memory"]["budget_bytes"] if s["memory"]["enforced"] else None,
+    }
     return res
 
 
@@ -179,18 +272,47 @@ def sweep(root: Path, p: Preset, say: Say) -> list[dict[str, Any]]:
         with MemoryCap(cap_limit) as cap:
             for loader in ("featdb", "dgl-mmap"):
                 batches = 0 if loader == "featdb" else SWEEP_BATCHES  # featdb: the whole epoch, it is quick
-                step = _step(cap, train_argv(root, loader, budget, batches), root, say,
-                             f"sweep table/{k} {loader}", SWEEP_TIMEOUT)
+                step = _step(
+                    cap,
+                    train_argv(root, loader, budget, batches),
+                    root,
+                    say,
+                    f"sweep table/{k} {loader}",
+                    SWEEP_TIMEOUT,
+                )
                 res = system_result(step, p.dim * 4)
-                out.append({"table_over_cap": k, "cap_bytes": cap_limit, "capped": cap.capped, "system": loader,
-                            "timed_out": step["timed_out"]}
-                           | {f: res.get(f) for f in ("completed", "oom_killed", "s_per_batch", "peak_rss_bytes",
-                                                       "read_amplification", "error")})
+                out.append(
+                    {
+                        "table_over_cap": k,
+                        "cap_bytes": cap_limit,
+                        "capped": cap.capped,
+                        "system": loader,
+                        "timed_out": step["timed_out"],
+                    }
+                    | {
+                        f: res.get(f)
+                        for f in (
+                            "completed",
+                            "oom_killed",
+                            "s_per_batch",
+                            "peak_rss_bytes",
+                            "read_amplification",
+                            "error",
+                        )
+                    }
+                )
     return out
 
 
-def run(preset: str, workdir: Path, cap_bytes: int | None = None, fresh: bool = False,
-        plot_dir: Path | None = None, say: Say = lambda m: None, with_sweep: bool = False) -> dict[str, Any]:
+def run(
+    preset: str,
+    workdir: Path,
+    cap_bytes: int | None = None,
+    fresh: bool = False,
+    plot_dir: Path | None = None,
+    say: Say = lambda m: None,
+    with_sweep: bool = False,
+) -> dict[str, Any]:
     """The whole benchmark; returns the JSON document ``featdb bench train --json`` prints."""
     from .bench import sequential_bandwidth
 
@@ -214,15 +336,26 @@ def run(preset: str, workdir: Path, cap_bytes: int | None = None, fresh: bool = 
             "in-memory": _step(cap, train_argv(root, "in-memory", budget, p.mmap_batches), root, say, "in-memory"),
         }
     with MemoryCap(None) as free:
-        systems["in-memory-uncapped"] = _step(free, train_argv(root, "in-memory", budget), root, say,
-                                              "in-memory, uncapped")
+        systems["in-memory-uncapped"] = _step(
+            free, train_argv(root, "in-memory", budget), root, say, "in-memory, uncapped"
+        )
     table = root / _table_file(root)
     seq = sequential_bandwidth(table)
     res = {k: system_result(v, rb) for k, v in systems.items()}
-    doc = {"preset": preset, "params": asdict(p), "capped": capped, "cap_bytes": cap_limit if capped else None,
-           "why_uncapped": cap.why_uncapped, "memory_budget_bytes": budget, "table_bytes": p.table_bytes,
-           "disk_seq_read_MBps": round(seq["bytes"] / seq["seconds"] / 1e6, 1), "steps": _step_results(steps),
-           "systems": res, "ratios": _ratios(res), "seconds": round(time.perf_counter() - started, 1)}
+    doc = {
+        "preset": preset,
+        "params": asdict(p),
+        "capped": capped,
+        "cap_bytes": cap_limit if capped else None,
+        "why_uncapped": cap.why_uncapped,
+        "memory_budget_bytes": budget,
+        "table_bytes": p.table_bytes,
+        "disk_seq_read_MBps": round(seq["bytes"] / seq["seconds"] / 1e6, 1),
+        "steps": _step_results(steps),
+        "systems": res,
+        "ratios": _ratios(res),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     if with_sweep:
         doc["sweep"] = sweep(root, p, say)
     if plot_dir is not None:
@@ -244,9 +377,13 @@ def _step_results(steps: dict[str, Any]) -> dict[str, Any]:
     for name, st in steps.items():
         s = st["summary"] or {}
         budget = (s.get("memory") or {}).get("budget_bytes")
-        out[name] = {"completed": st["completed"], "wall_s": st["wall_s"], "peak_rss_bytes": st["peak_rss_bytes"],
-                     "memory_budget_bytes": budget,
-                     "peak_over_budget": round(st["peak_rss_bytes"] / budget, 3) if budget else None}
+        out[name] = {
+            "completed": st["completed"],
+            "wall_s": st["wall_s"],
+            "peak_rss_bytes": st["peak_rss_bytes"],
+            "memory_budget_bytes": budget,
+            "peak_over_budget": round(st["peak_rss_bytes"] / budget, 3) if budget else None,
+        }
     return out
 
 
@@ -256,10 +393,13 @@ def _ratios(res: dict[str, Any]) -> dict[str, float | None]:
         return round(x / y, 3) if x and y else None
 
     f, m = res["featdb"], res["in-memory-uncapped"]
-    return {"mmap_over_featdb": ratio("dgl-mmap", "featdb"),
-            "featdb_over_inmemory": ratio("featdb", "in-memory-uncapped"),
-            "featdb_eval_over_inmemory_eval": round(f["eval_s"] / m["eval_s"], 3)
-            if f.get("eval_s") and m.get("eval_s") else None}
+    return {
+        "mmap_over_featdb": ratio("dgl-mmap", "featdb"),
+        "featdb_over_inmemory": ratio("featdb", "in-memory-uncapped"),
+        "featdb_eval_over_inmemory_eval": round(f["eval_s"] / m["eval_s"], 3)
+        if f.get("eval_s") and m.get("eval_s")
+        else None,
+    }
 
 
 def default_workdir() -> Path:

@@ -151,9 +151,16 @@ def _open_env(path: Path, create: bool) -> lmdb.Environment:
     """Open read-write where the directory allows it (writes are still guarded per Catalog)."""
     try:
         map_size = max(INITIAL_MAP_SIZE, _file_size(path / "data.mdb") * 2)
-        return lmdb.open(str(path), map_size=map_size, subdir=True,
-                         readonly=not (create or os.access(path, os.W_OK)), create=create,
-                         max_readers=512, lock=True, readahead=False)
+        return lmdb.open(
+            str(path),
+            map_size=map_size,
+            subdir=True,
+            readonly=not (create or os.access(path, os.W_OK)),
+            create=create,
+            max_readers=512,
+            lock=True,
+            readahead=False,
+        )
     except lmdb.Error as exc:
         raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
 

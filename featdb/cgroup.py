@@ -99,8 +99,13 @@ class MemoryCap:
                 continue
         return 0
 
-    def run(self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float | None = None,
-            on_poll: Callable[[int], None] | None = None) -> Finished:
+    def run(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        on_poll: Callable[[int], None] | None = None,
+    ) -> Finished:
         """Run ``argv`` inside the group; its own peak RSS comes from ``wait4``."""
         before = self._oom_kills()
         procs = None if self.path is None else self.path / "cgroup.procs"
@@ -111,11 +116,19 @@ class MemoryCap:
 
         t = time.perf_counter()
         with open(os.devnull, "rb") as devnull:
-            proc = subprocess.Popen(list(argv), stdin=devnull, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    env=env, preexec_fn=enter, text=True)
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=devnull,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                preexec_fn=enter,
+                text=True,
+            )
         status, usage, out, err, io_seen = _wait(proc, timeout, on_poll)
-        return Finished(status, round(time.perf_counter() - t, 3), usage, out, err[-4000:],
-                        self._oom_kills() > before, io_seen)
+        return Finished(
+            status, round(time.perf_counter() - t, 3), usage, out, err[-4000:], self._oom_kills() > before, io_seen
+        )
 
     def close(self) -> None:
         """Remove the group (it is empty once its commands have ended)."""
@@ -136,8 +149,9 @@ class MemoryCap:
         self.close()
 
 
-def _wait(proc: subprocess.Popen[str], timeout: float | None,
-          on_poll: Callable[[int], None] | None) -> tuple[int, int, str, str, int | None]:
+def _wait(
+    proc: subprocess.Popen[str], timeout: float | None, on_poll: Callable[[int], None] | None
+) -> tuple[int, int, str, str, int | None]:
     """Exit status (negative: the signal), the child's own peak RSS (``wait4``), stdout, stderr,
     and the last ``read_bytes`` seen in /proc/<pid>/io while it ran."""
     import threading
@@ -148,8 +162,9 @@ def _wait(proc: subprocess.Popen[str], timeout: float | None,
         for line in stream:
             chunks[key].append(line)
 
-    threads = [threading.Thread(target=pump, args=(s, k), daemon=True)
-               for s, k in ((proc.stdout, "out"), (proc.stderr, "err"))]
+    threads = [
+        threading.Thread(target=pump, args=(s, k), daemon=True) for s, k in ((proc.stdout, "out"), (proc.stderr, "err"))
+    ]
     for th in threads:
         th.start()
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -59,8 +59,12 @@ INDICES_KEY = "graph/csc/indices"
 LABEL_KEY = "graph/node/label"
 SPLITS = ("train", "valid", "test")
 SPLIT_KEYS = {name: f"graph/split/{name}" for name in SPLITS}
-GRAPH_TABLES = {"indptr": INDPTR_KEY, "indices": INDICES_KEY, "label": LABEL_KEY,
-                **{name: key for name, key in SPLIT_KEYS.items()}}
+GRAPH_TABLES = {
+    "indptr": INDPTR_KEY,
+    "indices": INDICES_KEY,
+    "label": LABEL_KEY,
+    **{name: key for name, key in SPLIT_KEYS.items()},
+}
 DEFAULT_BUDGET = 256 << 20
 MIN_STEP = 1024  # edges per working chunk, however small the budget
 MAX_STEP = 1 << 23
@@ -115,8 +119,7 @@ def graph_info(store: Store) -> dict[str, Any]:
     """The catalog ``graph`` document; raises :class:`GraphNotFoundError` if there is none."""
     doc = store.catalog.get(GRAPH_DOC)
     if doc is None:
-        raise GraphNotFoundError(
-            f"{store.root} holds no graph (run ingest-graph, ingest-ogb or synth)")
+        raise GraphNotFoundError(f"{store.root} holds no graph (run ingest-graph, ingest-ogb or synth)")
     return dict(doc)
 
 
@@ -134,10 +137,16 @@ def load_graph(store: Store, mmap: bool = False) -> Graph:
         return _map_table(store, key) if mmap else store.read_all(key).reshape(-1)
 
     return Graph(
-        num_nodes=int(doc["num_nodes"]), num_edges=int(doc["num_edges"]),
+        num_nodes=int(doc["num_nodes"]),
+        num_edges=int(doc["num_edges"]),
         num_classes=int(doc.get("num_classes", 0)),
-        indptr=read("indptr"), indices=read("indices"), labels=read("label"),
-        train=read("train"), valid=read("valid"), test=read("test"), info=doc,
+        indptr=read("indptr"),
+        indices=read("indices"),
+        labels=read("label"),
+        train=read("train"),
+        valid=read("valid"),
+        test=read("test"),
+        info=doc,
     )
 
 
@@ -171,8 +180,7 @@ class GraphWriter:
         self.token = f"stage-{os.getpid()}-{time.time_ns():x}"
         self.staged: dict[str, str] = {}  # final key -> staged key
         if not replace and has_graph(store):
-            raise AlreadyExistsError(
-                f"{store.root} already holds a graph (pass replace=True / --replace)")
+            raise AlreadyExistsError(f"{store.root} already holds a graph (pass replace=True / --replace)")
 
     def __enter__(self) -> GraphWriter:
         return self
@@ -184,8 +192,7 @@ class GraphWriter:
     def check_free(self, final_key: str) -> None:
         """Fail early if ``final_key`` is taken and this writer may not replace it."""
         if not self.replace and self.store.has_table(final_key):
-            raise AlreadyExistsError(
-                f"table {final_key!r} already exists (pass replace=True / --replace)")
+            raise AlreadyExistsError(f"table {final_key!r} already exists (pass replace=True / --replace)")
 
     def _stage_key(self, final_key: str) -> str:
         check_key(final_key, internal=final_key.startswith("graph/"))
@@ -285,18 +292,38 @@ def remove_stale_staging(store: Store) -> list[str]:
     return keys
 
 
-def make_graph_doc(*, num_nodes: int, num_edges: int, num_classes: int, num_labeled: int,
-                   split_sizes: dict[str, int], source: str, params: dict[str, Any],
-                   symmetric: bool, sorted_: bool, dedup: bool,
-                   features: str | None = None, feat_dim: int | None = None) -> dict[str, Any]:
+def make_graph_doc(
+    *,
+    num_nodes: int,
+    num_edges: int,
+    num_classes: int,
+    num_labeled: int,
+    split_sizes: dict[str, int],
+    source: str,
+    params: dict[str, Any],
+    symmetric: bool,
+    sorted_: bool,
+    dedup: bool,
+    features: str | None = None,
+    feat_dim: int | None = None,
+) -> dict[str, Any]:
     """The catalog ``graph`` document (see the module docstring for the tables it names)."""
     return {
-        "format": "csc", "num_nodes": int(num_nodes), "num_edges": int(num_edges),
-        "num_classes": int(num_classes), "num_labeled": int(num_labeled),
+        "format": "csc",
+        "num_nodes": int(num_nodes),
+        "num_edges": int(num_edges),
+        "num_classes": int(num_classes),
+        "num_labeled": int(num_labeled),
         **{f"num_{name}": int(split_sizes.get(name, 0)) for name in SPLITS},
-        "source": source, "params": params, "symmetric": bool(symmetric), "sorted": bool(sorted_),
-        "dedup": bool(dedup), "tables": dict(GRAPH_TABLES), "features": features,
-        "feat_dim": feat_dim, "created": time.time(),
+        "source": source,
+        "params": params,
+        "symmetric": bool(symmetric),
+        "sorted": bool(sorted_),
+        "dedup": bool(dedup),
+        "tables": dict(GRAPH_TABLES),
+        "features": features,
+        "feat_dim": feat_dim,
+        "created": time.time(),
     }
 
 
@@ -307,11 +334,19 @@ def edge_step(num_nodes: int, memory_budget: int) -> int:
     return int(min(MAX_STEP, max(MIN_STEP, spare // BYTES_PER_EDGE)))
 
 
-def build_csc(edge_chunks: EdgeChunks, num_nodes: int, store: Store,
-              memory_budget: int = DEFAULT_BUDGET, *, sort: bool = True, dedup: bool = False,
-              progress: Progress = None, indptr_key: str = INDPTR_KEY,
-              indices_key: str = INDICES_KEY,
-              table_writer: Callable[[str, Schema], Any] | None = None) -> int:
+def build_csc(
+    edge_chunks: EdgeChunks,
+    num_nodes: int,
+    store: Store,
+    memory_budget: int = DEFAULT_BUDGET,
+    *,
+    sort: bool = True,
+    dedup: bool = False,
+    progress: Progress = None,
+    indptr_key: str = INDPTR_KEY,
+    indices_key: str = INDICES_KEY,
+    table_writer: Callable[[str, Schema], Any] | None = None,
+) -> int:
     """Build the CSC of the edges ``edge_chunks()`` yields; returns the number of edges stored.
 
     ``edge_chunks`` is called twice (count, then place) and must yield the same
@@ -325,8 +360,7 @@ def build_csc(edge_chunks: EdgeChunks, num_nodes: int, store: Store,
     """
     n = _check_num_nodes(num_nodes)
     step = edge_step(n, memory_budget)
-    open_writer = table_writer or (
-        lambda key, schema: store.table_writer(key, schema, internal=True))
+    open_writer = table_writer or (lambda key, schema: store.table_writer(key, schema, internal=True))
     indptr = np.zeros(n + 1, dtype=np.int64)
     fp1 = _count_in_degrees(edge_chunks, n, step, indptr, progress)
     np.cumsum(indptr, out=indptr)
@@ -336,8 +370,16 @@ def build_csc(edge_chunks: EdgeChunks, num_nodes: int, store: Store,
         if fp1 != fp2:
             raise InvalidInputError("the edge source yielded different edges on its second pass")
         _shift_right(indptr, step)  # each cursor ended at its node's end: that is indptr[v + 1]
-        stored = _write_indices(scratch, indptr, n, step, sort, dedup, progress,
-                                lambda rows: open_writer(indices_key, Schema("int64", rows, 1)))
+        stored = _write_indices(
+            scratch,
+            indptr,
+            n,
+            step,
+            sort,
+            dedup,
+            progress,
+            lambda rows: open_writer(indices_key, Schema("int64", rows, 1)),
+        )
     with open_writer(indptr_key, Schema("int64", n + 1, 1)) as w:
         w.write(indptr)
     return stored
@@ -367,21 +409,22 @@ def _check_num_nodes(num_nodes: Any) -> int:
 def _as_edge_arrays(src: Any, dst: Any) -> tuple[NDArray[Any], NDArray[Any]]:
     s, d = np.asarray(src), np.asarray(dst)
     if s.ndim != 1 or d.ndim != 1 or len(s) != len(d):
-        raise SchemaMismatchError(f"edge chunk: src and dst must be 1-D arrays of one length, "
-                                  f"got shapes {s.shape} and {d.shape}")
+        raise SchemaMismatchError(
+            f"edge chunk: src and dst must be 1-D arrays of one length, got shapes {s.shape} and {d.shape}"
+        )
     for a in (s, d):
         if a.size and not np.issubdtype(a.dtype, np.integer):
             raise SchemaMismatchError(f"edge ids must be integers, got dtype {a.dtype}")
     return s.astype(np.int64, copy=False), d.astype(np.int64, copy=False)
 
 
-def _check_ids(s: NDArray[Any], d: NDArray[Any], n: int, offset: int, where: str = "",
-               unit: str = "edge") -> None:
+def _check_ids(s: NDArray[Any], d: NDArray[Any], n: int, offset: int, where: str = "", unit: str = "edge") -> None:
     for name, a in (("source", s), ("destination", d)):
         if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
             i = int(np.flatnonzero((a < 0) | (a >= n))[0])
-            raise IdsOutOfRangeError(f"{where}{unit} {offset + i}: {name} id {int(a[i])} "
-                                     f"is outside [0, {n}) (num_nodes={n})")
+            raise IdsOutOfRangeError(
+                f"{where}{unit} {offset + i}: {name} id {int(a[i])} is outside [0, {n}) (num_nodes={n})"
+            )
 
 
 def _fingerprint(s: NDArray[Any], d: NDArray[Any]) -> tuple[int, int, int]:
@@ -396,8 +439,9 @@ def _chunks(edge_chunks: EdgeChunks, step: int) -> Iterator[tuple[NDArray[Any], 
             yield s[lo : lo + step], d[lo : lo + step]
 
 
-def _count_in_degrees(edge_chunks: EdgeChunks, n: int, step: int, indptr: NDArray[Any],
-                      progress: Progress) -> tuple[int, int, int]:
+def _count_in_degrees(
+    edge_chunks: EdgeChunks, n: int, step: int, indptr: NDArray[Any], progress: Progress
+) -> tuple[int, int, int]:
     """Pass 1: validate ids, add each destination's count into ``indptr[1 + v]``."""
     counts = indptr[1:]
     seen, fa, fb = 0, 0, 0
@@ -426,8 +470,9 @@ def _add_counts(counts: NDArray[Any], d: NDArray[Any]) -> None:
         counts[u] += c
 
 
-def _place_sources(edge_chunks: EdgeChunks, step: int, indptr: NDArray[Any], scratch: NDArray[Any],
-                   progress: Progress) -> tuple[int, int, int]:
+def _place_sources(
+    edge_chunks: EdgeChunks, step: int, indptr: NDArray[Any], scratch: NDArray[Any], progress: Progress
+) -> tuple[int, int, int]:
     """Pass 2: put each source at its destination's cursor (``indptr[:-1]``, advanced in place)."""
     cursor = indptr[:-1]
     total = len(scratch)
@@ -467,8 +512,7 @@ def _node_ranges(indptr: NDArray[Any], step: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _sort_segments(vals: NDArray[Any], deg: NDArray[Any], n: int,
-                   dedup: bool) -> tuple[NDArray[Any], NDArray[Any]]:
+def _sort_segments(vals: NDArray[Any], deg: NDArray[Any], n: int, dedup: bool) -> tuple[NDArray[Any], NDArray[Any]]:
     """Sort each node's run of ``vals`` (runs given by ``deg``); optionally drop repeats."""
     seg = np.repeat(np.arange(len(deg), dtype=np.int64), deg)
     if len(deg) * n < (1 << 62):
@@ -486,8 +530,16 @@ def _sort_segments(vals: NDArray[Any], deg: NDArray[Any], n: int,
     return vals, deg
 
 
-def _write_indices(scratch: NDArray[Any], indptr: NDArray[Any], n: int, step: int, sort: bool,
-                   dedup: bool, progress: Progress, open_indices: Callable[[int], Any]) -> int:
+def _write_indices(
+    scratch: NDArray[Any],
+    indptr: NDArray[Any],
+    n: int,
+    step: int,
+    sort: bool,
+    dedup: bool,
+    progress: Progress,
+    open_indices: Callable[[int], Any],
+) -> int:
     """Pass 3: sort (and dedup) neighbour lists and stream them into the indices table."""
     total = int(indptr[-1])
     ranges = _node_ranges(indptr, step) if (sort or dedup) else []
@@ -604,6 +656,7 @@ class NpyEdges:
 
         With ``num_nodes``, ids are checked here so errors name the edge's place in the file.
         """
+
         def gen() -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
             fd = os.open(self.path, os.O_RDONLY)
             try:
@@ -614,6 +667,7 @@ class NpyEdges:
                     yield _with_reverse(s, d, symmetric)
             finally:
                 os.close(fd)
+
         return gen
 
     def max_id(self, per_chunk: int) -> int:
@@ -642,8 +696,7 @@ def _labels_from_array(raw: NDArray[Any], where: str) -> NDArray[Any]:
         raise SchemaMismatchError(f"{where}: labels must be integers, got dtype {a.dtype}")
     out = a.astype(np.int64)
     if out.size and int(out.min()) < -1:
-        raise InvalidInputError(
-            f"{where}: label {int(out.min())} is negative (use -1 for unlabeled)")
+        raise InvalidInputError(f"{where}: label {int(out.min())} is negative (use -1 for unlabeled)")
     return out
 
 
@@ -671,8 +724,9 @@ def load_splits(path: str | Path, num_nodes: int) -> dict[str, NDArray[Any]]:
         arrays["valid"] = arrays["val"]
     missing = [k for k in SPLITS if k not in arrays]
     if missing:
-        raise InvalidInputError(f"{p}: missing split key(s) {', '.join(missing)} "
-                                f"(found {', '.join(sorted(arrays)) or 'none'})")
+        raise InvalidInputError(
+            f"{p}: missing split key(s) {', '.join(missing)} (found {', '.join(sorted(arrays)) or 'none'})"
+        )
     return {k: check_split(arrays[k], num_nodes, f"{p}[{k}]") for k in SPLITS}
 
 
@@ -685,8 +739,7 @@ def check_split(ids: Any, num_nodes: int, where: str) -> NDArray[Any]:
         raise SchemaMismatchError(f"{where}: expected a 1-D array of node ids, got shape {a.shape}")
     if a.dtype == np.bool_:
         if len(a) != num_nodes:
-            raise SchemaMismatchError(
-                f"{where}: boolean mask of length {len(a)}, graph has {num_nodes} nodes")
+            raise SchemaMismatchError(f"{where}: boolean mask of length {len(a)}, graph has {num_nodes} nodes")
         return np.flatnonzero(a).astype(np.int64)
     if a.size and not np.issubdtype(a.dtype, np.integer):
         raise SchemaMismatchError(f"{where}: node ids must be integers, got dtype {a.dtype}")
@@ -706,8 +759,9 @@ def _check_split_labels(splits: dict[str, NDArray[Any]], lo: int, labels: NDArra
             raise InvalidInputError(f"split {name!r} holds node {bad}, which has no label")
 
 
-def _write_labels(gw: GraphWriter, chunks: Iterable[NDArray[Any]], num_nodes: int,
-                  splits: dict[str, NDArray[Any]] | None) -> tuple[int, int]:
+def _write_labels(
+    gw: GraphWriter, chunks: Iterable[NDArray[Any]], num_nodes: int, splits: dict[str, NDArray[Any]] | None
+) -> tuple[int, int]:
     """Stream label chunks into the label table; returns (num_classes, num_labeled)."""
     top, labeled, done = -1, 0, 0
     with gw.writer(LABEL_KEY, Schema("int64", num_nodes, 1)) as w:
@@ -735,11 +789,20 @@ def _unlabeled_chunks(num_nodes: int, step: int) -> Iterator[NDArray[Any]]:
         yield np.full(min(step, num_nodes - lo), -1, dtype=np.int64)
 
 
-def ingest_graph(store: Store, edges_path: str | Path, num_nodes: int | None = None,
-                 labels_path: str | Path | None = None, split_path: str | Path | None = None,
-                 symmetric: bool = True, memory_budget: int = DEFAULT_BUDGET,
-                 progress: Progress = None, *, dedup: bool = False, sort: bool = True,
-                 replace: bool = False) -> dict[str, Any]:
+def ingest_graph(
+    store: Store,
+    edges_path: str | Path,
+    num_nodes: int | None = None,
+    labels_path: str | Path | None = None,
+    split_path: str | Path | None = None,
+    symmetric: bool = True,
+    memory_budget: int = DEFAULT_BUDGET,
+    progress: Progress = None,
+    *,
+    dedup: bool = False,
+    sort: bool = True,
+    replace: bool = False,
+) -> dict[str, Any]:
     """Ingest ``.npy`` edges (2xE or Ex2), optional ``.npy`` labels and ``.npz`` splits.
 
     ``num_nodes`` defaults to the number of labels, else to the largest edge id + 1.
@@ -753,35 +816,51 @@ def ingest_graph(store: Store, edges_path: str | Path, num_nodes: int | None = N
     per = max(1, edge_step(num_nodes or 0, memory_budget) // (2 if symmetric else 1))
     labels = _load_npy(Path(labels_path), "labels") if labels_path is not None else None
     if labels is not None and not (labels.ndim == 1 or (labels.ndim == 2 and labels.shape[1] == 1)):
-        raise SchemaMismatchError(
-            f"{labels_path}: labels must have shape (N,) or (N, 1), got {labels.shape}")
+        raise SchemaMismatchError(f"{labels_path}: labels must have shape (N,) or (N, 1), got {labels.shape}")
     if num_nodes is None:
         num_nodes = len(labels) if labels is not None else edges.max_id(per) + 1
     n = _check_num_nodes(num_nodes)
     if labels is not None and len(labels) != n:
-        raise SchemaMismatchError(
-            f"{labels_path}: {len(labels)} labels, but the graph has {n} nodes")
+        raise SchemaMismatchError(f"{labels_path}: {len(labels)} labels, but the graph has {n} nodes")
     splits = load_splits(split_path, n) if split_path is not None else _no_splits()
     with GraphWriter(store, replace=replace) as gw:
         step = max(MIN_STEP, memory_budget // 32)
         if labels is not None:
             lab_chunks: Iterable[NDArray[Any]] = (
-                _labels_from_array(labels[lo : lo + step].reshape(-1), str(labels_path))
-                for lo in range(0, n, step))
+                _labels_from_array(labels[lo : lo + step].reshape(-1), str(labels_path)) for lo in range(0, n, step)
+            )
             num_classes, num_labeled = _write_labels(gw, lab_chunks, n, splits)
         else:
             num_classes, num_labeled = _write_labels(gw, _unlabeled_chunks(n, step), n, None)
         for name in SPLITS:
             gw.write(SPLIT_KEYS[name], splits[name])
-        stored = build_csc(edges.chunks(per, symmetric, n), n, store, memory_budget, sort=sort,
-                           dedup=dedup, progress=progress, table_writer=gw.writer)
+        stored = build_csc(
+            edges.chunks(per, symmetric, n),
+            n,
+            store,
+            memory_budget,
+            sort=sort,
+            dedup=dedup,
+            progress=progress,
+            table_writer=gw.writer,
+        )
         doc = make_graph_doc(
-            num_nodes=n, num_edges=stored, num_classes=num_classes, num_labeled=num_labeled,
-            split_sizes={k: len(v) for k, v in splits.items()}, source="edges",
-            params={"edges": str(edges_path), "labels": str(labels_path) if labels_path else None,
-                    "splits": str(split_path) if split_path else None,
-                    "input_edges": edges.num_edges},
-            symmetric=symmetric, sorted_=sort, dedup=dedup)
+            num_nodes=n,
+            num_edges=stored,
+            num_classes=num_classes,
+            num_labeled=num_labeled,
+            split_sizes={k: len(v) for k, v in splits.items()},
+            source="edges",
+            params={
+                "edges": str(edges_path),
+                "labels": str(labels_path) if labels_path else None,
+                "splits": str(split_path) if split_path else None,
+                "input_edges": edges.num_edges,
+            },
+            symmetric=symmetric,
+            sorted_=sort,
+            dedup=dedup,
+        )
         gw.publish(doc)
     return doc
 
@@ -861,8 +940,14 @@ class OgbFolder:
             p = raw / name
             return p if p.exists() else None
 
-        return cls(root, edges, opt("node-feat.csv.gz"), opt("node-label.csv.gz"),
-                   opt("num-node-list.csv.gz"), _find_split_dir(root, split))
+        return cls(
+            root,
+            edges,
+            opt("node-feat.csv.gz"),
+            opt("node-label.csv.gz"),
+            opt("num-node-list.csv.gz"),
+            _find_split_dir(root, split),
+        )
 
 
 def _find_split_dir(root: Path, split: str | None) -> Path | None:
@@ -883,8 +968,10 @@ def _ogb_num_nodes(f: OgbFolder) -> int:
         parts = [a.reshape(-1) for a in iter_csv(f.num_node_list, np.int64)]
         vals = np.concatenate(parts) if parts else np.empty(0, np.int64)
         if len(vals) != 1:
-            raise InvalidInputError(f"{f.num_node_list}: expected one node count, found "
-                                    f"{len(vals)} values (heterogeneous graphs are not supported)")
+            raise InvalidInputError(
+                f"{f.num_node_list}: expected one node count, found "
+                f"{len(vals)} values (heterogeneous graphs are not supported)"
+            )
         return _check_num_nodes(int(vals[0]))
     for p in (f.labels, f.feat):
         if p is not None:
@@ -900,8 +987,7 @@ def _csv_max_id(path: Path) -> int:
     return top
 
 
-def _csv_edges(path: Path, symmetric: bool, num_nodes: int,
-               progress: Progress = None) -> EdgeChunks:
+def _csv_edges(path: Path, symmetric: bool, num_nodes: int, progress: Progress = None) -> EdgeChunks:
     def gen() -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
         line = 1
         for a in iter_csv(path, np.int64):
@@ -912,6 +998,7 @@ def _csv_edges(path: Path, symmetric: bool, num_nodes: int,
             if progress:
                 progress(len(a))
             yield _with_reverse(a[:, 0], a[:, 1], symmetric)
+
     return gen
 
 
@@ -940,8 +1027,7 @@ def _ogb_features(gw: GraphWriter, path: Path, n: int, feat_key: str, progress: 
     with gw.writer(feat_key, Schema("float32", n, dim)) as w:
         for a in itertools.chain([first], chunks):
             if a.shape[1] != dim:
-                raise SchemaMismatchError(
-                    f"{path}: line {rows + 1} has {a.shape[1]} values, expected {dim}")
+                raise SchemaMismatchError(f"{path}: line {rows + 1} has {a.shape[1]} values, expected {dim}")
             if rows + len(a) > n:
                 raise SchemaMismatchError(f"{path}: more feature rows than nodes ({n})")
             w.write(a)
@@ -956,17 +1042,24 @@ def _ogb_features(gw: GraphWriter, path: Path, n: int, feat_key: str, progress: 
 def _ogb_labels(path: Path, progress: Progress) -> Iterator[NDArray[Any]]:
     for a in iter_csv(path, np.float64):
         if a.shape[1] != 1:
-            raise SchemaMismatchError(
-                f"{path}: expected one label per line, got {a.shape[1]} columns")
+            raise SchemaMismatchError(f"{path}: expected one label per line, got {a.shape[1]} columns")
         if progress:
             progress(len(a))
         yield _labels_from_array(a.reshape(-1), str(path))
 
 
-def ingest_ogb(store: Store, folder: str | Path, memory_budget: int = DEFAULT_BUDGET,
-               progress: Progress = None, *, symmetric: bool = True, split: str | None = None,
-               feat_key: str = "node/_/feat", dedup: bool = False,
-               replace: bool = False) -> dict[str, Any]:
+def ingest_ogb(
+    store: Store,
+    folder: str | Path,
+    memory_budget: int = DEFAULT_BUDGET,
+    progress: Progress = None,
+    *,
+    symmetric: bool = True,
+    split: str | None = None,
+    feat_key: str = "node/_/feat",
+    dedup: bool = False,
+    replace: bool = False,
+) -> dict[str, Any]:
     """Ingest an OGB node-property-prediction folder (``raw/*.csv.gz``, ``split/<name>/*.csv.gz``).
 
     Reads ``raw/edge.csv.gz`` (required), ``raw/node-feat.csv.gz`` (-> table
@@ -990,13 +1083,22 @@ def ingest_ogb(store: Store, folder: str | Path, memory_budget: int = DEFAULT_BU
         for name in SPLITS:
             gw.write(SPLIT_KEYS[name], splits[name])
         dim = _ogb_features(gw, f.feat, n, feat_key, progress) if f.feat is not None else None
-        stored = build_csc(_csv_edges(f.edges, symmetric, n, progress), n, store, memory_budget,
-                           dedup=dedup, table_writer=gw.writer)
+        stored = build_csc(
+            _csv_edges(f.edges, symmetric, n, progress), n, store, memory_budget, dedup=dedup, table_writer=gw.writer
+        )
         doc = make_graph_doc(
-            num_nodes=n, num_edges=stored, num_classes=num_classes, num_labeled=num_labeled,
-            split_sizes={k: len(v) for k, v in splits.items()}, source="ogb",
+            num_nodes=n,
+            num_edges=stored,
+            num_classes=num_classes,
+            num_labeled=num_labeled,
+            split_sizes={k: len(v) for k, v in splits.items()},
+            source="ogb",
             params={"folder": str(f.root), "split": f.split_dir.name if f.split_dir else None},
-            symmetric=symmetric, sorted_=True, dedup=dedup,
-            features=feat_key if f.feat is not None else None, feat_dim=dim)
+            symmetric=symmetric,
+            sorted_=True,
+            dedup=dedup,
+            features=feat_key if f.feat is not None else None,
+            feat_dim=dim,
+        )
         gw.publish(doc)
     return doc

@@ -45,8 +45,9 @@ def npy_layout(path: Path) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
         raise InvalidInputError(f"{path}: not a readable .npy file ({exc})") from exc
 
 
-def _stream(path: Path, offset: int, dtype: np.dtype[Any], rows: int, dim: int,
-            per_chunk: int) -> Iterator[NDArray[Any]]:
+def _stream(
+    path: Path, offset: int, dtype: np.dtype[Any], rows: int, dim: int, per_chunk: int
+) -> Iterator[NDArray[Any]]:
     row_bytes = dtype.itemsize * dim
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)
@@ -63,8 +64,15 @@ def _stream(path: Path, offset: int, dtype: np.dtype[Any], rows: int, dim: int,
             done += n
 
 
-def ingest_npy(store: Store, key: str, path: Path, memory_budget: int = DEFAULT_BUDGET,
-               dtype: str | None = None, progress: Progress = None, replace: bool = False) -> Schema:
+def ingest_npy(
+    store: Store,
+    key: str,
+    path: Path,
+    memory_budget: int = DEFAULT_BUDGET,
+    dtype: str | None = None,
+    progress: Progress = None,
+    replace: bool = False,
+) -> Schema:
     src_dtype, shape, fortran, offset = npy_layout(path)
     if len(shape) not in (1, 2):
         raise SchemaMismatchError(f"{path}: expected a 1-D or 2-D array, got shape {shape}")
@@ -73,16 +81,25 @@ def ingest_npy(store: Store, key: str, path: Path, memory_budget: int = DEFAULT_
     per = chunk_rows(src_dtype.itemsize * dim, memory_budget)
     if fortran:
         mm = np.load(path, mmap_mode="r")
-        chunks: Iterator[NDArray[Any]] = (np.ascontiguousarray(mm[i : i + per]).reshape(-1, dim)
-                                        for i in range(0, rows, per))
+        chunks: Iterator[NDArray[Any]] = (
+            np.ascontiguousarray(mm[i : i + per]).reshape(-1, dim) for i in range(0, rows, per)
+        )
     else:
         chunks = _stream(path, offset, src_dtype, rows, dim, per)
     return _write(store, key, schema, chunks, progress, replace)
 
 
-def ingest_raw(store: Store, key: str, path: Path, dtype: str, shape: tuple[int, int],
-               memory_budget: int = DEFAULT_BUDGET, progress: Progress = None,
-               replace: bool = False, as_dtype: str | None = None) -> Schema:
+def ingest_raw(
+    store: Store,
+    key: str,
+    path: Path,
+    dtype: str,
+    shape: tuple[int, int],
+    memory_budget: int = DEFAULT_BUDGET,
+    progress: Progress = None,
+    replace: bool = False,
+    as_dtype: str | None = None,
+) -> Schema:
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
@@ -92,16 +109,25 @@ def ingest_raw(store: Store, key: str, path: Path, dtype: str, shape: tuple[int,
     if size is None:
         raise InvalidInputError(f"{path}: no such file")
     if size != rows * dim * dt.itemsize:
-        raise SchemaMismatchError(f"{path}: {size} bytes, but shape {rows}x{dim} of {dt.name} "
-                                  f"needs {rows * dim * dt.itemsize}")
+        raise SchemaMismatchError(
+            f"{path}: {size} bytes, but shape {rows}x{dim} of {dt.name} needs {rows * dim * dt.itemsize}"
+        )
     schema = Schema(np.dtype(as_dtype or dt).name, rows, dim)
     chunks = _stream(Path(path), 0, dt, rows, dim, chunk_rows(dt.itemsize * dim, memory_budget))
     return _write(store, key, schema, chunks, progress, replace)
 
 
-def ingest(store: Store, key: str, source: str | Path, dtype: str | None = None,
-           shape: tuple[int, int] | None = None, memory_budget: int = DEFAULT_BUDGET,
-           progress: Progress = None, replace: bool = False, as_dtype: str | None = None) -> Schema:
+def ingest(
+    store: Store,
+    key: str,
+    source: str | Path,
+    dtype: str | None = None,
+    shape: tuple[int, int] | None = None,
+    memory_budget: int = DEFAULT_BUDGET,
+    progress: Progress = None,
+    replace: bool = False,
+    as_dtype: str | None = None,
+) -> Schema:
     """Ingest ``source`` as table ``key``.
 
     A ``.npy`` file describes itself; raw row-major binary needs its element
@@ -115,8 +141,9 @@ def ingest(store: Store, key: str, source: str | Path, dtype: str | None = None,
     return ingest_raw(store, key, path, dtype, shape, memory_budget, progress, replace, as_dtype)
 
 
-def _write(store: Store, key: str, schema: Schema, chunks: Iterator[NDArray[Any]],
-           progress: Progress, replace: bool) -> Schema:
+def _write(
+    store: Store, key: str, schema: Schema, chunks: Iterator[NDArray[Any]], progress: Progress, replace: bool
+) -> Schema:
     with store.table_writer(key, schema, replace=replace) as w:
         for chunk in chunks:
             w.write(chunk)

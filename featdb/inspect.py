@@ -10,18 +10,33 @@ from .store import FORMAT_VERSION, Store
 
 def describe(store: Store) -> dict[str, Any]:
     meta = store.catalog.get("meta") or {}
-    tables = [{"key": t["key"], "rows": t["rows"], "dim": t["dim"], "dtype": t["dtype"],
-               "bytes": _size(store.root / t["file"]), "file": t["file"]}
-              for t in store.tables()]
+    tables = [
+        {
+            "key": t["key"],
+            "rows": t["rows"],
+            "dim": t["dim"],
+            "dtype": t["dtype"],
+            "bytes": _size(store.root / t["file"]),
+            "file": t["file"],
+        }
+        for t in store.tables()
+    ]
     graph = store.catalog.get("graph")
-    samples = [{k: v for k, v in doc.items() if k not in ("index", "files")}
-               for _, doc in store.catalog.scan("sampleset/")]
+    samples = [
+        {k: v for k, v in doc.items() if k not in ("index", "files")} for _, doc in store.catalog.scan("sampleset/")
+    ]
     current = store.catalog.get("layout/current")
     layout = store.catalog.get(f"generation/{current}") if current else None
     gens = [doc["id"] for _, doc in store.catalog.scan("generation/")]
-    return {"path": str(store.root), "format_version": meta.get("format_version", FORMAT_VERSION),
-            "tables": tables, "graph": graph, "sample_sets": samples,
-            "layout": _layout_summary(layout), "generations": gens}
+    return {
+        "path": str(store.root),
+        "format_version": meta.get("format_version", FORMAT_VERSION),
+        "tables": tables,
+        "graph": graph,
+        "sample_sets": samples,
+        "layout": _layout_summary(layout),
+        "generations": gens,
+    }
 
 
 def _size(path: Path) -> int | None:
@@ -45,12 +60,17 @@ def render(info: dict[str, Any]) -> str:
         size = t["bytes"] if t["bytes"] is not None else "missing"
         lines.append(f"  {t['key']:<28} {t['rows']:>12,} x {t['dim']:<5} {t['dtype']:<8} {size:>14} B")
     g = info["graph"]
-    lines.append("graph: none" if g is None else
-                 f"graph: {g['num_nodes']:,} nodes, {g['num_edges']:,} edges, {g.get('num_classes', '?')} classes")
+    lines.append(
+        "graph: none"
+        if g is None
+        else f"graph: {g['num_nodes']:,} nodes, {g['num_edges']:,} edges, {g.get('num_classes', '?')} classes"
+    )
     lines.append(f"sample sets: {len(info['sample_sets'])}")
     for s in info["sample_sets"]:
-        lines.append(f"  {s['name']:<16} epochs={s['epochs']} batches={s['batches']} "
-                     f"fanouts={s['fanouts']} batch_size={s['batch_size']} bytes={s['bytes']:,}")
+        lines.append(
+            f"  {s['name']:<16} epochs={s['epochs']} batches={s['batches']} "
+            f"fanouts={s['fanouts']} batch_size={s['batch_size']} bytes={s['bytes']:,}"
+        )
     lay = info["layout"]
     if lay is None:
         lines.append("layout: none (serving reads the base table)")

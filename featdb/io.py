@@ -315,8 +315,7 @@ def gather_rows(buf: mmap.mmap | memoryview, pos: NDArray[Any], row_bytes: int, 
         word //= 2
     u = np.frombuffer(buf, dtype=np.dtype(f"u{word}"))
     n = row_bytes // word
-    windows = np.lib.stride_tricks.as_strided(u, shape=(len(u) - n + 1, n), strides=(word, word),
-                                              writeable=False)
+    windows = np.lib.stride_tricks.as_strided(u, shape=(len(u) - n + 1, n), strides=(word, word), writeable=False)
     out.view(np.dtype(f"u{word}"))[...] = windows[pos // word]
 
 
@@ -348,9 +347,16 @@ class ScratchBuffers:
         return buf
 
 
-def read_scattered(f: PageFile, pool: Executor, threads: int, scratch: ScratchBuffers,
-                   sorted_starts: NDArray[Any], row_bytes: int, out: NDArray[Any],
-                   order: NDArray[Any] | None = None) -> int:
+def read_scattered(
+    f: PageFile,
+    pool: Executor,
+    threads: int,
+    scratch: ScratchBuffers,
+    sorted_starts: NDArray[Any],
+    row_bytes: int,
+    out: NDArray[Any],
+    order: NDArray[Any] | None = None,
+) -> int:
     """Read rows starting at sorted, distinct byte offsets of ``f``; returns the bytes read.
 
     Their pages are coalesced into runs, the runs read on ``threads`` workers of
@@ -362,8 +368,9 @@ def read_scattered(f: PageFile, pool: Executor, threads: int, scratch: ScratchBu
     buf = scratch.get(runs.total_bytes)
     mv = memoryview(buf)
     jobs = np.array_split(np.arange(len(runs.start)), min(threads, len(runs.start)))
-    futures = [pool.submit(_read_runs, f, mv, runs.start[j], runs.npages[j], runs.buf_offset[j])
-               for j in jobs if len(j)]
+    futures = [
+        pool.submit(_read_runs, f, mv, runs.start[j], runs.npages[j], runs.buf_offset[j]) for j in jobs if len(j)
+    ]
     for fut in futures:
         fut.result()
     gather_rows(buf, pos if order is None else pos[order], row_bytes, out)
@@ -383,8 +390,9 @@ def start_pieces(f: PageFile, pool: Executor, mv: memoryview, offset: int, piece
     never wait on ``pool``, so callers running on it cannot deadlock it.
     """
     length = len(mv)
-    futures = [pool.submit(f.read_into, mv[lo : min(length, lo + piece)], offset + lo)
-               for lo in range(0, length, piece)]
+    futures = [
+        pool.submit(f.read_into, mv[lo : min(length, lo + piece)], offset + lo) for lo in range(0, length, piece)
+    ]
 
     def wait() -> int:
         concurrent.futures.wait(futures)  # every piece has stopped writing into mv before any error is raised

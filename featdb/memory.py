@@ -98,15 +98,20 @@ class MemoryBudget:
 
     def refusal(self) -> str:
         parts = ", ".join(f"{p.name} {format_size(p.nbytes)}" for p in self.parts)
-        return (f"{self.what} needs {format_size(self.charged)} but --memory-budget is "
-                f"{format_size(self.limit)} ({parts}); raise --memory-budget or shrink the largest part")
+        return (
+            f"{self.what} needs {format_size(self.charged)} but --memory-budget is "
+            f"{format_size(self.limit)} ({parts}); raise --memory-budget or shrink the largest part"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The account for a ``--json`` summary, with the measured peak beside it."""
-        return {"budget_bytes": self.limit, "charged_bytes": self.charged,
-                "parts": {p.name: p.nbytes for p in self.parts},
-                "mapped_bytes": {p.name: p.mapped_bytes for p in self.parts if p.mapped_bytes},
-                "peak_rss_bytes": peak_rss()}
+        return {
+            "budget_bytes": self.limit,
+            "charged_bytes": self.charged,
+            "parts": {p.name: p.nbytes for p in self.parts},
+            "mapped_bytes": {p.name: p.mapped_bytes for p in self.parts if p.mapped_bytes},
+            "peak_rss_bytes": peak_rss(),
+        }
 
 
 def peak_rss() -> int:

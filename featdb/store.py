@@ -76,7 +76,8 @@ class Store:
         meta = self.catalog.get("meta") or {}
         if int(meta.get("format_version", 0)) > FORMAT_VERSION:
             raise FormatVersionError(
-                f"store at {root} has format {meta['format_version']}; this featdb reads up to {FORMAT_VERSION}")
+                f"store at {root} has format {meta['format_version']}; this featdb reads up to {FORMAT_VERSION}"
+            )
         self._readers: dict[str, TableReader] = {}
         self._pid = os.getpid()
         self.direct = True
@@ -125,8 +126,14 @@ class Store:
         return self.catalog.get(f"table/{key}") is not None
 
     @contextmanager
-    def table_writer(self, key: str, schema: Schema, internal: bool = False,
-                     replace: bool = False, extra: dict[str, Any] | None = None) -> Iterator[TableWriter]:
+    def table_writer(
+        self,
+        key: str,
+        schema: Schema,
+        internal: bool = False,
+        replace: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> Iterator[TableWriter]:
         """Write a new table; it becomes visible in one catalog transaction after the file is durable."""
         self.require_writable()
         check_key(key, internal)
@@ -143,15 +150,26 @@ class Store:
             (self.root / rel).unlink(missing_ok=True)
             raise
 
-    def _record_table(self, key: str, schema: Schema, rel: str, rec: dict[str, Any],
-                      extra: dict[str, Any], replace: bool) -> None:
+    def _record_table(
+        self, key: str, schema: Schema, rel: str, rec: dict[str, Any], extra: dict[str, Any], replace: bool
+    ) -> None:
         def txn(t: Txn) -> str | None:
             old = t.get(f"table/{key}")
             if old is not None and not replace:
                 raise AlreadyExistsError(f"table {key!r} already exists")
             t.put(f"file/{rel}", {"size": rec["size"], "crcs": rec["crcs"], "kind": "table"})
-            t.put(f"table/{key}", {"key": key, "dtype": schema.dtype, "rows": schema.rows,
-                                   "dim": schema.dim, "file": rel, "created": time.time(), **extra})
+            t.put(
+                f"table/{key}",
+                {
+                    "key": key,
+                    "dtype": schema.dtype,
+                    "rows": schema.rows,
+                    "dim": schema.dim,
+                    "file": rel,
+                    "created": time.time(),
+                    **extra,
+                },
+            )
             if old is not None:
                 t.delete(f"file/{old['file']}")
                 return str(old["file"])
@@ -162,8 +180,14 @@ class Store:
         if old_rel:
             (self.root / old_rel).unlink(missing_ok=True)
 
-    def write_table(self, key: str, data: NDArray[Any] | Iterable[NDArray[Any]], schema: Schema | None = None,
-                    internal: bool = False, replace: bool = False) -> Schema:
+    def write_table(
+        self,
+        key: str,
+        data: NDArray[Any] | Iterable[NDArray[Any]],
+        schema: Schema | None = None,
+        internal: bool = False,
+        replace: bool = False,
+    ) -> Schema:
         """Write a whole table from an array or an iterable of row chunks."""
         if schema is None:
             arr = np.asarray(data)
@@ -207,8 +231,13 @@ class Store:
         info = self.table_info(key)
         if info["rows"] == 0:
             return np.empty((0, info["dim"]), dtype=info["dtype"])
-        return np.memmap(self.root / info["file"], dtype=info["dtype"], mode="c", offset=HEADER_BYTES,
-                         shape=(info["rows"], info["dim"]))
+        return np.memmap(
+            self.root / info["file"],
+            dtype=info["dtype"],
+            mode="c",
+            offset=HEADER_BYTES,
+            shape=(info["rows"], info["dim"]),
+        )
 
     def io_mode(self, key: str) -> str:
         """``"direct"`` or ``"buffered"``: which read path this table's reads use."""
@@ -219,7 +248,7 @@ class Store:
 
     # -- integrity -----------------------------------------------------------------
     def files(self) -> dict[str, dict[str, Any]]:
-        return {k[len("file/"):]: v for k, v in self.catalog.scan("file/")}
+        return {k[len("file/") :]: v for k, v in self.catalog.scan("file/")}
 
     def verify(self) -> list[str]:
         """Recompute every checksum; returns one readable line per problem found."""
@@ -255,8 +284,9 @@ class Store:
                 f.seek(row[off_col])
                 data = f.read(length)
                 if len(data) != length or zlib.crc32(data) != row[crc_col]:
-                    problems.append(f"{rel}: extent {i} (bytes {row[off_col]}..{row[off_col] + length}) "
-                                    "fails its checksum")
+                    problems.append(
+                        f"{rel}: extent {i} (bytes {row[off_col]}..{row[off_col] + length}) fails its checksum"
+                    )
         return problems
 
 

@@ -123,8 +123,9 @@ def make_model(nodes: int, dim: int, classes: int, seed: int, community_size: in
     by_class_cum = np.cumsum(sizes[by_class])
     class_size = np.bincount(comm_class, weights=sizes, minlength=classes).astype(np.int64)
     class_lo = np.concatenate(([0], np.cumsum(class_size)[:-1])).astype(np.int64)
-    return SynthModel(nodes, classes, starts, comm_class, mu.astype(np.float32), by_class,
-                      by_class_cum, class_lo, class_size)
+    return SynthModel(
+        nodes, classes, starts, comm_class, mu.astype(np.float32), by_class, by_class_cum, class_lo, class_size
+    )
 
 
 def _apportion(weights: NDArray[Any], total: int) -> NDArray[Any]:
@@ -146,8 +147,9 @@ def _zipf_rank(size: NDArray[Any], u: NDArray[Any]) -> NDArray[Any]:
     return ranks
 
 
-def block_edges(model: SynthModel, seed: int, block: int, avg_degree: float,
-                homophily: float) -> tuple[NDArray[Any], NDArray[Any]]:
+def block_edges(
+    model: SynthModel, seed: int, block: int, avg_degree: float, homophily: float
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """The out-edges of nodes ``[block * EDGE_BLOCK, ...)`` (one direction, no self-loops)."""
     lo = block * EDGE_BLOCK
     hi = min(model.nodes, lo + EDGE_BLOCK)
@@ -175,8 +177,9 @@ def block_edges(model: SynthModel, seed: int, block: int, avg_degree: float,
     return src[keep], dst[keep]
 
 
-def block_features(model: SynthModel, seed: int, block: int, rows: int, noise: float,
-                   label_noise: float, dtype: np.dtype[Any]) -> NDArray[Any]:
+def block_features(
+    model: SynthModel, seed: int, block: int, rows: int, noise: float, label_noise: float, dtype: np.dtype[Any]
+) -> NDArray[Any]:
     lo = block * rows
     hi = min(model.nodes, lo + rows)
     rng = np.random.default_rng([seed, _FEATURES, block])
@@ -186,8 +189,7 @@ def block_features(model: SynthModel, seed: int, block: int, rows: int, noise: f
     return x if dtype == np.float32 else x.astype(dtype)
 
 
-def block_splits(model: SynthModel, seed: int, block: int,
-                 fracs: tuple[float, float, float]) -> list[NDArray[Any]]:
+def block_splits(model: SynthModel, seed: int, block: int, fracs: tuple[float, float, float]) -> list[NDArray[Any]]:
     lo = block * EDGE_BLOCK
     hi = min(model.nodes, lo + EDGE_BLOCK)
     u = np.random.default_rng([seed, _SPLITS, block]).random(hi - lo)
@@ -195,11 +197,18 @@ def block_splits(model: SynthModel, seed: int, block: int,
     return [lo + np.flatnonzero((u >= edges[i]) & (u < edges[i + 1])) for i in range(3)]
 
 
-def _check(nodes: int, avg_degree: float, dim: int, classes: int, homophily: float, noise: float,
-           fracs: tuple[float, float, float], label_noise: float) -> None:
+def _check(
+    nodes: int,
+    avg_degree: float,
+    dim: int,
+    classes: int,
+    homophily: float,
+    noise: float,
+    fracs: tuple[float, float, float],
+    label_noise: float,
+) -> None:
     if nodes < 1 or dim < 1 or classes < 1:
-        raise InvalidInputError(
-            f"nodes, dim and classes must be >= 1 (got {nodes}, {dim}, {classes})")
+        raise InvalidInputError(f"nodes, dim and classes must be >= 1 (got {nodes}, {dim}, {classes})")
     if classes > nodes:
         raise InvalidInputError(f"{classes} classes need at least as many nodes (got {nodes})")
     if avg_degree < 0 or noise < 0:
@@ -211,12 +220,27 @@ def _check(nodes: int, avg_degree: float, dim: int, classes: int, homophily: flo
         raise InvalidInputError(f"split fractions {fracs} must be >= 0 and sum to at most 1")
 
 
-def synth(store: Store, nodes: int, avg_degree: float = 15.0, dim: int = 128, classes: int = 16,
-          homophily: float = 0.8, noise: float = 0.6, seed: int = 0, train_frac: float = 0.1,
-          valid_frac: float = 0.05, test_frac: float = 0.05, memory_budget: int = DEFAULT_BUDGET,
-          progress: Progress = None, feat_key: str = "node/_/feat", dtype: str = "float32", *,
-          community_size: int = 1000, label_noise: float = 0.15,
-          replace: bool = False) -> dict[str, Any]:
+def synth(
+    store: Store,
+    nodes: int,
+    avg_degree: float = 15.0,
+    dim: int = 128,
+    classes: int = 16,
+    homophily: float = 0.8,
+    noise: float = 0.6,
+    seed: int = 0,
+    train_frac: float = 0.1,
+    valid_frac: float = 0.05,
+    test_frac: float = 0.05,
+    memory_budget: int = DEFAULT_BUDGET,
+    progress: Progress = None,
+    feat_key: str = "node/_/feat",
+    dtype: str = "float32",
+    *,
+    community_size: int = 1000,
+    label_noise: float = 0.15,
+    replace: bool = False,
+) -> dict[str, Any]:
     """Generate a graph, labels, splits and the feature table ``feat_key``; returns the graph doc.
 
     ``progress`` gets node counts and totals ``PROGRESS_PASSES * nodes``.
@@ -246,24 +270,52 @@ def synth(store: Store, nodes: int, avg_degree: float = 15.0, dim: int = 128, cl
                     progress(min(nodes, (b + 1) * EDGE_BLOCK) - b * EDGE_BLOCK)
                 yield np.concatenate((s, d)), np.concatenate((d, s))
 
-        stored = build_csc(edge_chunks, nodes, store, memory_budget, dedup=True,
-                           table_writer=gw.writer)
-        params = {"nodes": nodes, "avg_degree": avg_degree, "dim": dim, "classes": classes,
-                  "homophily": homophily, "noise": noise, "seed": seed, "train_frac": train_frac,
-                  "valid_frac": valid_frac, "test_frac": test_frac,
-                  "community_size": community_size, "label_noise": label_noise,
-                  "communities": len(model.comm_class), "dtype": np_dtype.name,
-                  "seconds": round(time.perf_counter() - started, 3)}
-        doc = make_graph_doc(num_nodes=nodes, num_edges=stored, num_classes=classes,
-                             num_labeled=nodes, split_sizes=sizes, source="synth",
-                             params=params, symmetric=True, sorted_=True, dedup=True,
-                             features=feat_key, feat_dim=dim)
+        stored = build_csc(edge_chunks, nodes, store, memory_budget, dedup=True, table_writer=gw.writer)
+        params = {
+            "nodes": nodes,
+            "avg_degree": avg_degree,
+            "dim": dim,
+            "classes": classes,
+            "homophily": homophily,
+            "noise": noise,
+            "seed": seed,
+            "train_frac": train_frac,
+            "valid_frac": valid_frac,
+            "test_frac": test_frac,
+            "community_size": community_size,
+            "label_noise": label_noise,
+            "communities": len(model.comm_class),
+            "dtype": np_dtype.name,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        doc = make_graph_doc(
+            num_nodes=nodes,
+            num_edges=stored,
+            num_classes=classes,
+            num_labeled=nodes,
+            split_sizes=sizes,
+            source="synth",
+            params=params,
+            symmetric=True,
+            sorted_=True,
+            dedup=True,
+            features=feat_key,
+            feat_dim=dim,
+        )
         gw.publish(doc)
     return doc
 
 
-def _write_features(gw: GraphWriter, model: SynthModel, seed: int, noise: float, label_noise: float,
-                    dtype: np.dtype[Any], feat_key: str, progress: Progress) -> None:
+def _write_features(
+    gw: GraphWriter,
+    model: SynthModel,
+    seed: int,
+    noise: float,
+    label_noise: float,
+    dtype: np.dtype[Any],
+    feat_key: str,
+    progress: Progress,
+) -> None:
     dim = model.centroids.shape[1]
     rows = max(1, FEAT_BLOCK_ELEMS // dim)
     with gw.writer(feat_key, Schema(dtype.name, model.nodes, dim)) as w:
@@ -274,8 +326,9 @@ def _write_features(gw: GraphWriter, model: SynthModel, seed: int, noise: float,
                 progress(len(x))
 
 
-def _write_splits(gw: GraphWriter, model: SynthModel, seed: int, blocks: int,
-                  fracs: tuple[float, float, float]) -> dict[str, int]:
+def _write_splits(
+    gw: GraphWriter, model: SynthModel, seed: int, blocks: int, fracs: tuple[float, float, float]
+) -> dict[str, int]:
     """Two cheap passes per split: count, then write (a table's row count comes first)."""
     counts = np.zeros(3, dtype=np.int64)
     for b in range(blocks):

@@ -42,8 +42,13 @@ class Schema:
 
 
 def encode_header(schema: Schema) -> bytes:
-    doc = {"format": FILE_FORMAT, "dtype": schema.dtype, "rows": schema.rows, "dim": schema.dim,
-           "data_offset": HEADER_BYTES}
+    doc = {
+        "format": FILE_FORMAT,
+        "dtype": schema.dtype,
+        "rows": schema.rows,
+        "dim": schema.dim,
+        "data_offset": HEADER_BYTES,
+    }
     body = MAGIC + json.dumps(doc).encode()
     return body + bytes(HEADER_BYTES - len(body))
 
@@ -118,9 +123,13 @@ class ReadStats:
         return self.bytes_read / need if need else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows_served": self.rows_served, "rows_fetched": self.rows_fetched,
-                "bytes_read": self.bytes_read, "read_amplification": round(self.amplification, 4),
-                "calls": self.calls}
+        return {
+            "rows_served": self.rows_served,
+            "rows_fetched": self.rows_fetched,
+            "bytes_read": self.bytes_read,
+            "read_amplification": round(self.amplification, 4),
+            "calls": self.calls,
+        }
 
 
 def check_ids(ids: Any, rows: int) -> NDArray[Any]:
@@ -173,9 +182,15 @@ class TableReader:
         per_chunk = max(1, SCRATCH_BYTES // ((s.row_bytes // PAGE + 2) * PAGE))
         nbytes = 0
         for lo in range(0, len(uniq), per_chunk):
-            nbytes += read_scattered(self.file, self._pool, self._threads, self._scratch,
-                                     HEADER_BYTES + uniq[lo : lo + per_chunk] * s.row_bytes, s.row_bytes,
-                                     rows[lo : lo + per_chunk])
+            nbytes += read_scattered(
+                self.file,
+                self._pool,
+                self._threads,
+                self._scratch,
+                HEADER_BYTES + uniq[lo : lo + per_chunk] * s.row_bytes,
+                s.row_bytes,
+                rows[lo : lo + per_chunk],
+            )
         take_rows(rows.view(s.dtype).reshape(len(uniq), s.dim), inverse, out)
         self.stats.add(len(ids), len(uniq), nbytes)
         return nbytes

@@ -68,9 +68,7 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
 
     info = run_json("info", store)
     assert info["format_version"] == featdb.store.FORMAT_VERSION
-    assert [(t["key"], t["rows"], t["dim"], t["dtype"]) for t in info["tables"]] == [
-        (FEAT, 3000, 16, "float32")
-    ]
+    assert [(t["key"], t["rows"], t["dim"], t["dtype"]) for t in info["tables"]] == [(FEAT, 3000, 16, "float32")]
     assert info["tables"][0]["bytes"] >= 3000 * 64
     g = info["graph"]
     assert g["num_nodes"] == 3000 and g["num_edges"] > 0 and g["num_classes"] == 4
@@ -79,13 +77,9 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
     text = run("info", store).output
     assert "node/_/feat" in text and "layout: none" in text
 
-    s = run_json(
-        "sample", store, "--name", "tr", "--fanouts", "4,4", "--batch-size", 128, "--epochs", 2
-    )
+    s = run_json("sample", store, "--name", "tr", "--fanouts", "4,4", "--batch-size", 128, "--epochs", 2)
     per_epoch = -(-g["num_train"] // 128)
-    assert (
-        s["name"] == "tr" and s["epochs"] == 2 and s["fanouts"] == [4, 4] and s["batch_size"] == 128
-    )
+    assert s["name"] == "tr" and s["epochs"] == 2 and s["fanouts"] == [4, 4] and s["batch_size"] == 128
     assert s["batches_per_epoch"] == per_epoch and s["parts"]["train"] == [0, 2 * per_epoch]
     n_eval = {k: -(-g[f"num_{k}"] // 128) for k in ("valid", "test")}
     assert s["parts"]["valid"] == [2 * per_epoch, 2 * per_epoch + n_eval["valid"]]
@@ -94,20 +88,12 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
     assert s["bytes"] > 0 and s["input_rows"] > g["num_train"] * 2
 
     before = tree(store)
-    plan = run_json(
-        "pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2, "--dry-run"
-    )
+    plan = run_json("pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2, "--dry-run")
     assert plan["dry_run"] is True and plan["id"] is None
-    assert (
-        plan["blowup"] <= 2.0
-        and plan["l2_rows"] == 8192 // 64
-        and plan["predictions"]["requested_rows"] > 0
-    )
+    assert plan["blowup"] <= 2.0 and plan["l2_rows"] == 8192 // 64 and plan["predictions"]["requested_rows"] > 0
     assert tree(store) == before, "--dry-run wrote something"
 
-    packed = run_json(
-        "pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2
-    )
+    packed = run_json("pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2)
     assert packed["id"] and packed["dry_run"] is None
     for key in PLAN_KEYS:
         assert packed[key] == plan[key], key
@@ -181,20 +167,14 @@ def test_ingest_and_ingest_graph(tmp_path: Path) -> None:
     out = run_json("ingest", store, "node/p/feat", tmp_path / "x.npy", "-q")
     assert out == {"key": "node/p/feat", "rows": 50, "dim": 6, "dtype": "float32"}
     feats.astype(np.float16).tofile(tmp_path / "x.bin")
-    out = run_json(
-        "ingest", store, "node/p/half", tmp_path / "x.bin", "--dtype", "float16", "--shape", "50,6"
-    )
+    out = run_json("ingest", store, "node/p/half", tmp_path / "x.bin", "--dtype", "float16", "--shape", "50,6")
     assert out == {"key": "node/p/half", "rows": 50, "dim": 6, "dtype": "float16"}
     rows = run_json("read", store, "node/p/half", "3,49")["rows"]
-    np.testing.assert_array_equal(
-        np.asarray(rows, dtype=np.float16), feats.astype(np.float16)[[3, 49]]
-    )
+    np.testing.assert_array_equal(np.asarray(rows, dtype=np.float16), feats.astype(np.float16)[[3, 49]])
     edges = np.array([[0, 1, 2, 3, 4], [1, 2, 3, 4, 0]])
     np.save(tmp_path / "e.npy", edges)
     np.save(tmp_path / "y.npy", np.array([0, 1, 0, 1, 0] + [1] * 45))
-    np.savez(
-        tmp_path / "split.npz", train=np.array([0, 1, 2]), valid=np.array([3]), test=np.array([4])
-    )
+    np.savez(tmp_path / "split.npz", train=np.array([0, 1, 2]), valid=np.array([3]), test=np.array([4]))
     g = run_json(
         "ingest-graph",
         store,
@@ -239,9 +219,7 @@ def test_ingest_ogb(tmp_path: Path) -> None:
 
 def test_synth_json_reports_split_sizes(tmp_path: Path) -> None:
     """Regression: the graph commands' summary once reported null split sizes."""
-    out = run_json(
-        "synth", tmp_path / "s2", "--nodes", 500, "--dim", 4, "--classes", 2, "--train-frac", 0.2
-    )
+    out = run_json("synth", tmp_path / "s2", "--nodes", 500, "--dim", 4, "--classes", 2, "--train-frac", 0.2)
     info = run_json("info", tmp_path / "s2")
     for split in ("train", "valid", "test"):
         assert out[f"num_{split}"] == info["graph"][f"num_{split}"]
@@ -325,9 +303,7 @@ def test_error_cases_are_one_readable_line(synth_store: Path, tmp_path: Path) ->
     for args, code, fragments in cases:
         r = run(*args, code=code)
         assert_one_error_line(r, *fragments)
-        assert r.stdout == "", (
-            r.stdout
-        )  # the error goes to stderr; stdout stays clean for --json users
+        assert r.stdout == "", r.stdout  # the error goes to stderr; stdout stays clean for --json users
     assert tree(synth_store) == before, "a failed command changed the store"
 
 
@@ -338,18 +314,14 @@ def test_sample_name_clash_and_pack_errors(synth_store: Path, tmp_path: Path) ->
     shutil.copytree(synth_store, store)
     run("sample", store, "--name", "t", "--fanouts", "3", "--batch-size", 512, "-q")
     assert_one_error_line(run("sample", store, "--name", "t", code=1), "AlreadyExistsError", "'t'")
-    assert_one_error_line(
-        run("pack", store, "--sample-set", "t", "--max-blowup", "0.5", code=1), "ConfigError"
-    )
+    assert_one_error_line(run("pack", store, "--sample-set", "t", "--max-blowup", "0.5", code=1), "ConfigError")
     assert_one_error_line(
         run("pack", store, "--sample-set", "t", "--memory-budget", "1MiB", code=1),
         "BudgetExceededError",
         "per-node arrays",
         "--memory-budget",
     )
-    assert_one_error_line(
-        run("pack", store, "--sample-set", "t", "--table", "node/_/x", code=1), "TableNotFoundError"
-    )
+    assert_one_error_line(run("pack", store, "--sample-set", "t", "--table", "node/_/x", code=1), "TableNotFoundError")
     assert not (store / "gens").exists() or not any((store / "gens").iterdir())
 
 
@@ -366,9 +338,7 @@ def test_info_survives_a_missing_data_file(synth_store: Path, tmp_path: Path) ->
     assert "Traceback" not in r.output and not isinstance(r.exception, FileNotFoundError)
 
 
-def test_gc_refuses_to_drop_the_current_layouts_sample_set(
-    synth_store: Path, tmp_path: Path
-) -> None:
+def test_gc_refuses_to_drop_the_current_layouts_sample_set(synth_store: Path, tmp_path: Path) -> None:
     import shutil
 
     store = tmp_path / "store"
@@ -436,8 +406,7 @@ def test_every_command_has_help_with_an_example(path: str) -> None:
             p,
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="BUG: docs/cli.md was not regenerated "
-                "(tools/gen_cli_docs.py) after `featdb bench` was added",
+                reason="BUG: docs/cli.md was not regenerated (tools/gen_cli_docs.py) after `featdb bench` was added",
             ),
         )
         if p in UNDOCUMENTED
@@ -447,6 +416,6 @@ def test_every_command_has_help_with_an_example(path: str) -> None:
 )
 def test_every_command_is_documented(path: str) -> None:
     text = DOCS.read_text()
-    assert (
-        re.search(rf"(^|\s|`)featdb {re.escape(path)}(\s|`|$)", text, re.M) or f"## {path}" in text
-    ), f"docs/cli.md does not document `featdb {path}`"
+    assert re.search(rf"(^|\s|`)featdb {re.escape(path)}(\s|`|$)", text, re.M) or f"## {path}" in text, (
+        f"docs/cli.md does not document `featdb {path}`"
+    )

@@ -40,8 +40,7 @@ def store(tmp_path: Path) -> Any:
         yield s
 
 
-def reference_csc(src: np.ndarray, dst: np.ndarray, n: int,
-                  dedup: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def reference_csc(src: np.ndarray, dst: np.ndarray, n: int, dedup: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """CSC by plain sorting: order edges by (dst, src)."""
     order = np.lexsort((src, dst))
     s, d = src[order], dst[order]
@@ -56,6 +55,7 @@ def chunked(src: np.ndarray, dst: np.ndarray, size: int) -> Any:
     def gen() -> Any:
         for lo in range(0, len(src), size):
             yield src[lo : lo + size], dst[lo : lo + size]
+
     return gen
 
 
@@ -66,8 +66,9 @@ def read_csc(store: Any) -> tuple[np.ndarray, np.ndarray]:
 def snapshot(store: Any) -> tuple[Any, ...]:
     """Everything a failed ingest must leave unchanged."""
     tables = sorted((t["key"], t["file"]) for t in store.tables(include_internal=True))
-    files = sorted(p.relative_to(store.root).as_posix() for p in store.root.rglob("*")
-                   if p.is_file() and "catalog" not in p.parts)
+    files = sorted(
+        p.relative_to(store.root).as_posix() for p in store.root.rglob("*") if p.is_file() and "catalog" not in p.parts
+    )
     return tables, store.catalog.get("graph"), sorted(store.files()), files
 
 
@@ -98,8 +99,7 @@ def test_tiny_budget_equals_big_budget(tmp_path: Path) -> None:
     for i, budget in enumerate((1, 1 << 30)):
         with featdb.create(tmp_path / f"s{i}") as s:
             for dedup in (False, True):
-                keys = {"indptr_key": f"graph/t{int(dedup)}/indptr",
-                        "indices_key": f"graph/t{int(dedup)}/indices"}
+                keys = {"indptr_key": f"graph/t{int(dedup)}/indptr", "indices_key": f"graph/t{int(dedup)}/indices"}
                 build_csc(chunked(src, dst, 7000), n, s, memory_budget=budget, dedup=dedup, **keys)
                 results.append((s.read_all(keys["indptr_key"]), s.read_all(keys["indices_key"])))
             assert not any((s.root / "tmp").iterdir())  # the scratch file is gone
@@ -120,8 +120,7 @@ def test_unsorted_keeps_input_order(store: Any) -> None:
 def test_progress_counts_every_phase(store: Any) -> None:
     src, dst = np.arange(5000) % 97, np.arange(5000) % 89
     seen: list[int] = []
-    build_csc(chunked(src, dst, 1000), 100, store, memory_budget=1, progress=seen.append,
-              dedup=True)
+    build_csc(chunked(src, dst, 1000), 100, store, memory_budget=1, progress=seen.append, dedup=True)
     assert sum(seen) == CSC_PHASES * 5000
 
 
@@ -176,8 +175,13 @@ def test_ingest_graph_layouts_and_symmetry(tmp_path: Path) -> None:
     sym_ref = reference_csc(np.concatenate((src, dst)), np.concatenate((dst, src)), n)
     for i, name in enumerate(("edges_2xE.npy", "edges_Ex2.npy", "edges_F.npy")):
         with featdb.create(tmp_path / f"s{i}") as s:
-            doc = ingest_graph(s, tmp_path / name, labels_path=tmp_path / "labels.npy",
-                               split_path=tmp_path / "split.npz", memory_budget=1)
+            doc = ingest_graph(
+                s,
+                tmp_path / name,
+                labels_path=tmp_path / "labels.npy",
+                split_path=tmp_path / "split.npz",
+                memory_budget=1,
+            )
             g = load_graph(s)
             np.testing.assert_array_equal(g.indptr, sym_ref[0])
             np.testing.assert_array_equal(g.indices, sym_ref[1])
@@ -212,10 +216,13 @@ def test_ingest_infers_num_nodes_and_defaults(tmp_path: Path, store: Any) -> Non
 def test_float_labels_nan_and_mask_splits(tmp_path: Path, store: Any) -> None:
     np.save(tmp_path / "e.npy", np.array([[0, 1], [1, 2], [2, 3]]))
     np.save(tmp_path / "y.npy", np.array([[1.0], [np.nan], [0.0], [3.0]]))
-    np.savez(tmp_path / "s.npz", train=np.array([True, False, True, False]), val=np.array([3]),
-             test=np.array([], dtype=np.int64))
-    doc = ingest_graph(store, tmp_path / "e.npy", labels_path=tmp_path / "y.npy",
-                       split_path=tmp_path / "s.npz")
+    np.savez(
+        tmp_path / "s.npz",
+        train=np.array([True, False, True, False]),
+        val=np.array([3]),
+        test=np.array([], dtype=np.int64),
+    )
+    doc = ingest_graph(store, tmp_path / "e.npy", labels_path=tmp_path / "y.npy", split_path=tmp_path / "s.npz")
     g = load_graph(store, mmap=True)
     np.testing.assert_array_equal(g.labels, [1, -1, 0, 3])
     np.testing.assert_array_equal(g.train, [0, 2])
@@ -227,25 +234,31 @@ BAD_CASES = {
     "3xE": (lambda p: np.save(p / "e.npy", np.zeros((3, 5), np.int64)), {}, SchemaMismatchError),
     "1-D": (lambda p: np.save(p / "e.npy", np.zeros(6, np.int64)), {}, SchemaMismatchError),
     "float": (lambda p: np.save(p / "e.npy", np.zeros((2, 5))), {}, SchemaMismatchError),
-    "too-big": (lambda p: np.save(p / "e.npy", np.array([[0, 1], [1, 10]])), {"num_nodes": 10},
-                IdsOutOfRangeError),
-    "negative": (lambda p: np.save(p / "e.npy", np.array([[0, -1], [1, 2]])), {"num_nodes": 10},
-                 IdsOutOfRangeError),
+    "too-big": (lambda p: np.save(p / "e.npy", np.array([[0, 1], [1, 10]])), {"num_nodes": 10}, IdsOutOfRangeError),
+    "negative": (lambda p: np.save(p / "e.npy", np.array([[0, -1], [1, 2]])), {"num_nodes": 10}, IdsOutOfRangeError),
     "not-npy": (lambda p: (p / "e.npy").write_bytes(b"hello"), {}, InvalidInputError),
     "missing": (lambda p: None, {}, InvalidInputError),
-    "labels-len": (lambda p: np.save(p / "y.npy", np.zeros(3, np.int64)),
-                   {"labels_path": "y.npy", "num_nodes": 10}, SchemaMismatchError),
-    "labels-neg": (lambda p: np.save(p / "y.npy", np.full(10, -2)), {"labels_path": "y.npy"},
-                   InvalidInputError),
-    "labels-frac": (lambda p: np.save(p / "y.npy", np.full(10, 0.5)), {"labels_path": "y.npy"},
-                    InvalidInputError),
-    "split-key": (lambda p: np.savez(p / "s.npz", train=[1], test=[2]), {"split_path": "s.npz"},
-                  InvalidInputError),
-    "split-range": (lambda p: np.savez(p / "s.npz", train=[1], valid=[2], test=[10]),
-                    {"split_path": "s.npz"}, IdsOutOfRangeError),
-    "split-unlabeled": (lambda p: (np.save(p / "y.npy", np.array([0] * 9 + [-1])),
-                                   np.savez(p / "s.npz", train=[1], valid=[2], test=[9])),
-                        {"split_path": "s.npz", "labels_path": "y.npy"}, InvalidInputError),
+    "labels-len": (
+        lambda p: np.save(p / "y.npy", np.zeros(3, np.int64)),
+        {"labels_path": "y.npy", "num_nodes": 10},
+        SchemaMismatchError,
+    ),
+    "labels-neg": (lambda p: np.save(p / "y.npy", np.full(10, -2)), {"labels_path": "y.npy"}, InvalidInputError),
+    "labels-frac": (lambda p: np.save(p / "y.npy", np.full(10, 0.5)), {"labels_path": "y.npy"}, InvalidInputError),
+    "split-key": (lambda p: np.savez(p / "s.npz", train=[1], test=[2]), {"split_path": "s.npz"}, InvalidInputError),
+    "split-range": (
+        lambda p: np.savez(p / "s.npz", train=[1], valid=[2], test=[10]),
+        {"split_path": "s.npz"},
+        IdsOutOfRangeError,
+    ),
+    "split-unlabeled": (
+        lambda p: (
+            np.save(p / "y.npy", np.array([0] * 9 + [-1])),
+            np.savez(p / "s.npz", train=[1], valid=[2], test=[9]),
+        ),
+        {"split_path": "s.npz", "labels_path": "y.npy"},
+        InvalidInputError,
+    ),
 }
 
 
@@ -344,8 +357,7 @@ def make_ogb(root: Path, with_count: bool = True) -> dict[str, Any]:
     labels[[3, 7]] = np.nan
     write_gz(root / "raw/edge.csv.gz", [f"{a},{b}" for a, b in zip(src, dst, strict=True)])
     write_gz(root / "raw/node-feat.csv.gz", [",".join(f"{v:.9g}" for v in row) for row in feat])
-    write_gz(root / "raw/node-label.csv.gz",
-             ["nan" if np.isnan(v) else str(int(v)) for v in labels])
+    write_gz(root / "raw/node-label.csv.gz", ["nan" if np.isnan(v) else str(int(v)) for v in labels])
     if with_count:
         write_gz(root / "raw/num-node-list.csv.gz", [str(n)])
     splits = {"train": np.arange(10, 30), "valid": np.arange(30, 35), "test": np.arange(35, 40)}
@@ -417,7 +429,9 @@ def test_ogb_feature_table_clash(tmp_path: Path, store: Any) -> None:
 
 
 def test_core_imports_without_torch_or_dgl() -> None:
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['dgl'] = None\n"
-            "import featdb.graph, featdb.synth; print('ok')")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['dgl'] = None\n"
+        "import featdb.graph, featdb.synth; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -75,9 +75,7 @@ def serve_all(
         for b in order:
             ids = ss.input_ids(b)
             with r.read_batch(b) as br:
-                assert np.array_equal(np.sort(br.order), np.arange(len(ids))), (
-                    "order is a permutation"
-                )
+                assert np.array_equal(np.sort(br.order), np.arange(len(ids))), "order is a permutation"
                 assert_rows_equal(br.rows, base[ids[br.order]])
         return r.stats.as_dict()
 
@@ -109,13 +107,9 @@ def check_layout(st: Store, doc: dict[str, Any], base: np.ndarray, budgets: Budg
     # a shuffled epoch that keeps segments together costs the same
     shuffled = serve_all(st, doc["sample_set"], base, epoch_seed=budgets.seed)
     assert shuffled["disk_bytes"] == stats["disk_bytes"]
-    if (
-        "predicted_amplification_l3_by_page" in pred
-    ):  # no segment cache: every batch reads its pages
+    if "predicted_amplification_l3_by_page" in pred:  # no segment cache: every batch reads its pages
         by_page = serve_all(st, doc["sample_set"], base, segment_cache_bytes=0)
-        assert by_page["read_amplification"] == pytest.approx(
-            pred["predicted_amplification_l3_by_page"], abs=1e-3
-        )
+        assert by_page["read_amplification"] == pytest.approx(pred["predicted_amplification_l3_by_page"], abs=1e-3)
 
 
 def count_calls(target: Any, name: str) -> tuple[Any, list[int]]:
@@ -190,9 +184,7 @@ def _trace_of(batches: list[np.ndarray]) -> Any:
 def _random_trace(seed: int, n: int = 500, nb: int = 12) -> tuple[np.ndarray, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     hot = rng.choice(n, 40, replace=False)
-    batches = [
-        np.unique(np.concatenate([rng.choice(hot, 15), rng.choice(n, 60)])) for _ in range(nb)
-    ]
+    batches = [np.unique(np.concatenate([rng.choice(hot, 15), rng.choice(n, 60)])) for _ in range(nb)]
     for b in batches:
         rng.shuffle(b)
     return np.bincount(np.concatenate(batches), minlength=n).astype(np.int32), batches
@@ -221,9 +213,7 @@ def test_hot_sets_take_the_most_read_rows_within_each_budget() -> None:
     cold = np.setdiff1d(np.flatnonzero(counts), np.concatenate([l1, l2]))
     assert counts[l1].min() >= counts[l2].max() >= counts[cold].max()
     for policy in ("pack-only", "none"):
-        a, b = hot_sets(
-            counts, 64, Budgets(device_bytes=1 << 20, host_bytes=1 << 20, policy=policy)
-        )
+        a, b = hot_sets(counts, 64, Budgets(device_bytes=1 << 20, host_bytes=1 << 20, policy=policy))
         assert len(a) == len(b) == 0
     everything = hot_sets(counts, 64, Budgets(host_bytes=1 << 30))[1]
     np.testing.assert_array_equal(everything, np.flatnonzero(counts))  # never an unread row
@@ -250,9 +240,7 @@ def test_plan_meets_the_blowup_cap() -> None:
         assert p.predictions["blowup"] <= cap
         tier = p.tier_map()
         assert stored_rows(tr, len(batches), tier, p.segment_len) == p.predictions["stored_rows"]
-        assert (
-            p.predictions["segment_blowups_tried"][str(p.segment_len)] <= cap or p.segment_len == 1
-        )
+        assert p.predictions["segment_blowups_tried"][str(p.segment_len)] <= cap or p.segment_len == 1
 
 
 def test_tier_map_marks_hot_rows() -> None:
@@ -333,9 +321,7 @@ def test_packed_batches_are_the_base_rows(data: st.DataObject) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_tiny_memory_budget_packs_in_several_passes_and_the_same_bytes(
-    store: Store, base: np.ndarray
-) -> None:
+def test_a_tiny_memory_budget_packs_in_several_passes_and_the_same_bytes(store: Store, base: np.ndarray) -> None:
     budgets = Budgets(host_bytes=200 * 96, max_blowup=3.0)
     big = make_layout(store, "tr", host_bytes=200 * 96, max_blowup=3.0)
     counted, passes = count_calls(pack_mod, "_base_pass")
@@ -427,9 +413,7 @@ def test_dry_run_writes_nothing(store: Store) -> None:
         (dict(budgets=Budgets(policy="fast")), InvalidInputError),
     ],
 )
-def test_bad_pack_arguments_raise_and_change_nothing(
-    store: Store, kwargs: dict[str, Any], error: type
-) -> None:
+def test_bad_pack_arguments_raise_and_change_nothing(store: Store, kwargs: dict[str, Any], error: type) -> None:
     store.write_table("node/y/feat", np.zeros((10, 3), dtype=np.float32))
     make_layout(store, "tr")
     before_tree, before_cat = tree(store.root), catalog_state(store)
@@ -540,9 +524,7 @@ def test_a_crash_while_packing_leaves_the_old_generation_and_gc_cleans_up(
 
 
 # --------------------------------------------------------------------------- pins and gc
-def test_gc_keeps_a_pinned_generation_until_its_reader_closes(
-    store: Store, base: np.ndarray
-) -> None:
+def test_gc_keeps_a_pinned_generation_until_its_reader_closes(store: Store, base: np.ndarray) -> None:
     a = make_layout(store, "tr", host_bytes=100 * 96)
     reader = open_reader(store, sample_set="tr")
     b = make_layout(store, "tr", max_blowup=1.5)
@@ -601,9 +583,7 @@ def test_verify_catches_a_flipped_byte_in_the_l3_file(store: Store) -> None:
     gdir = gen_dir(store, doc["id"])
     segs = np.fromfile(gdir / "segments.i64", dtype="<i8").reshape(-1, 5)
     s = int(np.flatnonzero(segs[:, 3] > 0)[0])
-    flip_byte(
-        gdir / "l3.dat", int(segs[s, 2]) + int(segs[s, 3]) * 96 - 1
-    )  # the extent's last row byte
+    flip_byte(gdir / "l3.dat", int(segs[s, 2]) + int(segs[s, 3]) * 96 - 1)  # the extent's last row byte
     problems = store.verify()
     assert len(problems) == 1
     assert f"gens/{doc['id']}/l3.dat" in problems[0] and f"extent {s}" in problems[0]

@@ -28,8 +28,11 @@ def test_a_budget_names_every_part_when_they_do_not_fit() -> None:
     assert m.left() == 40 << 20
     m.check()
     m.charge("buffers", 50 << 20)
-    with pytest.raises(BudgetExceededError, match=r"the job needs 110\.0 MiB .* 100\.0 MiB \(graph 60\.0 MiB, "
-                                                 r"buffers 50\.0 MiB\)"):
+    with pytest.raises(
+        BudgetExceededError,
+        match=r"the job needs 110\.0 MiB .* 100\.0 MiB \(graph 60\.0 MiB, "
+        r"buffers 50\.0 MiB\)",
+    ):
         m.check()
     assert isinstance(BudgetExceededError("x"), ConfigError)
 
@@ -104,15 +107,31 @@ def test_a_capped_run_past_its_cap_is_killed_and_the_group_removed() -> None:
 
 # --------------------------------------------------------------------------- the benchmark's arithmetic
 def _summary(batches: int, epoch_s: float, rows: int, read: int, eval_s: float | None, max_batches: int = 0) -> dict:
-    return {"batches": [batches], "epoch_s": [epoch_s], "input_rows": [rows], "epoch_io_read_bytes": [read],
-            "io_read_bytes": read + 7, "eval_s": [eval_s], "test_acc": 0.5, "config": {"max_batches": max_batches},
-            "memory": {"budget_bytes": 10, "enforced": True}, "tier_hit_rates": {"l4": 1.0}}
+    return {
+        "batches": [batches],
+        "epoch_s": [epoch_s],
+        "input_rows": [rows],
+        "epoch_io_read_bytes": [read],
+        "io_read_bytes": read + 7,
+        "eval_s": [eval_s],
+        "test_acc": 0.5,
+        "config": {"max_batches": max_batches},
+        "memory": {"budget_bytes": 10, "enforced": True},
+        "tier_hit_rates": {"l4": 1.0},
+    }
 
 
 def test_system_results_and_ratios_follow_the_summaries() -> None:
     def step(summary: dict | None, code: int = 0) -> dict:
-        return {"completed": code == 0, "oom_killed": code == -9, "wall_s": 1.0, "peak_rss_bytes": 5,
-                "summary": summary, "last_io_read_bytes": 99, "error": ["killed"] if code else None}
+        return {
+            "completed": code == 0,
+            "oom_killed": code == -9,
+            "wall_s": 1.0,
+            "peak_rss_bytes": 5,
+            "summary": summary,
+            "last_io_read_bytes": 99,
+            "error": ["killed"] if code else None,
+        }
 
     res = {
         "featdb": system_result(step(_summary(10, 2.0, 1000, 64_000, 1.0)), 64),
@@ -126,8 +145,11 @@ def test_system_results_and_ratios_follow_the_summaries() -> None:
     assert res["dgl-mmap"]["read_amplification"] == 10.0
     killed = res["in-memory"]
     assert not killed["completed"] and killed["oom_killed"] and killed["read_bytes"] == 99
-    assert _ratios(res) == {"mmap_over_featdb": 10.0, "featdb_over_inmemory": 0.5,
-                            "featdb_eval_over_inmemory_eval": 0.5}
+    assert _ratios(res) == {
+        "mmap_over_featdb": 10.0,
+        "featdb_over_inmemory": 0.5,
+        "featdb_eval_over_inmemory_eval": 0.5,
+    }
 
 
 # --------------------------------------------------------------------------- the CLI

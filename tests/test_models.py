@@ -123,9 +123,7 @@ def compare_conv(
     """
     ours.to(dtype)
     theirs.to(dtype)
-    out_tol = (
-        {"atol": ATOL, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-9, "rtol": 1e-9}
-    )
+    out_tol = {"atol": ATOL, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-9, "rtol": 1e-9}
     grad_tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else out_tol
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(block.num_src_nodes(), in_dim, generator=gen, dtype=dtype)
@@ -141,9 +139,7 @@ def compare_conv(
     torch.testing.assert_close(x_ours.grad, x_theirs.grad, **grad_tol)
     grads_theirs = {name: p.grad for name, p in theirs.named_parameters()}
     for name, p in ours.named_parameters():
-        torch.testing.assert_close(
-            p.grad, grads_theirs[name], **grad_tol, msg=lambda m, name=name: f"{name}: {m}"
-        )
+        torch.testing.assert_close(p.grad, grads_theirs[name], **grad_tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------------------
@@ -195,9 +191,7 @@ def test_gatconv_matches_dgl(
 ) -> None:
     batch = to_torch(from_dgl_blocks(blocks))
     for i, (block, layer) in enumerate(zip(blocks, batch.layers, strict=True)):
-        theirs = dgl.nn.GATConv(
-            in_dim, out_dim, heads, residual=residual, allow_zero_in_degree=True
-        )
+        theirs = dgl.nn.GATConv(in_dim, out_dim, heads, residual=residual, allow_zero_in_degree=True)
         randomize(theirs, seed=i)
         ours = GATConv(in_dim, out_dim, heads, residual=residual)
         ours.load_state_dict(theirs.state_dict())
@@ -387,9 +381,14 @@ def served_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 def test_served_matches_reordered(int32: bool, served_path: str) -> None:
     plain = synthetic_batch(32, [4, 4], 500, seed=3)
     if int32:  # as stored: int32 views of layer indices
-        plain = Batch(plain.seeds, plain.input_ids, tuple(
-            Layer(lay.src.astype(np.int32), lay.dst.astype(np.int32), lay.dst_in_src,
-                  lay.num_src, lay.num_dst) for lay in plain.layers))
+        plain = Batch(
+            plain.seeds,
+            plain.input_ids,
+            tuple(
+                Layer(lay.src.astype(np.int32), lay.dst.astype(np.int32), lay.dst_in_src, lay.num_src, lay.num_dst)
+                for lay in plain.layers
+            ),
+        )
     order = np.random.default_rng(5).permutation(plain.layers[0].num_src).astype(np.int64)
     got, want = served(plain, order), plain.reordered(order)
     assert np.array_equal(got.input_ids, want.input_ids)
@@ -418,8 +417,9 @@ def test_served_rejects_a_bad_order(served_path: str) -> None:
             served(Batch(plain.seeds, plain.input_ids, (layer0, *plain.layers[1:])), np.arange(n))
     src = first.src.copy()
     src[0] = n  # an edge from a source that does not exist
-    broken = Batch(plain.seeds, plain.input_ids,
-                   (Layer(src, first.dst, first.dst_in_src, n, first.num_dst), *plain.layers[1:]))
+    broken = Batch(
+        plain.seeds, plain.input_ids, (Layer(src, first.dst, first.dst_in_src, n, first.num_dst), *plain.layers[1:])
+    )
     with pytest.raises(ValueError, match="out of range"):
         served(broken, np.arange(n))
 

@@ -123,14 +123,10 @@ def test_sampled_edges_are_graph_edges_with_the_layer_fanout(sampled: Any) -> No
     graph_edges = np.sort(np.repeat(np.arange(n), np.diff(g.indptr)) * n + g.indices)
     indeg = np.diff(g.indptr)
     for b in range(ss.num_batches):
-        for fanout, (_, dst_ids, es, ed) in zip(
-            CFG.fanouts, _stored_layers(ss.batch(b)), strict=True
-        ):
+        for fanout, (_, dst_ids, es, ed) in zip(CFG.fanouts, _stored_layers(ss.batch(b)), strict=True):
             keys = ed * n + es
             pos = np.searchsorted(graph_edges, keys)
-            assert (graph_edges[np.minimum(pos, len(graph_edges) - 1)] == keys).all(), (
-                "edge not in graph"
-            )
+            assert (graph_edges[np.minimum(pos, len(graph_edges) - 1)] == keys).all(), "edge not in graph"
             per_dst = np.bincount(np.searchsorted(np.sort(dst_ids), ed), minlength=len(dst_ids))
             want = np.minimum(indeg[np.sort(dst_ids)], fanout)  # DGL samples without replacement
             np.testing.assert_array_equal(per_dst, want)
@@ -198,8 +194,12 @@ def test_sampling_processes_write_their_own_segments_and_the_same_samples(sample
     st, ss, _, _ = sampled
     ticks: list[int] = []
     with torch_threads(2):
-        sample(st, SampleConfig("procs", CFG.fanouts, CFG.batch_size, CFG.epochs, CFG.seed, eval_splits=()),
-               progress=ticks.append, workers=2)
+        sample(
+            st,
+            SampleConfig("procs", CFG.fanouts, CFG.batch_size, CFG.epochs, CFG.seed, eval_splits=()),
+            progress=ticks.append,
+            workers=2,
+        )
         assert torch.get_num_threads() == 2
     with SampleSet(st, "procs") as par:
         assert par.num_batches == ss.num_batches
@@ -362,13 +362,9 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize(("change", "error"), BAD_CONFIGS)
-def test_bad_config_raises_and_changes_nothing(
-    small: Any, change: dict[str, Any], error: type
-) -> None:
+def test_bad_config_raises_and_changes_nothing(small: Any, change: dict[str, Any], error: type) -> None:
     before, dirs, files = catalog_state(small), _samples_dirs(small), tree(small.root / "samples")
-    cfg = SampleConfig(
-        **({"name": "new", "fanouts": (3, 3), "batch_size": 32, "epochs": 1} | change)
-    )
+    cfg = SampleConfig(**({"name": "new", "fanouts": (3, 3), "batch_size": 32, "epochs": 1} | change))
     with pytest.raises(error) as exc:
         sample(small, cfg)
     assert isinstance(exc.value, FeatDBError) and str(exc.value)

@@ -51,9 +51,7 @@ def src_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("serve") / "s"
     with make_synth_store(path, nodes=3000, dim=DIM, seed=5, train_frac=0.3) as s:
         rng = np.random.default_rng(3)
-        s.write_table(
-            HALF, rng.integers(0, 2**16, size=(3000, 7), dtype=np.uint16).view(np.float16)
-        )
+        s.write_table(HALF, rng.integers(0, 2**16, size=(3000, 7), dtype=np.uint16).view(np.float16))
         make_sample_set(s, "tr", (4, 4), 64, 2, seed=2)
         make_sample_set(s, "other", (3,), 256, 1)
     yield path
@@ -164,9 +162,7 @@ class ReaderConformance:
 
         def work(b: int) -> None:
             with r.read_batch(b) as br:
-                if not np.array_equal(
-                    br.rows.view(np.uint8), base[ss.input_ids(b)[br.order]].view(np.uint8)
-                ):
+                if not np.array_equal(br.rows.view(np.uint8), base[ss.input_ids(b)[br.order]].view(np.uint8)):
                     errors.append(f"batch {b}")
 
         with ThreadPoolExecutor(4) as ex:
@@ -184,9 +180,7 @@ class ReaderConformance:
             rng.integers(0, n, 500),
             np.repeat(rng.integers(0, n, 20), 5),
             np.array([n - 1, 0, n - 1]),
-            np.concatenate([hot[:50], rng.integers(0, n, 50), hot[:50]])
-            if len(hot)
-            else np.arange(9),
+            np.concatenate([hot[:50], rng.integers(0, n, 50), hot[:50]]) if len(hot) else np.arange(9),
             np.arange(n),
         ):
             assert_rows_equal(r.read(ids), base[ids])
@@ -249,9 +243,7 @@ class TestFullWithL3Cap(ReaderConformance):
 
     def test_layout_uses_every_tier(self, env: Env) -> None:
         d = env.reader.doc
-        assert (
-            d["segment_len"] > 1 and min(d["l1_rows"], d["l2_rows"], d["l3_rows"], d["l4_rows"]) > 0
-        )
+        assert d["segment_len"] > 1 and min(d["l1_rows"], d["l2_rows"], d["l3_rows"], d["l4_rows"]) > 0
 
 
 class TestFullFloat16Rows(ReaderConformance):
@@ -485,9 +477,7 @@ def test_gathering_rows_allocates_only_the_rows(row_bytes: int) -> None:
     import tracemalloc
 
     buf = aligned_buffer(1 << 20)
-    np.frombuffer(buf, dtype=np.uint8)[:] = np.random.default_rng(0).integers(
-        0, 256, 1 << 20, dtype=np.uint8
-    )
+    np.frombuffer(buf, dtype=np.uint8)[:] = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8)
     pos = np.array([0, 4096, 5000, 7, (1 << 20) - row_bytes, 4096])
     out = np.empty((len(pos), row_bytes), dtype=np.uint8)
     tracemalloc.start()
@@ -498,9 +488,7 @@ def test_gathering_rows_allocates_only_the_rows(row_bytes: int) -> None:
         tracemalloc.stop()
     u = np.frombuffer(buf, dtype=np.uint8)
     np.testing.assert_array_equal(out, np.stack([u[p : p + row_bytes] for p in pos]))
-    assert peak < 8 * out.nbytes + (64 << 10), (
-        f"gathering {out.nbytes} B of rows allocated {peak} B"
-    )
+    assert peak < 8 * out.nbytes + (64 << 10), f"gathering {out.nbytes} B of rows allocated {peak} B"
 
 
 def test_duplicate_ids_do_not_count_as_evictions(store: Store) -> None:

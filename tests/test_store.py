@@ -82,13 +82,16 @@ def test_reopen_and_stats(store: featdb.Store, rng: np.random.Generator) -> None
         assert [t["key"] for t in s.tables()] == ["node/p/feat"]
 
 
-@pytest.mark.parametrize("ids,exc", [
-    (np.zeros((2, 2), dtype=np.int64), errors.InvalidIdsError),
-    (np.array([0.5, 1.0]), errors.InvalidIdsError),
-    (np.array([-1]), errors.IdsOutOfRangeError),
-    (np.array([10]), errors.IdsOutOfRangeError),
-    ("abc", errors.InvalidIdsError),
-])
+@pytest.mark.parametrize(
+    "ids,exc",
+    [
+        (np.zeros((2, 2), dtype=np.int64), errors.InvalidIdsError),
+        (np.array([0.5, 1.0]), errors.InvalidIdsError),
+        (np.array([-1]), errors.IdsOutOfRangeError),
+        (np.array([10]), errors.IdsOutOfRangeError),
+        ("abc", errors.InvalidIdsError),
+    ],
+)
 def test_bad_ids(store: featdb.Store, ids: object, exc: type) -> None:
     store.write_table("node/p/feat", np.zeros((10, 4), dtype="float32"))
     with pytest.raises(exc):

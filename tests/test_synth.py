@@ -15,8 +15,7 @@ from featdb.synth import PROGRESS_PASSES, synth
 
 
 def make(tmp_path: Path, name: str, **kw: Any) -> tuple[Any, dict[str, Any]]:
-    args = {"nodes": 6000, "avg_degree": 10, "dim": 16, "classes": 8, "seed": 1,
-            "community_size": 200}
+    args = {"nodes": 6000, "avg_degree": 10, "dim": 16, "classes": 8, "seed": 1, "community_size": 200}
     args.update(kw)
     store = featdb.create(tmp_path / name)
     return store, synth(store, **args)
@@ -24,8 +23,15 @@ def make(tmp_path: Path, name: str, **kw: Any) -> tuple[Any, dict[str, Any]]:
 
 def contents(store: Any) -> dict[str, np.ndarray]:
     g = load_graph(store)
-    return {"indptr": g.indptr, "indices": g.indices, "labels": g.labels, "train": g.train,
-            "valid": g.valid, "test": g.test, "feat": store.read_all(g.info["features"])}
+    return {
+        "indptr": g.indptr,
+        "indices": g.indices,
+        "labels": g.labels,
+        "train": g.train,
+        "valid": g.valid,
+        "test": g.test,
+        "feat": store.read_all(g.info["features"]),
+    }
 
 
 def test_deterministic_and_independent_of_budget(tmp_path: Path) -> None:
@@ -95,9 +101,15 @@ def test_float16_and_custom_key(tmp_path: Path) -> None:
 
 def test_bad_arguments(tmp_path: Path) -> None:
     store = featdb.create(tmp_path / "s")
-    for kw in ({"nodes": 0}, {"classes": 0}, {"homophily": 1.5},
-               {"train_frac": 0.9, "valid_frac": 0.2}, {"dtype": "int32"},
-               {"label_noise": -0.1}, {"nodes": 3, "classes": 5}):
+    for kw in (
+        {"nodes": 0},
+        {"classes": 0},
+        {"homophily": 1.5},
+        {"train_frac": 0.9, "valid_frac": 0.2},
+        {"dtype": "int32"},
+        {"label_noise": -0.1},
+        {"nodes": 3, "classes": 5},
+    ):
         args = {"nodes": 100, "avg_degree": 4, "dim": 4, "classes": 3, **kw}
         with pytest.raises(InvalidInputError):
             synth(store, **args)
@@ -131,7 +143,7 @@ def test_existing_graph_or_table_is_kept(tmp_path: Path) -> None:
 def nearest_centroid(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
     classes = np.unique(y[train])
     cent = np.stack([x[train][y[train] == c].mean(0) for c in classes])
-    d = (x[test] ** 2).sum(1)[:, None] - 2 * x[test] @ cent.T + (cent ** 2).sum(1)[None]
+    d = (x[test] ** 2).sum(1)[:, None] - 2 * x[test] @ cent.T + (cent**2).sum(1)[None]
     return float((classes[d.argmin(1)] == y[test]).mean())
 
 
@@ -143,8 +155,7 @@ def neighbour_mean(g: Any, x: np.ndarray) -> np.ndarray:
 
 
 def test_class_signal_needs_the_graph(tmp_path: Path) -> None:
-    store, _ = make(tmp_path, "s", nodes=30000, avg_degree=15, dim=32, classes=10,
-                    community_size=500)
+    store, _ = make(tmp_path, "s", nodes=30000, avg_degree=15, dim=32, classes=10, community_size=500)
     g = load_graph(store)
     x = store.read_all("node/_/feat").astype(np.float64)
     raw = nearest_centroid(x, g.labels, g.train, g.test)
@@ -154,8 +165,9 @@ def test_class_signal_needs_the_graph(tmp_path: Path) -> None:
     assert hop1 >= raw + 0.10  # one hop of mean aggregation wins by >= 10 points
 
 
-def softmax_regression(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
-                       classes: int, epochs: int = 300, lr: float = 0.5) -> float:
+def softmax_regression(
+    x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, classes: int, epochs: int = 300, lr: float = 0.5
+) -> float:
     """Full-batch multinomial logistic regression in numpy (a linear 'MLP' baseline)."""
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
     z = (x - mu) / sd

@@ -189,6 +189,7 @@ def test_pipeline_reraises_middle_stage_error_with_its_type() -> None:
 
 def test_a_failing_stage_hands_its_input_to_on_drop() -> None:
     """The item a stage failed on (e.g. one holding a read buffer) is released, not lost."""
+
     def boom(x: int) -> int:
         if x == 3:
             raise StageBoom("bad")
@@ -381,9 +382,7 @@ def test_train_is_deterministic_for_a_seed(
     assert other["loss"] != first["loss"]  # the seed matters: the check above can fail
 
 
-def test_train_resume(
-    store_dir: Path, tmp_path: Path, featdb_run: tuple[dict[str, Any], Path]
-) -> None:
+def test_train_resume(store_dir: Path, tmp_path: Path, featdb_run: tuple[dict[str, Any], Path]) -> None:
     one = train(config(store_dir, tmp_path, epochs=1))
     assert one["epochs"] == 1
     two = train(config(store_dir, tmp_path, epochs=2, resume=True))
@@ -441,8 +440,14 @@ def test_unknown_loader_is_a_config_error(store_dir: Path, tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("setting", "match"),
-    [({"epochs": 0}, "epochs"), ({"hidden": 0}, "hidden"), ({"queue_depth": 0}, "queue_depth"),
-     ({"lr": 0.0}, "lr"), ({"dropout": 1.0}, "dropout"), ({"threads": -1}, "threads")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"hidden": 0}, "hidden"),
+        ({"queue_depth": 0}, "queue_depth"),
+        ({"lr": 0.0}, "lr"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"threads": -1}, "threads"),
+    ],
 )
 def test_unusable_settings_are_config_errors_before_anything_is_written(
     store_dir: Path, tmp_path: Path, setting: dict[str, Any], match: str
@@ -452,8 +457,9 @@ def test_unusable_settings_are_config_errors_before_anything_is_written(
     assert not (tmp_path / "ck").exists()
 
 
-@pytest.mark.parametrize("args", [["--epochs", "0"], ["--hidden", "-3"], ["--queue-depth", "0"],
-                                  ["--dropout", "1"], ["--lr", "0"]])
+@pytest.mark.parametrize(
+    "args", [["--epochs", "0"], ["--hidden", "-3"], ["--queue-depth", "0"], ["--dropout", "1"], ["--lr", "0"]]
+)
 def test_cli_rejects_out_of_range_settings(store_dir: Path, args: list[str]) -> None:
     r = run_train_cli(store_dir, "--sample-set", SET, *args)
     assert r.exit_code == 2 and args[0] in r.output
@@ -602,8 +608,9 @@ def test_retain_large_allocations_cuts_page_faults() -> None:
 
 
 # --------------------------------------------------------------------------- memory budget
-def test_featdb_training_evaluates_the_sets_own_parts_without_the_graph(store_dir: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_featdb_training_evaluates_the_sets_own_parts_without_the_graph(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """featdb-mode training never loads the graph and evaluates through the layout: no separate
     evaluation sample set is written, and evaluation reads only packed tiers."""
     import trainer.loop as loop

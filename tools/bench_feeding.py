@@ -62,8 +62,10 @@ def main() -> None:
         print(json.dumps(out))
     else:
         for mode, v in out["ms_per_batch"].items():
-            print(f"{mode:>15}: median {out['median_ms'][mode]:.1f} ms per batch  {v}  "
-                  f"minor faults per batch {out['minor_faults_per_batch'][mode]:.0f}")
+            print(
+                f"{mode:>15}: median {out['median_ms'][mode]:.1f} ms per batch  {v}  "
+                f"minor faults per batch {out['minor_faults_per_batch'][mode]:.0f}"
+            )
 
 
 def measure(loader: FeatDBLoader, graph: Any, rounds: int) -> dict[str, Any]:
@@ -100,7 +102,7 @@ def measure(loader: FeatDBLoader, graph: Any, rounds: int) -> dict[str, Any]:
     start_l4 = reader._start_l4
 
     def pipeline(r: int, skip_l4: bool) -> float:
-        reader._start_l4 = (lambda buf, n4, off: (lambda: None)) if skip_l4 else start_l4  # type: ignore[method-assign]
+        reader._start_l4 = (lambda buf, n4, off: lambda: None) if skip_l4 else start_l4  # type: ignore[method-assign]
         try:
             ep = loader.epoch(r % epochs, np.random.default_rng(r))
             try:
@@ -116,9 +118,13 @@ def measure(loader: FeatDBLoader, graph: Any, rounds: int) -> dict[str, Any]:
         res["replay"].append(steps(replay, "replay"))
         res["pipeline"].append(pipeline(r, False))
         res["pipeline-no-l4"].append(pipeline(r, True))
-    return {"ms_per_batch": res, "median_ms": {k: statistics.median(v) for k, v in res.items()},
-            "minor_faults_per_batch": {k: statistics.median(faults[k]) for k in res},
-            "batches": len(replay), "torch_threads": torch.get_num_threads()}
+    return {
+        "ms_per_batch": res,
+        "median_ms": {k: statistics.median(v) for k, v in res.items()},
+        "minor_faults_per_batch": {k: statistics.median(faults[k]) for k in res},
+        "batches": len(replay),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ def main() -> None:
     ap.add_argument("--fanouts", default="10,10,10")
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3, help="measurements, alternating which side runs first")
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                    help="featdb sampling processes (default: one per CPU)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="featdb sampling processes (default: one per CPU)",
+    )
     a = ap.parse_args()
     import dgl
     import torch
@@ -44,9 +48,15 @@ def main() -> None:
 
         def in_loop() -> float:
             dgl.seed(0)
-            loader = dgl.dataloading.DataLoader(graph, torch.from_numpy(g.train),
-                                                dgl.dataloading.NeighborSampler(list(fanouts)),
-                                                batch_size=a.batch_size, shuffle=True, drop_last=False, num_workers=0)
+            loader = dgl.dataloading.DataLoader(
+                graph,
+                torch.from_numpy(g.train),
+                dgl.dataloading.NeighborSampler(list(fanouts)),
+                batch_size=a.batch_size,
+                shuffle=True,
+                drop_last=False,
+                num_workers=0,
+            )
             t = time.perf_counter()
             for _ in loader:
                 pass
@@ -72,12 +82,30 @@ def main() -> None:
             else:
                 off_s, back_s, doc = offline()
                 loop_s = in_loop()
-            rounds.append({"in_loop_s": round(loop_s, 2), "offline_sample_s": round(off_s, 2),
-                           "read_back_s": round(back_s, 2), "ratio": round((off_s + back_s) / loop_s, 3)})
-    print(json.dumps({"fanouts": list(fanouts), "batch_size": a.batch_size, "batches": doc["batches"],
-                      "workers": a.workers, "torch_threads": torch.get_num_threads(),
-                      "rounds": rounds, "median_ratio": float(np.median([r["ratio"] for r in rounds])),
-                      "bytes_per_batch": doc["bytes_per_batch"], "bytes_per_epoch": doc["bytes"]}, indent=2))
+            rounds.append(
+                {
+                    "in_loop_s": round(loop_s, 2),
+                    "offline_sample_s": round(off_s, 2),
+                    "read_back_s": round(back_s, 2),
+                    "ratio": round((off_s + back_s) / loop_s, 3),
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "fanouts": list(fanouts),
+                "batch_size": a.batch_size,
+                "batches": doc["batches"],
+                "workers": a.workers,
+                "torch_threads": torch.get_num_threads(),
+                "rounds": rounds,
+                "median_ratio": float(np.median([r["ratio"] for r in rounds])),
+                "bytes_per_batch": doc["bytes_per_batch"],
+                "bytes_per_epoch": doc["bytes"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,10 +35,17 @@ def main() -> None:
         runs = list(RUNS if i % 2 == 0 else (RUNS[1], RUNS[0], *RUNS[2:]))
         for loader, model in runs[:2] if a.no_mlp else runs:
             s = train(TrainConfig(a.store, a.sample_set, model=model, epochs=a.epochs, seed=seed, loader=loader))
-            row = {"seed": seed, "loader": loader, "model": model, "test_acc": s["test_acc"],
-                   "epoch_s": s["epoch_s"], "epoch_over_slowest": s["epoch_over_slowest"],
-                   "stage_s": s["stage_s"], "read_amplification": s["read_amplification"],
-                   "tier_hit_rates": s["tier_hit_rates"]}
+            row = {
+                "seed": seed,
+                "loader": loader,
+                "model": model,
+                "test_acc": s["test_acc"],
+                "epoch_s": s["epoch_s"],
+                "epoch_over_slowest": s["epoch_over_slowest"],
+                "stage_s": s["stage_s"],
+                "read_amplification": s["read_amplification"],
+                "tier_hit_rates": s["tier_hit_rates"],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = {"runs": rows, "summary": summarize(rows)}
@@ -59,13 +66,17 @@ def summarize(rows: list[dict]) -> dict:
     f_ep = [x for r in f for x in steady(r)]
     m_ep = [x for r in m for x in steady(r)]
     pairs = [round(statistics.mean(steady(x)) / statistics.mean(steady(y)), 3) for x, y in zip(f, m, strict=True)]
-    return {"featdb_test_acc": mean_std([r["test_acc"] for r in f]),
-            "in_memory_test_acc": mean_std([r["test_acc"] for r in m]),
-            "mlp_test_acc": mean_std([r["test_acc"] for r in mlp]) if mlp else None,
-            "featdb_epoch_s": mean_std(f_ep), "in_memory_epoch_s": mean_std(m_ep),
-            "epoch_time_ratio": round(statistics.mean(f_ep) / statistics.mean(m_ep), 3),
-            "epoch_time_ratio_per_seed": pairs, "epoch_time_ratio_median": statistics.median(pairs),
-            "featdb_epoch_over_slowest_stage": mean_std([x for r in f for x in r["epoch_over_slowest"]])}
+    return {
+        "featdb_test_acc": mean_std([r["test_acc"] for r in f]),
+        "in_memory_test_acc": mean_std([r["test_acc"] for r in m]),
+        "mlp_test_acc": mean_std([r["test_acc"] for r in mlp]) if mlp else None,
+        "featdb_epoch_s": mean_std(f_ep),
+        "in_memory_epoch_s": mean_std(m_ep),
+        "epoch_time_ratio": round(statistics.mean(f_ep) / statistics.mean(m_ep), 3),
+        "epoch_time_ratio_per_seed": pairs,
+        "epoch_time_ratio_median": statistics.median(pairs),
+        "featdb_epoch_over_slowest_stage": mean_std([x for r in f for x in r["epoch_over_slowest"]]),
+    }
 
 
 if __name__ == "__main__":

@@ -49,8 +49,12 @@ def retain_large_allocations(trim: int = TRIM_THRESHOLD) -> str | None:
         return None
     mallopt = ctypes.CDLL(None).mallopt  # glibc is already loaded in this process
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    done = [f"{name}={value >> 20}MiB" for name, param, value in (
-        ("mmap_threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-        ("trim_threshold", _M_TRIM_THRESHOLD, trim),
-    ) if mallopt(param, value)]
+    done = [
+        f"{name}={value >> 20}MiB"
+        for name, param, value in (
+            ("mmap_threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            ("trim_threshold", _M_TRIM_THRESHOLD, trim),
+        )
+        if mallopt(param, value)
+    ]
     return f"{version} " + " ".join(done) if done else None

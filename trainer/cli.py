@@ -17,9 +17,7 @@ from .loop import LOADERS, TrainConfig, train
 @click.command()
 @click.argument("store")
 @click.option("--sample-set", required=True, help="Training sample set (from featdb sample).")
-@click.option(
-    "--model", type=click.Choice(["sage", "gat", "mlp"]), default="sage", show_default=True
-)
+@click.option("--model", type=click.Choice(["sage", "gat", "mlp"]), default="sage", show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
@@ -41,8 +39,12 @@ from .loop import LOADERS, TrainConfig, train
 @click.option("--checkpoint", help="Checkpoint path (default: <store>/checkpoints/...).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch intra-op threads (0: torch's default).")
-@click.option("--max-batches", type=click.IntRange(min=0), default=0,
-              help="Train only this many batches per epoch and skip evaluation (for slow baselines).")
+@click.option(
+    "--max-batches",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Train only this many batches per epoch and skip evaluation (for slow baselines).",
+)
 @memory_option
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
 @click.option("-q", "--quiet", is_flag=True)
@@ -119,8 +121,9 @@ class _Bars:
         if label != self._label:
             self.close()
             self._label, self._done = label, 0
-            self._bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr,
-                                          show_pos=True, show_eta=True)
+            self._bar = click.progressbar(
+                length=max(total, 1), label=label, file=sys.stderr, show_pos=True, show_eta=True
+            )
             self._bar.__enter__()
         self._bar.update(done - self._done)
         self._done = done
@@ -133,20 +136,18 @@ class _Bars:
 
 def render(s: dict) -> str:  # type: ignore[type-arg]
     lines = [
-        f"{s['loader']} {s['model']} seed={s['seed']}: test acc {s['test_acc']:.4f} "
-        f"(best val {s['best_val_acc']:.4f})"
+        f"{s['loader']} {s['model']} seed={s['seed']}: test acc {s['test_acc']:.4f} (best val {s['best_val_acc']:.4f})"
         if s["eval_s"][-1] is not None
         else f"{s['loader']} {s['model']} seed={s['seed']}: {s['batches'][-1]} batches, no evaluation"
     ]
     lines.append("epoch s: " + ", ".join(f"{x:.2f}" for x in s["epoch_s"]))
     lines.append("stage busy s: " + ", ".join(f"{k}={v:.2f}" for k, v in s["stage_s"].items()))
     mem = s["memory"]
-    lines.append(f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (memory budget "
-                 f"{mem['budget_bytes'] / 2**20:.0f} MiB{'' if mem['enforced'] else ', not enforced for baselines'}); "
-                 "evaluation s: "
-                 + ", ".join("-" if x is None else f"{x:.2f}" for x in s["eval_s"]))
+    lines.append(
+        f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (memory budget "
+        f"{mem['budget_bytes'] / 2**20:.0f} MiB{'' if mem['enforced'] else ', not enforced for baselines'}); "
+        "evaluation s: " + ", ".join("-" if x is None else f"{x:.2f}" for x in s["eval_s"])
+    )
     if s.get("read_amplification") is not None:
-        lines.append(
-            f"read amplification {s['read_amplification']}; hit rates {s['tier_hit_rates']}"
-        )
+        lines.append(f"read amplification {s['read_amplification']}; hit rates {s['tier_hit_rates']}")
     return "\n".join(lines)

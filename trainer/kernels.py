@@ -16,9 +16,15 @@ from numpy.typing import NDArray
 
 
 @numba.njit(cache=True, nogil=True)
-def relabel_served(order: NDArray[Any], ids: NDArray[Any], src: NDArray[Any], dst_in_src: NDArray[Any],
-                   ids_out: NDArray[Any], src_out: NDArray[Any],
-                   dst_in_src_out: NDArray[Any]) -> bool:  # pragma: no cover - compiled
+def relabel_served(
+    order: NDArray[Any],
+    ids: NDArray[Any],
+    src: NDArray[Any],
+    dst_in_src: NDArray[Any],
+    ids_out: NDArray[Any],
+    src_out: NDArray[Any],
+    dst_in_src_out: NDArray[Any],
+) -> bool:  # pragma: no cover - compiled
     """Layer 0 relabelled so that new row ``k`` is old row ``order[k]``.
 
     Writes ``ids_out = ids[order]``, ``src_out = inv[src]`` and
@@ -45,4 +51,3 @@ def relabel_served(order: NDArray[Any], ids: NDArray[Any], src: NDArray[Any], ds
             return False
         dst_in_src_out[d] = inv[s]
     return True
-

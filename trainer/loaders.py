@@ -93,7 +93,10 @@ class FeatDBLoader:
 
     def _stream(self, bids: list[int]) -> Epoch:
         stages: list[tuple[str, Callable[[Any], Any]]] = [
-            ("sample", self._sample), ("read", self._read), ("assemble", self._assemble)]
+            ("sample", self._sample),
+            ("read", self._read),
+            ("assemble", self._assemble),
+        ]
         pipe = Pipeline(bids, stages, self.depth, on_drop=_release_item)
         return Epoch(iter(pipe), pipe.times, pipe.close, len(bids))
 
@@ -130,8 +133,14 @@ def seed_labels(labels: NDArray[Any], seeds: NDArray[Any]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(labels[seeds], dtype=np.int64))
 
 
-def stored_eval(ss: SampleSet, bids: Any, fetch: Callable[[NDArray[Any]], Any], labels: NDArray[Any],
-                device: torch.device, depth: int) -> Epoch:
+def stored_eval(
+    ss: SampleSet,
+    bids: Any,
+    fetch: Callable[[NDArray[Any]], Any],
+    labels: NDArray[Any],
+    device: torch.device,
+    depth: int,
+) -> Epoch:
     """Stored evaluation batches with rows from ``fetch(input ids)``, prepared in a pipeline stage."""
 
     def prep(b: int) -> Item:
@@ -233,8 +242,9 @@ class DGLLoader:
         bids = self.ss.part_batches(split) if self.ss is not None else np.zeros(0, dtype=np.int64)
         if not len(bids) or self.ss is None:
             return None
-        return stored_eval(self.ss, bids, lambda ids: self.gather(torch.from_numpy(ids)), self.labels,
-                           self.device, self.depth)
+        return stored_eval(
+            self.ss, bids, lambda ids: self.gather(torch.from_numpy(ids)), self.labels, self.device, self.depth
+        )
 
     def gather(self, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(self.feats, torch.Tensor):

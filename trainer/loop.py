@@ -108,10 +108,21 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         else:
             graph = load_graph(store, mmap=cfg.loader == "dgl-mmap")
             labels = graph.labels
-            loader = DGLLoader(store, cfg.table, graph, fanouts, batch_size, device, cfg.loader,
-                               SampleSet(store, cfg.sample_set), cfg.queue_depth)
-        evals = {s: None if stored_evals else _eval_set(store, cfg.sample_set, s, fanouts, cfg.eval_batch_size)
-                 for s in ("valid", "test")}
+            loader = DGLLoader(
+                store,
+                cfg.table,
+                graph,
+                fanouts,
+                batch_size,
+                device,
+                cfg.loader,
+                SampleSet(store, cfg.sample_set),
+                cfg.queue_depth,
+            )
+        evals = {
+            s: None if stored_evals else _eval_set(store, cfg.sample_set, s, fanouts, cfg.eval_batch_size)
+            for s in ("valid", "test")
+        }
         try:
             ctx = _Run(store, cfg, loader, evals, labels, num_classes, len(fanouts), device)
             return _run(ctx) | {"memory": memory.as_dict() | {"enforced": cfg.loader == "featdb"}}
@@ -131,8 +142,9 @@ def _step_bytes(ss: SampleSet, dim: int, cfg: TrainConfig) -> int:
     return 3 * rows * dim * 4 + edges * (6 * 8 + heads * 4 * 6) + rows * cfg.hidden * heads * 4 // 4
 
 
-def _charge_training(memory: MemoryBudget, cfg: TrainConfig, dim: int, classes: int, layers: int,
-                     step: int, mfg: int) -> None:
+def _charge_training(
+    memory: MemoryBudget, cfg: TrainConfig, dim: int, classes: int, layers: int, step: int, mfg: int
+) -> None:
     """The trainer's own parts; the reader charges its tiers and buffers after these."""
     memory.charge("runtime (torch)", TORCH_RUNTIME_BYTES)
     width = cfg.hidden * (cfg.heads if cfg.model == "gat" else 1)
@@ -143,9 +155,7 @@ def _charge_training(memory: MemoryBudget, cfg: TrainConfig, dim: int, classes: 
     memory.charge(f"batches in flight ({3 * cfg.queue_depth} sampled MFGs)", 3 * cfg.queue_depth * mfg)
 
 
-def _eval_set(
-    store: featdb.Store, train_set: str, split: str, fanouts: list[int], batch_size: int
-) -> str:
+def _eval_set(store: featdb.Store, train_set: str, split: str, fanouts: list[int], batch_size: int) -> str:
     """For sample sets made without evaluation parts: a stored evaluation sample set for
     ``split``, created once and shared by every loader."""
     name = f"{train_set}.eval-{split}"
@@ -169,18 +179,13 @@ class _Run:
 def _run(r: _Run) -> dict[str, Any]:
     cfg, store = r.cfg, r.store
     in_dim = store.schema(cfg.table).dim
-    model = build_model(
-        cfg.model, in_dim, cfg.hidden, r.num_classes, r.layers, cfg.dropout, cfg.heads
-    ).to(r.device)
+    model = build_model(cfg.model, in_dim, cfg.hidden, r.num_classes, r.layers, cfg.dropout, cfg.heads).to(r.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckpt = Path(
-        cfg.checkpoint
-        or store.root / "checkpoints" / f"{cfg.sample_set}-{cfg.model}-{cfg.loader}-s{cfg.seed}.pt"
+        cfg.checkpoint or store.root / "checkpoints" / f"{cfg.sample_set}-{cfg.model}-{cfg.loader}-s{cfg.seed}.pt"
     )
     state: dict[str, Any] = (
-        _resume(ckpt, model, opt)
-        if cfg.resume
-        else {"epoch": -1, "best_val": -1.0, "test_at_best": 0.0, "history": []}
+        _resume(ckpt, model, opt) if cfg.resume else {"epoch": -1, "best_val": -1.0, "test_at_best": 0.0, "history": []}
     )
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])  # batch order: the same on --resume
@@ -273,8 +278,11 @@ def evaluate(r: _Run, model: torch.nn.Module, split: str) -> float:
         ep = r.loader.eval_epoch(split)
         return _accuracy(model, ep)
     with SampleSet(r.store, eval_set) as ss:
-        fetch = r.loader.reader.read if isinstance(r.loader, FeatDBLoader) else \
-            (lambda ids: r.loader.gather(torch.from_numpy(ids)))
+        fetch = (
+            r.loader.reader.read
+            if isinstance(r.loader, FeatDBLoader)
+            else (lambda ids: r.loader.gather(torch.from_numpy(ids)))
+        )
         ep = stored_eval(ss, range(ss.num_batches), fetch, r.labels, r.device, r.cfg.queue_depth)
         return _accuracy(model, ep)
 

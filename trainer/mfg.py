@@ -112,8 +112,7 @@ def served(batch: Batch, order: npt.ArrayLike) -> Batch:
     order = np.ascontiguousarray(order, dtype=np.int64)
     if not len(order) == len(batch.input_ids) == first.num_src:
         raise ValueError(
-            f"order has {len(order)} entries for {first.num_src} sources "
-            f"({len(batch.input_ids)} input ids)"
+            f"order has {len(order)} entries for {first.num_src} sources ({len(batch.input_ids)} input ids)"
         )
     if len(first.dst_in_src) != first.num_dst or len(first.src) != len(first.dst):
         raise ValueError("layer 0's arrays do not match its sizes")
@@ -143,9 +142,7 @@ def _served_numpy(batch: Batch, order: npt.NDArray[np.int64]) -> Batch:
     return Batch(moved.seeds, moved.input_ids, (layer0, *moved.layers[1:]))
 
 
-def to_torch(
-    batch: Batch, device: torch.device | str = "cpu", *, pin_memory: bool = False
-) -> TorchBatch:
+def to_torch(batch: Batch, device: torch.device | str = "cpu", *, pin_memory: bool = False) -> TorchBatch:
     """Move a plain batch onto ``device`` as int64 tensors.
 
     On CUDA, ``pin_memory=True`` pages-locks the host copies first so the

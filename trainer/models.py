@@ -110,9 +110,7 @@ class _Pattern:
 
     def matrix(self, values: Tensor) -> Tensor:
         """The sparse CSR matrix holding ``values`` (flat, in edge order)."""
-        return torch.sparse_csr_tensor(
-            self.crow, self.col, values.index_select(0, self.take), self.shape
-        )
+        return torch.sparse_csr_tensor(self.crow, self.col, values.index_select(0, self.take), self.shape)
 
 
 def _pattern(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int, heads: int = 1) -> _Pattern:
@@ -267,9 +265,7 @@ def _check_depth(batch: TorchBatch, n_layers: int, x: Tensor) -> None:
     if len(batch.layers) != n_layers:
         raise ValueError(f"model has {n_layers} layers but the batch has {len(batch.layers)}")
     if x.shape[0] != batch.layers[0].num_src:
-        raise ValueError(
-            f"x has {x.shape[0]} rows but layer 0 has {batch.layers[0].num_src} sources"
-        )
+        raise ValueError(f"x has {x.shape[0]} rows but layer 0 has {batch.layers[0].num_src} sources")
 
 
 # ---------------------------------------------------------------------------
@@ -357,9 +353,7 @@ class GATConv(nn.Module):
         self.bias: nn.Parameter | None = None
         linear_res = residual and in_feats != out_feats * num_heads
         if residual:
-            self.res_fc = (
-                nn.Linear(in_feats, out_feats * num_heads, bias=bias) if linear_res else Identity()
-            )
+            self.res_fc = nn.Linear(in_feats, out_feats * num_heads, bias=bias) if linear_res else Identity()
         if bias and not linear_res:
             self.bias = nn.Parameter(torch.empty(out_feats * num_heads))
         self.reset_parameters()
@@ -475,8 +469,7 @@ class GAT(_ConvStack):
         # Hidden layers concatenate heads, so the next layer reads hidden * heads.
         ins = [in_dim] + [hidden * heads] * (n_layers - 1)
         self.layers = nn.ModuleList(
-            GATConv(a, out, heads, attn_drop=attn_dropout)
-            for a, (_, out) in zip(ins, widths, strict=True)
+            GATConv(a, out, heads, attn_drop=attn_dropout) for a, (_, out) in zip(ins, widths, strict=True)
         )
         self.dropout = nn.Dropout(dropout)
 

@@ -45,12 +45,8 @@ class Pipeline:
         self._on_drop = on_drop
         self.times: dict[str, StageTime] = {name: StageTime() for name, _ in stages}
         self._stop = threading.Event()
-        self._queues: list[queue.Queue[Any]] = [
-            queue.Queue(maxsize=max(1, depth)) for _ in range(len(stages) + 1)
-        ]
-        self._threads = [
-            threading.Thread(target=self._feed, args=(items,), daemon=True, name="pipe-feed")
-        ]
+        self._queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=max(1, depth)) for _ in range(len(stages) + 1)]
+        self._threads = [threading.Thread(target=self._feed, args=(items,), daemon=True, name="pipe-feed")]
         for i, (name, fn) in enumerate(stages):
             self._threads.append(
                 threading.Thread(
@@ -81,9 +77,7 @@ class Pipeline:
             self._put(self._queues[0], _Failure(exc))
         self._put(self._queues[0], _END)
 
-    def _run(
-        self, name: str, fn: Callable[[Any], Any], inq: queue.Queue[Any], outq: queue.Queue[Any]
-    ) -> None:
+    def _run(self, name: str, fn: Callable[[Any], Any], inq: queue.Queue[Any], outq: queue.Queue[Any]) -> None:
         st = self.times[name]
         while not self._stop.is_set():
             t0 = time.perf_counter()

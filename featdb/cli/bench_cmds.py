@@ -29,10 +29,13 @@ def bench_reads(store: str, table: str, rows: int, batch: int, seed: int, as_jso
     with store_mod.open(store) as st:
         res = bench_mod.random_reads(st, table, rows, batch, seed)
     f, m = res["featdb"], res["memmap"]
-    emit(as_json, res,
-         f"featdb ({f['io']}): {f['rows_per_s']:,} rows/s, amplification {f['read_amplification']}\n"
-         f"memmap: {m['rows_per_s']:,} rows/s, amplification {m['read_amplification']}\n"
-         f"speedup {res['speedup']}x")
+    emit(
+        as_json,
+        res,
+        f"featdb ({f['io']}): {f['rows_per_s']:,} rows/s, amplification {f['read_amplification']}\n"
+        f"memmap: {m['rows_per_s']:,} rows/s, amplification {m['read_amplification']}\n"
+        f"speedup {res['speedup']}x",
+    )
 
 
 @bench.command("serve")
@@ -47,10 +50,13 @@ def bench_serve(store: str, epoch: int, queue_depth: int, as_json: bool, quiet: 
     """
     with store_mod.open(store) as st:
         res = bench_mod.serve_epoch(st, epoch, queue_depth)
-    emit(as_json, res,
-         f"{res['batches']} batches in {res['seconds']} s ({res['batches_per_s']}/s); "
-         f"L4 {res['l4_mib_per_s']} MiB/s vs sequential {res['sequential']['mib_per_s']} MiB/s "
-         f"-> {res['l4_over_sequential']}; read amplification {res['read_amplification']}")
+    emit(
+        as_json,
+        res,
+        f"{res['batches']} batches in {res['seconds']} s ({res['batches_per_s']}/s); "
+        f"L4 {res['l4_mib_per_s']} MiB/s vs sequential {res['sequential']['mib_per_s']} MiB/s "
+        f"-> {res['l4_over_sequential']}; read amplification {res['read_amplification']}",
+    )
 
 
 @bench.command("pack")
@@ -61,8 +67,16 @@ def bench_serve(store: str, epoch: int, queue_depth: int, as_json: bool, quiet: 
 @click.option("--max-blowup", type=float)
 @click.option("--memory-budget", type=SIZE, default="1GiB", show_default=True)
 @output_options
-def bench_pack(store: str, sample_set: str, table: str, host_cache: int, max_blowup: float | None,
-               memory_budget: int, as_json: bool, quiet: bool) -> None:
+def bench_pack(
+    store: str,
+    sample_set: str,
+    table: str,
+    host_cache: int,
+    max_blowup: float | None,
+    memory_budget: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Time a real pack against reading the base table once plus writing its bytes once (cold).
 
     Example: featdb bench pack ./store --sample-set train --host-cache 400MiB --json
@@ -70,26 +84,52 @@ def bench_pack(store: str, sample_set: str, table: str, host_cache: int, max_blo
     from ..layout.plan import Budgets
 
     with store_mod.open(store, mode="a") as st:
-        res = bench_mod.pack_ratio(st, sample_set, table, Budgets(host_bytes=host_cache, max_blowup=max_blowup),
-                                   memory_budget)
-    emit(as_json, res, f"pack {res['pack_s']} s vs read-once {res['read_once']['seconds']} s + write-once "
-                       f"{res['write_once']['seconds']} s -> {res['pack_over_io']}")
+        res = bench_mod.pack_ratio(
+            st, sample_set, table, Budgets(host_bytes=host_cache, max_blowup=max_blowup), memory_budget
+        )
+    emit(
+        as_json,
+        res,
+        f"pack {res['pack_s']} s vs read-once {res['read_once']['seconds']} s + write-once "
+        f"{res['write_once']['seconds']} s -> {res['pack_over_io']}",
+    )
 
 
 @bench.command("train")
-@click.option("--preset", type=click.Choice(["small", "large"]), default="small", show_default=True,
-              help="small: 2 M nodes, 1.02 GB table, 1.5 GiB cap; large: 8 M nodes, 4.1 GB table, 2 GiB cap.")
+@click.option(
+    "--preset",
+    type=click.Choice(["small", "large"]),
+    default="small",
+    show_default=True,
+    help="small: 2 M nodes, 1.02 GB table, 1.5 GiB cap; large: 8 M nodes, 4.1 GB table, 2 GiB cap.",
+)
 @click.option("--cap", type=SIZE, help="Memory cap for every capped run (default: the preset's).")
-@click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Where datasets are built and kept "
-              "(default: .bench-train, or $FEATDB_BENCH_DIR).")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False),
+    help="Where datasets are built and kept (default: .bench-train, or $FEATDB_BENCH_DIR).",
+)
 @click.option("--fresh", is_flag=True, help="Rebuild the dataset even if it is there.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write PNG plots here (matplotlib).")
-@click.option("--sweep", "with_sweep", is_flag=True,
-              help="Also run featdb (one epoch) and DGL + mmap (2 batches) under caps of table / 2, / 4 "
-                   "and / 8 (15 minutes at most per run).")
+@click.option(
+    "--sweep",
+    "with_sweep",
+    is_flag=True,
+    help="Also run featdb (one epoch) and DGL + mmap (2 batches) under caps of table / 2, / 4 "
+    "and / 8 (15 minutes at most per run).",
+)
 @output_options
-def bench_train(preset: str, cap: int | None, workdir: str | None, fresh: bool, plot_dir: str | None,
-                with_sweep: bool, as_json: bool, quiet: bool) -> None:
+def bench_train(
+    preset: str,
+    cap: int | None,
+    workdir: str | None,
+    fresh: bool,
+    plot_dir: str | None,
+    with_sweep: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """featdb vs DGL + numpy.memmap vs in-memory training, each a process under one memory cap.
 
     Builds the preset's dataset (sample and pack run under the cap too), drops
@@ -104,27 +144,44 @@ def bench_train(preset: str, cap: int | None, workdir: str | None, fresh: bool, 
     from .. import bench_train as bt
 
     say = (lambda m: None) if (as_json or quiet) else (lambda m: click.echo(m, err=True))
-    res = bt.run(preset, Path(workdir) if workdir else bt.default_workdir(), cap, fresh,
-                 Path(plot_dir) if plot_dir else None, say, with_sweep)
+    res = bt.run(
+        preset,
+        Path(workdir) if workdir else bt.default_workdir(),
+        cap,
+        fresh,
+        Path(plot_dir) if plot_dir else None,
+        say,
+        with_sweep,
+    )
     emit(as_json, res, None if quiet else render_train(res))
 
 
 def render_train(res: dict) -> str:  # type: ignore[type-arg]
     cap = f"{res['cap_bytes'] / 2**30:.2f} GiB cap" if res["capped"] else "UNCAPPED"
-    lines = [f"preset {res['preset']}: table {res['table_bytes'] / 1e9:.2f} GB, {cap}, "
-             f"disk {res['disk_seq_read_MBps']} MB/s sequential"]
+    lines = [
+        f"preset {res['preset']}: table {res['table_bytes'] / 1e9:.2f} GB, {cap}, "
+        f"disk {res['disk_seq_read_MBps']} MB/s sequential"
+    ]
     for name, st in res["steps"].items():
-        lines.append(f"  {name:<8} {st['wall_s']:>7.1f} s  peak {st['peak_rss_bytes'] / 2**20:,.0f} MiB"
-                     + (f" ({st['peak_over_budget']} x budget)" if st["peak_over_budget"] else ""))
+        lines.append(
+            f"  {name:<8} {st['wall_s']:>7.1f} s  peak {st['peak_rss_bytes'] / 2**20:,.0f} MiB"
+            + (f" ({st['peak_over_budget']} x budget)" if st["peak_over_budget"] else "")
+        )
     for name, s in res["systems"].items():
         if not s["completed"]:
-            lines.append(f"  {name:<19} did not complete ({'OOM-killed' if s['oom_killed'] else s.get('error')}), "
-                         f"peak {s['peak_rss_bytes'] / 2**20:,.0f} MiB")
+            lines.append(
+                f"  {name:<19} did not complete ({'OOM-killed' if s['oom_killed'] else s.get('error')}), "
+                f"peak {s['peak_rss_bytes'] / 2**20:,.0f} MiB"
+            )
             continue
-        lines.append(f"  {name:<19} {s['s_per_batch']:.4f} s/batch over {s['batches']} batches; eval "
-                     f"{s['eval_s'] if s['eval_s'] is not None else '-'} s; amplification "
-                     f"{s['read_amplification']}; peak {s['peak_rss_bytes'] / 2**20:,.0f} MiB")
+        lines.append(
+            f"  {name:<19} {s['s_per_batch']:.4f} s/batch over {s['batches']} batches; eval "
+            f"{s['eval_s'] if s['eval_s'] is not None else '-'} s; amplification "
+            f"{s['read_amplification']}; peak {s['peak_rss_bytes'] / 2**20:,.0f} MiB"
+        )
     r = res["ratios"]
-    lines.append(f"mmap / featdb = {r['mmap_over_featdb']}; featdb / in-memory (uncapped) = "
-                 f"{r['featdb_over_inmemory']}; eval featdb / in-memory = {r['featdb_eval_over_inmemory_eval']}")
+    lines.append(
+        f"mmap / featdb = {r['mmap_over_featdb']}; featdb / in-memory (uncapped) = "
+        f"{r['featdb_over_inmemory']}; eval featdb / in-memory = {r['featdb_eval_over_inmemory_eval']}"
+    )
     return "\n".join(lines)

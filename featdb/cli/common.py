@@ -45,9 +45,14 @@ def memory_option(fn: F) -> F:
     """``--memory-budget``: one option name for every command that holds data."""
     from ..memory import DEFAULT_BUDGET
 
-    return click.option("--memory-budget", type=SIZE, default=DEFAULT_BUDGET, show_default=True,
-                        help="Bytes this command may hold (RAM); it refuses at start, naming the parts, "
-                             "when its configuration cannot fit.")(fn)
+    return click.option(
+        "--memory-budget",
+        type=SIZE,
+        default=DEFAULT_BUDGET,
+        show_default=True,
+        help="Bytes this command may hold (RAM); it refuses at start, naming the parts, "
+        "when its configuration cannot fit.",
+    )(fn)
 
 
 def emit(as_json: bool, obj: Any, text: str | None = None) -> None:
@@ -69,8 +74,9 @@ def progress(total: int, label: str, silent: bool) -> Iterator[Callable[[int], N
     if silent or total <= 0:
         yield lambda n: None
         return
-    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False,
-                           show_percent=True, show_eta=True) as bar:
+    with click.progressbar(
+        length=total, label=label, file=sys.stderr, show_pos=False, show_percent=True, show_eta=True
+    ) as bar:
         yield bar.update
 
 

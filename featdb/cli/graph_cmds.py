@@ -13,9 +13,13 @@ from .store_cmds import open_or_create
 
 
 def _summary(doc: dict[str, Any], started: float) -> dict[str, Any]:
-    return {"num_nodes": doc["num_nodes"], "num_edges": doc["num_edges"],
-            "num_classes": doc.get("num_classes"), "seconds": round(time.perf_counter() - started, 2),
-            **{f"num_{k}": doc.get(f"num_{k}") for k in ("train", "valid", "test")}}
+    return {
+        "num_nodes": doc["num_nodes"],
+        "num_edges": doc["num_edges"],
+        "num_classes": doc.get("num_classes"),
+        "seconds": round(time.perf_counter() - started, 2),
+        **{f"num_{k}": doc.get(f"num_{k}") for k in ("train", "valid", "test")},
+    }
 
 
 @cli.command("ingest-graph")
@@ -28,8 +32,18 @@ def _summary(doc: dict[str, Any], started: float) -> dict[str, Any]:
 @click.option("--memory-budget", type=SIZE, default=graph_mod.DEFAULT_BUDGET, show_default=True)
 @click.option("--replace", is_flag=True, help="Replace the store's graph.")
 @output_options
-def ingest_graph(store: str, edges: str, num_nodes: int | None, labels: str | None, split: str | None,
-                 directed: bool, memory_budget: int, replace: bool, as_json: bool, quiet: bool) -> None:
+def ingest_graph(
+    store: str,
+    edges: str,
+    num_nodes: int | None,
+    labels: str | None,
+    split: str | None,
+    directed: bool,
+    memory_budget: int,
+    replace: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Ingest a graph from EDGES.npy (2 x E or E x 2) into CSC arrays in the store.
 
     Example: featdb ingest-graph ./store edges.npy --labels y.npy --split split.npz
@@ -38,9 +52,17 @@ def ingest_graph(store: str, edges: str, num_nodes: int | None, labels: str | No
     n_edges = graph_mod.NpyEdges.open(edges).num_edges
     total = graph_mod.CSC_PHASES * n_edges * (1 if directed else 2)
     with open_or_create(store) as st, progress(total, "ingest-graph", as_json or quiet) as bar:
-        doc = graph_mod.ingest_graph(st, edges, num_nodes=num_nodes, labels_path=labels, split_path=split,
-                                     symmetric=not directed, memory_budget=memory_budget, progress=bar,
-                                     replace=replace)
+        doc = graph_mod.ingest_graph(
+            st,
+            edges,
+            num_nodes=num_nodes,
+            labels_path=labels,
+            split_path=split,
+            symmetric=not directed,
+            memory_budget=memory_budget,
+            progress=bar,
+            replace=replace,
+        )
     s = _summary(doc, t)
     emit(as_json, s, None if quiet else f"graph: {s['num_nodes']:,} nodes, {s['num_edges']:,} edges")
 
@@ -53,16 +75,25 @@ def ingest_graph(store: str, edges: str, num_nodes: int | None, labels: str | No
 @click.option("--memory-budget", type=SIZE, default=graph_mod.DEFAULT_BUDGET, show_default=True)
 @click.option("--replace", is_flag=True)
 @output_options
-def ingest_ogb(store: str, folder: str, split_name: str | None, feat_key: str, memory_budget: int,
-               replace: bool, as_json: bool, quiet: bool) -> None:
+def ingest_ogb(
+    store: str,
+    folder: str,
+    split_name: str | None,
+    feat_key: str,
+    memory_budget: int,
+    replace: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Ingest an OGB node-property-prediction FOLDER (raw/*.csv.gz, split/<name>/*.csv.gz).
 
     Example: featdb ingest-ogb ./store ./ogbn_arxiv
     """
     t = time.perf_counter()
     with open_or_create(store) as st, progress(0, "ingest-ogb", True):
-        doc = graph_mod.ingest_ogb(st, folder, memory_budget=memory_budget, split=split_name,
-                                   feat_key=feat_key, replace=replace)
+        doc = graph_mod.ingest_ogb(
+            st, folder, memory_budget=memory_budget, split=split_name, feat_key=feat_key, replace=replace
+        )
     s = _summary(doc, t)
     emit(as_json, s, None if quiet else f"graph: {s['num_nodes']:,} nodes, {s['num_edges']:,} edges")
 
@@ -73,8 +104,13 @@ def ingest_ogb(store: str, folder: str, split_name: str | None, feat_key: str, m
 @click.option("--avg-degree", type=float, default=15.0, show_default=True)
 @click.option("--dim", type=int, default=128, show_default=True)
 @click.option("--classes", type=int, default=16, show_default=True)
-@click.option("--homophily", type=float, default=0.8, show_default=True,
-              help="Probability that an edge stays inside its community.")
+@click.option(
+    "--homophily",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Probability that an edge stays inside its community.",
+)
 @click.option("--noise", type=float, default=0.9, show_default=True, help="Feature noise std.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-frac", type=float, default=0.1, show_default=True)
@@ -83,10 +119,23 @@ def ingest_ogb(store: str, folder: str, split_name: str | None, feat_key: str, m
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--memory-budget", type=SIZE, default=graph_mod.DEFAULT_BUDGET, show_default=True)
 @output_options
-def synth(store: str, nodes: int, avg_degree: float, dim: int, classes: int, homophily: float,
-          noise: float, seed: int, train_frac: float, valid_frac: float, test_frac: float, dtype: str,
-          memory_budget: int,
-          as_json: bool, quiet: bool) -> None:
+def synth(
+    store: str,
+    nodes: int,
+    avg_degree: float,
+    dim: int,
+    classes: int,
+    homophily: float,
+    noise: float,
+    seed: int,
+    train_frac: float,
+    valid_frac: float,
+    test_frac: float,
+    dtype: str,
+    memory_budget: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Generate a seeded node-classification dataset (graph, features, labels, splits) into STORE.
 
     Communities with a power-law degree distribution; features carry a noisy
@@ -97,13 +146,28 @@ def synth(store: str, nodes: int, avg_degree: float, dim: int, classes: int, hom
     from .. import synth as synth_mod
 
     t = time.perf_counter()
-    with open_or_create(store) as st, \
-            progress(synth_mod.PROGRESS_PASSES * nodes, "synth", as_json or quiet) as bar:
-        doc = synth_mod.synth(st, nodes, avg_degree, dim, classes, homophily=homophily, noise=noise,
-                              seed=seed, train_frac=train_frac, valid_frac=valid_frac, test_frac=test_frac,
-                              memory_budget=memory_budget,
-                              progress=bar, dtype=dtype)
+    with open_or_create(store) as st, progress(synth_mod.PROGRESS_PASSES * nodes, "synth", as_json or quiet) as bar:
+        doc = synth_mod.synth(
+            st,
+            nodes,
+            avg_degree,
+            dim,
+            classes,
+            homophily=homophily,
+            noise=noise,
+            seed=seed,
+            train_frac=train_frac,
+            valid_frac=valid_frac,
+            test_frac=test_frac,
+            memory_budget=memory_budget,
+            progress=bar,
+            dtype=dtype,
+        )
     s = _summary(doc, t)
-    emit(as_json, s, None if quiet else
-         f"synth: {s['num_nodes']:,} nodes, {s['num_edges']:,} edges, {dim} x {dtype} features "
-         f"in {s['seconds']} s")
+    emit(
+        as_json,
+        s,
+        None
+        if quiet
+        else f"synth: {s['num_nodes']:,} nodes, {s['num_edges']:,} edges, {dim} x {dtype} features in {s['seconds']} s",
+    )

@@ -23,20 +23,45 @@ from .common import SIZE, cli, emit, memory_option, output_options, progress
 @cli.command()
 @click.argument("store")
 @click.option("--name", required=True, help="Name of the new sample set.")
-@click.option("--fanouts", default="10,10,10", show_default=True,
-              help="Neighbours per layer, input side first; the last applies to the seeds.")
+@click.option(
+    "--fanouts",
+    default="10,10,10",
+    show_default=True,
+    help="Neighbours per layer, input side first; the last applies to the seeds.",
+)
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "valid", "test"]))
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Sampling processes; default one per CPU. The samples do not depend on it.")
-@click.option("--eval/--no-eval", "with_eval", default=True, show_default=True,
-              help="Also sample the other splits once each (evaluation batches, packed with training's).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sampling processes; default one per CPU. The samples do not depend on it.",
+)
+@click.option(
+    "--eval/--no-eval",
+    "with_eval",
+    default=True,
+    show_default=True,
+    help="Also sample the other splits once each (evaluation batches, packed with training's).",
+)
 @memory_option
 @output_options
-def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, seed: int, split: str,
-           workers: int | None, with_eval: bool, memory_budget: int, as_json: bool, quiet: bool) -> None:
+def sample(
+    store: str,
+    name: str,
+    fanouts: str,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    split: str,
+    workers: int | None,
+    with_eval: bool,
+    memory_budget: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Sample every mini-batch of EPOCHS epochs offline into a named sample set.
 
     With --eval (the default) the evaluation splits (valid and test, when they
@@ -56,13 +81,29 @@ def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, se
         sizes = {s: int(doc.get(f"num_{s}", 0) or 0) for s in (split, *evals)}
         total = sum(-(-n // max(1, batch_size)) * (epochs if s == split else 1) for s, n in sizes.items())
         with progress(total, f"sample {name}", as_json or quiet) as bar:
-            doc = run_sample(st, cfg, progress=bar, workers=workers or default_workers(),
-                             memory_budget=memory_budget)
-    keys = ("name", "epochs", "batches", "batches_per_epoch", "parts", "fanouts", "batch_size", "bytes",
-            "bytes_per_batch", "input_rows", "sample_s", "memory")
-    emit(as_json, {k: doc[k] for k in keys},
-         None if quiet else f"sample set {name}: {doc['batches']} batches, {format_size(doc['bytes'])} "
-                            f"({format_size(doc['bytes_per_batch'])}/batch) in {doc['sample_s']} s")
+            doc = run_sample(st, cfg, progress=bar, workers=workers or default_workers(), memory_budget=memory_budget)
+    keys = (
+        "name",
+        "epochs",
+        "batches",
+        "batches_per_epoch",
+        "parts",
+        "fanouts",
+        "batch_size",
+        "bytes",
+        "bytes_per_batch",
+        "input_rows",
+        "sample_s",
+        "memory",
+    )
+    emit(
+        as_json,
+        {k: doc[k] for k in keys},
+        None
+        if quiet
+        else f"sample set {name}: {doc['batches']} batches, {format_size(doc['bytes'])} "
+        f"({format_size(doc['bytes_per_batch'])}/batch) in {doc['sample_s']} s",
+    )
 
 
 @cli.command()
@@ -77,9 +118,20 @@ def sample(store: str, name: str, fanouts: str, batch_size: int, epochs: int, se
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the plan's predictions; write nothing.")
 @output_options
-def pack(store: str, sample_set: str, table: str, host_cache: int, device_cache: int,
-         max_blowup: float | None, memory_budget: int, policy: str, seed: int, dry_run: bool,
-         as_json: bool, quiet: bool) -> None:
+def pack(
+    store: str,
+    sample_set: str,
+    table: str,
+    host_cache: int,
+    device_cache: int,
+    max_blowup: float | None,
+    memory_budget: int,
+    policy: str,
+    seed: int,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Plan a layout from a sample set and pack it into a new generation.
 
     Example: featdb pack ./store --sample-set train --host-cache 256MiB --max-blowup 3
@@ -92,15 +144,32 @@ def pack(store: str, sample_set: str, table: str, host_cache: int, device_cache:
             total = ss.num_batches
         with progress(total, "pack", as_json or quiet or dry_run) as bar:
             doc = pack_layout(st, sample_set, table, budgets, memory_budget, dry_run, bar)
-    summary = {k: doc.get(k) for k in ("id", "dry_run", "policy", "sample_set", "segment_len", "l1_rows",
-                                        "l2_rows", "l3_rows", "l4_rows", "blowup",
-                                        "predicted_amplification", "plan_s", "pack_s")}
+    summary = {
+        k: doc.get(k)
+        for k in (
+            "id",
+            "dry_run",
+            "policy",
+            "sample_set",
+            "segment_len",
+            "l1_rows",
+            "l2_rows",
+            "l3_rows",
+            "l4_rows",
+            "blowup",
+            "predicted_amplification",
+            "plan_s",
+            "pack_s",
+        )
+    }
     summary["predictions"] = doc["predictions"]
     summary["memory"] = {"budget_bytes": memory_budget, "peak_rss_bytes": peak_rss()}
-    text = (f"{'plan' if dry_run else 'packed generation ' + str(doc.get('id'))}: policy={doc['policy']} "
-            f"blowup={doc['blowup']} predicted amplification={doc['predicted_amplification']} "
-            f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "
-            f"segment={doc['segment_len']}")
+    text = (
+        f"{'plan' if dry_run else 'packed generation ' + str(doc.get('id'))}: policy={doc['policy']} "
+        f"blowup={doc['blowup']} predicted amplification={doc['predicted_amplification']} "
+        f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "
+        f"segment={doc['segment_len']}"
+    )
     emit(as_json, summary, None if quiet else text)
 
 
@@ -118,8 +187,10 @@ def gc(store: str, sample_sets: tuple[str, ...], force: bool, as_json: bool, qui
         cur = st.catalog.get("layout/current")
         in_use = (st.catalog.get(f"generation/{cur}") or {}).get("sample_set") if cur else None
         if in_use in sample_sets and not force:
-            raise InvalidInputError(f"sample set {in_use!r} is what the current layout serves; "
-                                    "repack from another sample set first, or pass --force")
+            raise InvalidInputError(
+                f"sample set {in_use!r} is what the current layout serves; "
+                "repack from another sample set first, or pass --force"
+            )
         removed_sets = [_drop_sample_set(st, name) for name in sample_sets]
         res = generation.collect(st)
         res["sample_sets"] = removed_sets
@@ -127,9 +198,14 @@ def gc(store: str, sample_sets: tuple[str, ...], force: bool, as_json: bool, qui
         from ..graph import remove_stale_staging
 
         res["stale_graph_staging"] = remove_stale_staging(st)
-    emit(as_json, res, None if quiet else
-         f"removed generations: {res['removed'] or 'none'}; pinned (kept): {res['pinned'] or 'none'}; "
-         f"sample sets: {removed_sets or 'none'}")
+    emit(
+        as_json,
+        res,
+        None
+        if quiet
+        else f"removed generations: {res['removed'] or 'none'}; pinned (kept): {res['pinned'] or 'none'}; "
+        f"sample sets: {removed_sets or 'none'}",
+    )
 
 
 def _drop_sample_set(st: store_mod.Store, name: str) -> str:

@@ -29,12 +29,27 @@ def open_or_create(path: str) -> store_mod.Store:
 @click.option("--dtype", help="Element type of a raw binary source (float32, float16, int8, ...).")
 @click.option("--shape", help="ROWS,DIM of a raw binary source.")
 @click.option("--as-dtype", help="Convert rows to this dtype while ingesting.")
-@click.option("--memory-budget", type=SIZE, default=DEFAULT_BUDGET, show_default=True,
-              help="Bound on the working set (e.g. 256MiB).")
+@click.option(
+    "--memory-budget",
+    type=SIZE,
+    default=DEFAULT_BUDGET,
+    show_default=True,
+    help="Bound on the working set (e.g. 256MiB).",
+)
 @click.option("--replace", is_flag=True, help="Replace an existing table of that key.")
 @output_options
-def ingest(store: str, key: str, source: str, dtype: str | None, shape: str | None,
-           as_dtype: str | None, memory_budget: int, replace: bool, as_json: bool, quiet: bool) -> None:
+def ingest(
+    store: str,
+    key: str,
+    source: str,
+    dtype: str | None,
+    shape: str | None,
+    as_dtype: str | None,
+    memory_budget: int,
+    replace: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Ingest a feature table from SOURCE (.npy, or raw row-major binary).
 
     Example: featdb ingest ./store node/paper/feat feats.npy
@@ -42,11 +57,22 @@ def ingest(store: str, key: str, source: str, dtype: str | None, shape: str | No
     shp = parse_shape(shape)
     rows = shp[0] if shp else npy_layout(Path(source))[1][0] if source.endswith(".npy") else 0
     with open_or_create(store) as st, progress(rows, f"ingest {key}", as_json or quiet) as bar:
-        schema = ingest_table(st, key, source, dtype=dtype, shape=parse_shape(shape),
-                              memory_budget=memory_budget, progress=bar, replace=replace,
-                              as_dtype=as_dtype)
-    emit(as_json, {"key": key, "rows": schema.rows, "dim": schema.dim, "dtype": schema.dtype},
-         None if quiet else f"ingested {key}: {schema.rows:,} x {schema.dim} {schema.dtype}")
+        schema = ingest_table(
+            st,
+            key,
+            source,
+            dtype=dtype,
+            shape=parse_shape(shape),
+            memory_budget=memory_budget,
+            progress=bar,
+            replace=replace,
+            as_dtype=as_dtype,
+        )
+    emit(
+        as_json,
+        {"key": key, "rows": schema.rows, "dim": schema.dim, "dtype": schema.dtype},
+        None if quiet else f"ingested {key}: {schema.rows:,} x {schema.dim} {schema.dtype}",
+    )
 
 
 @cli.command()
@@ -73,8 +99,11 @@ def verify(store: str, as_json: bool, quiet: bool) -> None:
     with store_mod.open(store) as st:
         problems = st.verify()
         nfiles = len(st.files())
-    emit(as_json, {"ok": not problems, "files": nfiles, "problems": problems},
-         None if quiet else ("\n".join(problems) or f"ok: {nfiles} files verified"))
+    emit(
+        as_json,
+        {"ok": not problems, "files": nfiles, "problems": problems},
+        None if quiet else ("\n".join(problems) or f"ok: {nfiles} files verified"),
+    )
     if problems:
         if not as_json and quiet:
             click.echo("\n".join(problems), err=True)
@@ -94,6 +123,11 @@ def read(store: str, key: str, ids: str, as_json: bool, quiet: bool) -> None:
     with store_mod.open(store) as st:
         rows = st.read(key, np.array(parse_ids(ids), dtype=np.int64))
         mode = st.io_mode(key)
-    emit(as_json, {"key": key, "ids": parse_ids(ids), "rows": rows.tolist(), "io": mode},
-         "\n".join(f"{i}: {np.array2string(r, precision=4, max_line_width=120)}"
-                   for i, r in zip(parse_ids(ids), rows, strict=True)))
+    emit(
+        as_json,
+        {"key": key, "ids": parse_ids(ids), "rows": rows.tolist(), "io": mode},
+        "\n".join(
+            f"{i}: {np.array2string(r, precision=4, max_line_width=120)}"
+            for i, r in zip(parse_ids(ids), rows, strict=True)
+        ),
+    )

@@ -37,8 +37,7 @@ def partial_dir(store: Store, gen_id: str) -> tuple[Path, int]:
     return d, hold_dir(d)
 
 
-def publish(store: Store, gen_id: str, tmp: Path, doc: dict[str, Any],
-            files: dict[str, dict[str, Any]]) -> None:
+def publish(store: Store, gen_id: str, tmp: Path, doc: dict[str, Any], files: dict[str, dict[str, Any]]) -> None:
     """Rename the finished directory into place and make it current in one transaction."""
     final = store.root / GENS / gen_id
     tmp.rename(final)

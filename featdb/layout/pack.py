@@ -56,21 +56,27 @@ class _Group:
         return not self.l4_ids and not self.l3_ids
 
 
-def pack(store: Store, sample_set: str, table: str, budgets: Budgets,
-         memory_budget: int = DEFAULT_BUDGET, dry_run: bool = False,
-         progress: Progress = None) -> dict[str, Any]:
+def pack(
+    store: Store,
+    sample_set: str,
+    table: str,
+    budgets: Budgets,
+    memory_budget: int = DEFAULT_BUDGET,
+    dry_run: bool = False,
+    progress: Progress = None,
+) -> dict[str, Any]:
     """Plan and (unless ``dry_run``) write a new generation; returns its document."""
     if not dry_run:
         store.require_writable()
     schema = store.schema(table)
     with SampleSet(store, sample_set) as ss:
         if ss.num_nodes != schema.rows:
-            raise SchemaMismatchError(f"sample set {sample_set!r} covers {ss.num_nodes:,} nodes, "
-                                      f"table {table!r} has {schema.rows:,} rows")
+            raise SchemaMismatchError(
+                f"sample set {sample_set!r} covers {ss.num_nodes:,} nodes, table {table!r} has {schema.rows:,} rows"
+            )
         work = working_budget(memory_budget, ss.num_nodes, schema.row_bytes)
         started = time.perf_counter()
-        placement = plan(ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets,
-                         predict_costs=dry_run)
+        placement = plan(ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets, predict_costs=dry_run)
         plan_s = time.perf_counter() - started
         if dry_run:
             return _doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s) | {"dry_run": True}
@@ -105,23 +111,51 @@ def working_budget(memory_budget: int, num_nodes: int, row_bytes: int) -> int:
     return m.fit("chunks, gathered slices and scatter lists", memory_budget, minimum=max(MIN_WORK, 16 * row_bytes))
 
 
-def _doc(p: Placement, sample_set: str, table: str, schema: Schema, b: Budgets,
-         memory_budget: int, plan_s: float) -> dict[str, Any]:
+def _doc(
+    p: Placement, sample_set: str, table: str, schema: Schema, b: Budgets, memory_budget: int, plan_s: float
+) -> dict[str, Any]:
     pr = p.predictions
-    return {"sample_set": sample_set, "table": table, "policy": p.policy, "dtype": schema.dtype,
-            "dim": schema.dim, "row_bytes": schema.row_bytes, "num_nodes": p.num_nodes,
-            "num_batches": p.num_batches, "segment_len": p.segment_len,
-            "l1_rows": len(p.l1_ids), "l2_rows": len(p.l2_ids),
-            "l3_rows": pr["stored_rows"] - pr["rows_per_tier"]["l4"] if p.packs else 0,
-            "l4_rows": pr["rows_per_tier"]["l4"], "blowup": pr["blowup"],
-            "predicted_amplification": pr["predicted_amplification"], "predictions": pr,
-            "budgets": {"device_bytes": b.device_bytes, "host_bytes": b.host_bytes,
-                        "max_blowup": b.max_blowup, "seed": b.seed},
-            "table_file": "", "memory_budget": memory_budget, "plan_s": round(plan_s, 3), "created": time.time()}
+    return {
+        "sample_set": sample_set,
+        "table": table,
+        "policy": p.policy,
+        "dtype": schema.dtype,
+        "dim": schema.dim,
+        "row_bytes": schema.row_bytes,
+        "num_nodes": p.num_nodes,
+        "num_batches": p.num_batches,
+        "segment_len": p.segment_len,
+        "l1_rows": len(p.l1_ids),
+        "l2_rows": len(p.l2_ids),
+        "l3_rows": pr["stored_rows"] - pr["rows_per_tier"]["l4"] if p.packs else 0,
+        "l4_rows": pr["rows_per_tier"]["l4"],
+        "blowup": pr["blowup"],
+        "predicted_amplification": pr["predicted_amplification"],
+        "predictions": pr,
+        "budgets": {
+            "device_bytes": b.device_bytes,
+            "host_bytes": b.host_bytes,
+            "max_blowup": b.max_blowup,
+            "seed": b.seed,
+        },
+        "table_file": "",
+        "memory_budget": memory_budget,
+        "plan_s": round(plan_s, 3),
+        "created": time.time(),
+    }
 
 
-def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str, tmp: Path,
-           memory_budget: int, progress: Progress, acc: Predictor) -> dict[str, dict[str, Any]]:
+def _write(
+    store: Store,
+    ss: SampleSet,
+    p: Placement,
+    schema: Schema,
+    table: str,
+    tmp: Path,
+    memory_budget: int,
+    progress: Progress,
+    acc: Predictor,
+) -> dict[str, dict[str, Any]]:
     rb = schema.row_bytes
     id_dt = np.dtype("<i4") if p.num_nodes < 2**31 else np.dtype("<i8")
     tier = p.tier_map()
@@ -154,12 +188,24 @@ def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str
         for fd, name, total in ((fd4, "l4.dat", cursor["l4"]), (fd3, "l3.dat", cursor["l3"])):
             os.ftruncate(fd, total)
             os.fsync(fd)
-            index, width, cols = (("batches.i64", BATCH_COLS, [4, 0, 5]) if name == "l4.dat"
-                                  else ("segments.i64", SEG_COLS, [2, 3, 4]))
-            files[name] = {"size": total, "crcs": [], "kind": "extents", "index": index,
-                           "width": width, "cols": cols, "row_bytes": rb}
-        for name, arr in (("batches.i64", batches), ("segments.i64", segs),
-                          ("l1_ids.i64", p.l1_ids.astype("<i8")), ("l2_ids.i64", p.l2_ids.astype("<i8"))):
+            index, width, cols = (
+                ("batches.i64", BATCH_COLS, [4, 0, 5]) if name == "l4.dat" else ("segments.i64", SEG_COLS, [2, 3, 4])
+            )
+            files[name] = {
+                "size": total,
+                "crcs": [],
+                "kind": "extents",
+                "index": index,
+                "width": width,
+                "cols": cols,
+                "row_bytes": rb,
+            }
+        for name, arr in (
+            ("batches.i64", batches),
+            ("segments.i64", segs),
+            ("l1_ids.i64", p.l1_ids.astype("<i8")),
+            ("l2_ids.i64", p.l2_ids.astype("<i8")),
+        ):
             size, crcs = write_atomic(tmp / name, arr.astype("<i8").tobytes())
             files[name] = {"size": size, "crcs": crcs, "kind": "layout"}
         files |= hot_all.records
@@ -173,9 +219,17 @@ def _write(store: Store, ss: SampleSet, p: Placement, schema: Schema, table: str
     return files
 
 
-def _record_segment(sp: SegmentPlan, si: int, batches: NDArray[Any], segs: NDArray[Any],
-                    mapw: ChecksumWriter, group: _Group, cursor: dict[str, int], rb: int,
-                    id_dt: np.dtype[Any]) -> None:
+def _record_segment(
+    sp: SegmentPlan,
+    si: int,
+    batches: NDArray[Any],
+    segs: NDArray[Any],
+    mapw: ChecksumWriter,
+    group: _Group,
+    cursor: dict[str, int],
+    rb: int,
+    id_dt: np.dtype[Any],
+) -> None:
     n3 = len(sp.l3_ids)
     segs[si] = (sp.first_batch, len(sp.batches), cursor["l3"], n3, 0)
     if n3:
@@ -203,8 +257,10 @@ class _HotWriters:
 
     def __init__(self, tmp: Path, p: Placement, schema: Schema) -> None:
         self.records: dict[str, dict[str, Any]] = {}
-        self.parts = [(name, ids, TableWriter(tmp / name, Schema(schema.dtype, len(ids), schema.dim)))
-                      for name, ids in (("device.tbl", p.l1_ids), ("host.tbl", p.l2_ids))]
+        self.parts = [
+            (name, ids, TableWriter(tmp / name, Schema(schema.dtype, len(ids), schema.dim)))
+            for name, ids in (("device.tbl", p.l1_ids), ("host.tbl", p.l2_ids))
+        ]
 
     def take(self, chunk: NDArray[Any], lo: int, hi: int) -> None:
         for _, ids, w in self.parts:
@@ -237,8 +293,17 @@ def _chunks(reader: TableReader, chunk_rows: int) -> Iterator[tuple[int, int, ND
             yield lo, hi, chunk
 
 
-def _base_pass(reader: TableReader, g: _Group, hot: _HotWriters | None, fd4: int, fd3: int,
-               batches: NDArray[Any], segs: NDArray[Any], memory_budget: int, progress: Progress) -> None:
+def _base_pass(
+    reader: TableReader,
+    g: _Group,
+    hot: _HotWriters | None,
+    fd4: int,
+    fd3: int,
+    batches: NDArray[Any],
+    segs: NDArray[Any],
+    memory_budget: int,
+    progress: Progress,
+) -> None:
     rb = reader.schema.row_bytes
     src, dst, ext = _l4_targets(g, rb)
     l3src, l3row, l3buf = _l3_targets(g, rb)

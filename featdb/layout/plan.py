@@ -52,8 +52,9 @@ class Budgets:
         if self.device_bytes < 0 or self.host_bytes < 0:
             raise InvalidInputError("cache sizes must not be negative")
         if self.max_blowup is not None and self.max_blowup < 1.0:
-            raise ConfigError(f"--max-blowup {self.max_blowup}: every cold row must be stored "
-                              "once, so the cap must be at least 1")
+            raise ConfigError(
+                f"--max-blowup {self.max_blowup}: every cold row must be stored once, so the cap must be at least 1"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +133,9 @@ def stored_rows(trace: Trace, num_batches: int, tier: NDArray[Any], seg_len: int
     return total
 
 
-def choose_segment_len(trace: Trace, num_batches: int, tier: NDArray[Any], cap: float | None,
-                       num_nodes: int) -> tuple[int, dict[int, float]]:
+def choose_segment_len(
+    trace: Trace, num_batches: int, tier: NDArray[Any], cap: float | None, num_nodes: int
+) -> tuple[int, dict[int, float]]:
     """The smallest segment length whose blowup is within ``cap`` (doubling, then bisection)."""
     tried: dict[int, float] = {}
 
@@ -149,8 +151,10 @@ def choose_segment_len(trace: Trace, num_batches: int, tier: NDArray[Any], cap: 
         hi *= 2
     hi = min(hi, num_batches)
     if blowup(hi) > cap:
-        raise ConfigError(f"no segment length keeps blowup within {cap} (best {blowup(hi):.2f} "
-                          f"with all {num_batches} batches in one segment)")
+        raise ConfigError(
+            f"no segment length keeps blowup within {cap} (best {blowup(hi):.2f} "
+            f"with all {num_batches} batches in one segment)"
+        )
     lo = hi // 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -161,8 +165,9 @@ def choose_segment_len(trace: Trace, num_batches: int, tier: NDArray[Any], cap: 
     return hi, tried
 
 
-def plan(counts: NDArray[Any], trace: Trace, num_batches: int, row_bytes: int,
-         budgets: Budgets, predict_costs: bool = True) -> Placement:
+def plan(
+    counts: NDArray[Any], trace: Trace, num_batches: int, row_bytes: int, budgets: Budgets, predict_costs: bool = True
+) -> Placement:
     """Plan a layout and (unless ``predict_costs`` is false) predict what serving it will cost.
 
     The packer passes ``predict_costs=False`` and accumulates the same
@@ -174,8 +179,7 @@ def plan(counts: NDArray[Any], trace: Trace, num_batches: int, row_bytes: int,
     placement = Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, 1, budgets.seed)
     tried: dict[int, float] = {}
     if placement.packs:
-        seg_len, tried = choose_segment_len(trace, num_batches, placement.tier_map(),
-                                            budgets.max_blowup, num_nodes)
+        seg_len, tried = choose_segment_len(trace, num_batches, placement.tier_map(), budgets.max_blowup, num_nodes)
         placement = replace(placement, segment_len=seg_len)
     preds = predict(placement, trace) if predict_costs else {}
     preds["segment_blowups_tried"] = {str(k): round(v, 4) for k, v in sorted(tried.items())}
@@ -194,8 +198,9 @@ def _minhash(n_rows: int, batch_rows: Sequence[NDArray[Any]], seed: int) -> NDAr
     return sig
 
 
-def assign_segment(p: Placement, first_batch: int, inputs: Sequence[NDArray[Any]],
-                   tier: NDArray[Any], scratch: NDArray[Any]) -> SegmentPlan:
+def assign_segment(
+    p: Placement, first_batch: int, inputs: Sequence[NDArray[Any]], tier: NDArray[Any], scratch: NDArray[Any]
+) -> SegmentPlan:
     """Per batch serving order and tier positions for one segment of consecutive batches.
 
     ``tier`` is :meth:`Placement.tier_map`; ``scratch`` an int64 array of
@@ -234,9 +239,17 @@ def _assign_batch(p: Placement, ids: NDArray[Any], tier: NDArray[Any], l3pos: ND
     if not p.packs:  # hot-only and none: cold rows come from the base table
         p4, p3 = pos[:0], pos[m4]
     order = np.concatenate([p4, p3, p2, p1])
-    return BatchPlan(order, len(p4), len(p3), len(p2), len(p1), ids[p4],
-                     l3pos[ids[p3]] if p.packs else ids[p3],
-                     np.searchsorted(p.l2_ids, ids[p2]), np.searchsorted(p.l1_ids, ids[p1]))
+    return BatchPlan(
+        order,
+        len(p4),
+        len(p3),
+        len(p2),
+        len(p1),
+        ids[p4],
+        l3pos[ids[p3]] if p.packs else ids[p3],
+        np.searchsorted(p.l2_ids, ids[p2]),
+        np.searchsorted(p.l1_ids, ids[p1]),
+    )
 
 
 class Predictor:
@@ -270,14 +283,19 @@ class Predictor:
         p, total = self.p, sum(self.rows.values())
         need = self.disk_rows * p.row_bytes
         disk = self.l4_bytes + self.l3_bytes
-        return {"blowup": round(self.stored / p.num_nodes, 4) if p.num_nodes else 0.0,
-                "stored_rows": self.stored, "l3_l4_bytes": self.stored * p.row_bytes,
-                "rows_per_tier": dict(self.rows), "requested_rows": total,
-                "hit_rate": {k: round(v / total, 4) if total else 0.0 for k, v in self.rows.items()},
-                "disk_bytes_per_pass": disk,
-                "predicted_amplification": round(disk / need, 4) if need else 0.0,
-                "predicted_amplification_l3_by_page":
-                    round((self.l4_bytes + self.l3_page_bytes) / need, 4) if need else 0.0}
+        return {
+            "blowup": round(self.stored / p.num_nodes, 4) if p.num_nodes else 0.0,
+            "stored_rows": self.stored,
+            "l3_l4_bytes": self.stored * p.row_bytes,
+            "rows_per_tier": dict(self.rows),
+            "requested_rows": total,
+            "hit_rate": {k: round(v / total, 4) if total else 0.0 for k, v in self.rows.items()},
+            "disk_bytes_per_pass": disk,
+            "predicted_amplification": round(disk / need, 4) if need else 0.0,
+            "predicted_amplification_l3_by_page": round((self.l4_bytes + self.l3_page_bytes) / need, 4)
+            if need
+            else 0.0,
+        }
 
 
 def predict(p: Placement, trace: Trace) -> dict[str, Any]:

@@ -56,8 +56,11 @@ def encode_parts(batch: Batch, id_dtype: np.dtype[Any]) -> list[NDArray[Any]]:
     head = [MAGIC, len(batch.layers), len(batch.seeds), len(batch.input_ids)]
     for layer in batch.layers:
         head += [layer.num_src, layer.num_dst, len(layer.src)]
-    parts = [np.asarray(head, dtype="<i8"), batch.seeds.astype(id_dtype, copy=False),
-             batch.input_ids.astype(id_dtype, copy=False)]
+    parts = [
+        np.asarray(head, dtype="<i8"),
+        batch.seeds.astype(id_dtype, copy=False),
+        batch.input_ids.astype(id_dtype, copy=False),
+    ]
     for layer in batch.layers:
         parts += [layer.src.astype("<i4", copy=False), layer.dst.astype("<i4", copy=False)]
     return [np.ascontiguousarray(p) for p in parts]

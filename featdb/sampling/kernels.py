@@ -13,8 +13,15 @@ from numpy.typing import NDArray
 
 
 @numba.njit(cache=True, nogil=True)
-def relabel(u: NDArray[Any], v: NDArray[Any], dst: NDArray[Any], slots: NDArray[Any],
-            u_local: NDArray[Any], v_local: NDArray[Any], nodes: NDArray[Any]) -> int:  # pragma: no cover - compiled
+def relabel(
+    u: NDArray[Any],
+    v: NDArray[Any],
+    dst: NDArray[Any],
+    slots: NDArray[Any],
+    u_local: NDArray[Any],
+    v_local: NDArray[Any],
+    nodes: NDArray[Any],
+) -> int:  # pragma: no cover - compiled
     """Local ids of the edges (u -> v); returns how many source nodes the layer has.
 
     The sources are ``dst`` in order, then every new node of ``u`` in order of

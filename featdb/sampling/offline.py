@@ -102,8 +102,7 @@ def dgl_graph(indptr: NDArray[Any], indices: NDArray[Any]) -> Any:
     import torch
 
     no_eids = torch.empty(0, dtype=torch.int64)
-    return dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), no_eids)),
-                     num_nodes=len(indptr) - 1)
+    return dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), no_eids)), num_nodes=len(indptr) - 1)
 
 
 def blocks_to_batch(blocks: list[Any]) -> Batch:
@@ -113,11 +112,20 @@ def blocks_to_batch(blocks: list[Any]) -> Batch:
     layers = []
     for b in blocks:
         src, dst = b.edges(order="eid")
-        layers.append(Layer(src.numpy().astype(np.int64), dst.numpy().astype(np.int64),
-                            np.arange(b.num_dst_nodes(), dtype=np.int64),
-                            int(b.num_src_nodes()), int(b.num_dst_nodes())))
-    return Batch(blocks[-1].dstdata[dgl.NID].numpy().astype(np.int64),
-                 blocks[0].srcdata[dgl.NID].numpy().astype(np.int64), tuple(layers))
+        layers.append(
+            Layer(
+                src.numpy().astype(np.int64),
+                dst.numpy().astype(np.int64),
+                np.arange(b.num_dst_nodes(), dtype=np.int64),
+                int(b.num_src_nodes()),
+                int(b.num_dst_nodes()),
+            )
+        )
+    return Batch(
+        blocks[-1].dstdata[dgl.NID].numpy().astype(np.int64),
+        blocks[0].srcdata[dgl.NID].numpy().astype(np.int64),
+        tuple(layers),
+    )
 
 
 def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scratch: NDArray[Any]) -> Batch:
@@ -134,8 +142,9 @@ def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scra
     dst = seeds.astype(np.int64)
     layers: list[Layer] = []
     for fanout in reversed(fanouts):
-        frontier = dgl.sampling.sample_neighbors(graph, torch.from_numpy(dst), fanout,
-                                                 copy_ndata=False, copy_edata=False)
+        frontier = dgl.sampling.sample_neighbors(
+            graph, torch.from_numpy(dst), fanout, copy_ndata=False, copy_edata=False
+        )
         u, v = (x.numpy() for x in frontier.edges(order="eid"))
         src_nodes, u_local, v_local = _relabel(u, v, dst, scratch)
         layers.append(Layer(u_local, v_local, np.arange(len(dst), dtype=np.int64), len(src_nodes), len(dst)))
@@ -143,8 +152,9 @@ def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scra
     return Batch(seeds.astype(np.int64), dst, tuple(reversed(layers)))
 
 
-def _relabel(u: NDArray[Any], v: NDArray[Any], dst: NDArray[Any],
-             slots: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+def _relabel(
+    u: NDArray[Any], v: NDArray[Any], dst: NDArray[Any], slots: NDArray[Any]
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """(source nodes, local u, local v): sources are ``dst``, then the new nodes of ``u``."""
     from .kernels import relabel
 
@@ -196,8 +206,9 @@ def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None, seeds: dict[st
 
     torch.set_num_threads(1)
     dtype = np.int32 if graph.num_nodes() < 2**31 else np.int64
-    _WORKER.update(graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=dtype), done=done,
-                   seeds=seeds or {})
+    _WORKER.update(
+        graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=dtype), done=done, seeds=seeds or {}
+    )
 
 
 def _sample_one(epoch: int, i: int, seeds: NDArray[Any]) -> Batch:
@@ -242,21 +253,28 @@ def _runs(n: int, workers: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
-def _pieces(cfg: SampleConfig, batches_per_epoch: int, workers: int,
-            eval_parts: dict[str, int] | None = None) -> list[_Piece]:
+def _pieces(
+    cfg: SampleConfig, batches_per_epoch: int, workers: int, eval_parts: dict[str, int] | None = None
+) -> list[_Piece]:
     """Each epoch (then each evaluation part) split into ``workers`` contiguous runs of batches
     (fewer if it is short)."""
     runs = _runs(batches_per_epoch, workers)
-    out = [_Piece(e, lo, hi, f"epoch-{e:04d}.seg" if len(runs) == 1 else f"epoch-{e:04d}-{p:02d}.seg", cfg.split)
-           for e in range(cfg.epochs) for p, (lo, hi) in enumerate(runs)]
+    out = [
+        _Piece(e, lo, hi, f"epoch-{e:04d}.seg" if len(runs) == 1 else f"epoch-{e:04d}-{p:02d}.seg", cfg.split)
+        for e in range(cfg.epochs)
+        for p, (lo, hi) in enumerate(runs)
+    ]
     for k, (split, n) in enumerate((eval_parts or {}).items()):
-        out += [_Piece(cfg.epochs + k, lo, hi, f"{split}-{p:02d}.seg", split)
-                for p, (lo, hi) in enumerate(_runs(n, workers))]
+        out += [
+            _Piece(cfg.epochs + k, lo, hi, f"{split}-{p:02d}.seg", split)
+            for p, (lo, hi) in enumerate(_runs(n, workers))
+        ]
     return out
 
 
-def _write_piece(piece: _Piece, tmp: Path, id_dtype: np.dtype[Any],
-                 progress: Callable[[int], None] | None = None) -> _Written:
+def _write_piece(
+    piece: _Piece, tmp: Path, id_dtype: np.dtype[Any], progress: Callable[[int], None] | None = None
+) -> _Written:
     import zlib
 
     from .kernels import count
@@ -284,8 +302,16 @@ def _write_piece(piece: _Piece, tmp: Path, id_dtype: np.dtype[Any],
     return _Written(piece, records, counts, writer.size, writer.crcs)
 
 
-def _write_pieces(graph: Any, seeds: dict[str, NDArray[Any]], cfg: SampleConfig, pieces: list[_Piece], tmp: Path,
-                  id_dtype: np.dtype[Any], progress: Callable[[int], None] | None, workers: int) -> Iterator[_Written]:
+def _write_pieces(
+    graph: Any,
+    seeds: dict[str, NDArray[Any]],
+    cfg: SampleConfig,
+    pieces: list[_Piece],
+    tmp: Path,
+    id_dtype: np.dtype[Any],
+    progress: Callable[[int], None] | None,
+    workers: int,
+) -> Iterator[_Written]:
     """Every piece's segment, written in this process or by ``workers`` forked ones, in piece order."""
     if workers <= 1:
         with _in_process(graph, cfg):
@@ -322,8 +348,13 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def sample(store: Store, cfg: SampleConfig, progress: Callable[[int], None] | None = None,
-           workers: int = 1, memory_budget: int = DEFAULT_BUDGET) -> dict[str, Any]:
+def sample(
+    store: Store,
+    cfg: SampleConfig,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 1,
+    memory_budget: int = DEFAULT_BUDGET,
+) -> dict[str, Any]:
     """Sample ``cfg.epochs`` epochs (and ``cfg.eval_splits``) into a new sample set; returns its
     catalog document, with the memory account (``memory``) of this run added.
 
@@ -380,8 +411,17 @@ def charge_sampling(budget: MemoryBudget, g: Any, cfg: SampleConfig, workers: in
     return budget
 
 
-def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: dict[str, NDArray[Any]], cfg: SampleConfig,
-           id_dtype: np.dtype[Any], progress: Callable[[int], None] | None, workers: int) -> dict[str, Any]:
+def _write(
+    store: Store,
+    tmp: Path,
+    rel: str,
+    g: Any,
+    seeds: dict[str, NDArray[Any]],
+    cfg: SampleConfig,
+    id_dtype: np.dtype[Any],
+    progress: Callable[[int], None] | None,
+    workers: int,
+) -> dict[str, Any]:
     graph = dgl_graph(g.indptr, g.indices)
     counts = np.zeros(g.num_nodes, dtype=np.int32)
     per_epoch = -(-len(seeds[cfg.split]) // cfg.batch_size)
@@ -404,13 +444,26 @@ def _write(store: Store, tmp: Path, rel: str, g: Any, seeds: dict[str, NDArray[A
     parts, lo = {cfg.split: [0, per_epoch * cfg.epochs]}, per_epoch * cfg.epochs
     for s, n in eval_parts.items():
         parts[s], lo = [lo, lo + n], lo + n
-    return {"name": cfg.name, **{k: v for k, v in asdict(cfg).items() if k not in ("name", "eval_splits")},
-            "fanouts": list(cfg.fanouts), "batches": nbatches, "parts": parts,
-            "batches_per_epoch": per_epoch, "num_nodes": g.num_nodes,
-            "id_dtype": id_dtype.str, "bytes": total, "bytes_per_batch": total // max(1, nbatches),
-            "input_rows": int(idx[:, 4].sum()), "segments": [p.segment for p in pieces], "path": rel,
-            "files": file_recs, "sample_s": round(time.perf_counter() - started, 3),
-            "workers": workers, "index_columns": INDEX_COLUMNS, "created": time.time()}
+    return {
+        "name": cfg.name,
+        **{k: v for k, v in asdict(cfg).items() if k not in ("name", "eval_splits")},
+        "fanouts": list(cfg.fanouts),
+        "batches": nbatches,
+        "parts": parts,
+        "batches_per_epoch": per_epoch,
+        "num_nodes": g.num_nodes,
+        "id_dtype": id_dtype.str,
+        "bytes": total,
+        "bytes_per_batch": total // max(1, nbatches),
+        "input_rows": int(idx[:, 4].sum()),
+        "segments": [p.segment for p in pieces],
+        "path": rel,
+        "files": file_recs,
+        "sample_s": round(time.perf_counter() - started, 3),
+        "workers": workers,
+        "index_columns": INDEX_COLUMNS,
+        "created": time.time(),
+    }
 
 
 def _publish(store: Store, tmp: Any, rel: str, doc: dict[str, Any]) -> None:
@@ -425,8 +478,9 @@ def _publish(store: Store, tmp: Any, rel: str, doc: dict[str, Any]) -> None:
             raise AlreadyExistsError(f"sample set {doc['name']!r} already exists")
         for path, rec in doc["files"].items():
             t.put(f"file/{path}", rec)
-        t.put(f"sampleset/{doc['name']}", {k: v for k, v in doc.items() if k != "files"} | {
-            "files": sorted(doc["files"])})
+        t.put(
+            f"sampleset/{doc['name']}", {k: v for k, v in doc.items() if k != "files"} | {"files": sorted(doc["files"])}
+        )
 
     try:
         store.catalog.write(txn)

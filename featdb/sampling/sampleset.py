@@ -29,8 +29,9 @@ class SampleSet:
         cols = int(doc.get("index_columns", 5))
         idx = np.fromfile(store.root / doc["path"] / "index.i64", dtype=np.int64)
         if idx.size != cols * doc["batches"]:
-            raise CorruptDataError(f"sample set {name!r}: index holds {idx.size / cols:g} batches, "
-                                   f"catalog says {doc['batches']}")
+            raise CorruptDataError(
+                f"sample set {name!r}: index holds {idx.size / cols:g} batches, catalog says {doc['batches']}"
+            )
         self.index = idx.reshape(-1, cols)
         self._files = SegmentFiles(store.root / doc["path"], doc["segments"])
 
@@ -84,16 +85,19 @@ class SampleSet:
         """The batch's input node ids, reading only the record's head."""
         ref = self._ref(b)
         # one read long enough for any batch of this set: header, seeds (<= batch size), input ids
-        prefix = (32 + 24 * len(self.doc["fanouts"])
-                  + (int(self.doc["batch_size"]) + ref.n_inputs) * self.id_dtype.itemsize)
+        prefix = (
+            32 + 24 * len(self.doc["fanouts"]) + (int(self.doc["batch_size"]) + ref.n_inputs) * self.id_dtype.itemsize
+        )
         raw = self._files.read(ref, head_only=min(prefix, ref.length))
         try:
             ids, head = decode_inputs(raw, self.id_dtype)
         except CorruptDataError as exc:
             raise CorruptDataError(f"{self.name}[{b}]: {exc}") from exc
         if self.index.shape[1] > 5 and zlib.crc32(memoryview(raw)[:head]) != int(self.index[b, 5]):
-            raise CorruptDataError(f"{self.name}[{b}]: the head of the batch record at byte "
-                                   f"{ref.offset} of {self.doc['segments'][ref.segment]} fails its checksum")
+            raise CorruptDataError(
+                f"{self.name}[{b}]: the head of the batch record at byte "
+                f"{ref.offset} of {self.doc['segments'][ref.segment]} fails its checksum"
+            )
         return ids
 
     def inputs_of(self, batch_ids: Iterable[int]) -> Iterator[NDArray[Any]]:

@@ -22,7 +22,8 @@ class RowCache:
             raise InvalidInputError(f"cache policy {policy!r}: lru or lfu")
         self.row_bytes = row_bytes
         self._cache: cachetools.Cache[int, NDArray[Any]] = kinds[policy](
-            maxsize=max(row_bytes, capacity_bytes), getsizeof=lambda v: row_bytes)
+            maxsize=max(row_bytes, capacity_bytes), getsizeof=lambda v: row_bytes
+        )
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
@@ -54,5 +55,10 @@ class RowCache:
                 self._cache[i] = row.copy()
 
     def as_dict(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                "rows": len(self._cache), "bytes": int(self._cache.currsize)}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "rows": len(self._cache),
+            "bytes": int(self._cache.currsize),
+        }

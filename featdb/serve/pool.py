@@ -55,7 +55,8 @@ class BufferPool:
                     raise ResourceExhaustedError(
                         f"all {self.count} batch buffers are held and none came back within "
                         f"{self.timeout:.0f} s: release batches (BatchRows.release or a with block) "
-                        "or open the reader with a larger queue_depth")
+                        "or open the reader with a larger queue_depth"
+                    )
                 self._cond.wait(left)
             self._serving += 1
             self._advance()

@@ -86,19 +86,43 @@ class BatchRows:
 class LayoutReader:
     """Serves the current generation of a store; pins it while open."""
 
-    def __init__(self, store: Store, *, sample_set: str | None = None, device: str = "auto",
-                 host_budget: int | None = None, device_budget: int | None = None,
-                 queue_depth: int = 4, threads: int = 4, cache_bytes: int = 0,
-                 cache_policy: str = "lru", buffer_timeout: float = 120.0,
-                 segment_cache_bytes: int = 512 << 20, memory_budget: int | MemoryBudget | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        sample_set: str | None = None,
+        device: str = "auto",
+        host_budget: int | None = None,
+        device_budget: int | None = None,
+        queue_depth: int = 4,
+        threads: int = 4,
+        cache_bytes: int = 0,
+        cache_policy: str = "lru",
+        buffer_timeout: float = 120.0,
+        segment_cache_bytes: int = 512 << 20,
+        memory_budget: int | MemoryBudget | None = None,
+    ) -> None:
         self.store = store
-        self.memory = memory_budget if isinstance(memory_budget, MemoryBudget) else \
-            MemoryBudget(memory_budget or (1 << 62), "the reader")
+        self.memory = (
+            memory_budget
+            if isinstance(memory_budget, MemoryBudget)
+            else MemoryBudget(memory_budget or (1 << 62), "the reader")
+        )
         self._pin = generation.Pin(store)
         self._files: list[Any] = []
         try:
-            self._open(sample_set, device, host_budget, device_budget, queue_depth, threads,
-                       cache_bytes, cache_policy, buffer_timeout, segment_cache_bytes)
+            self._open(
+                sample_set,
+                device,
+                host_budget,
+                device_budget,
+                queue_depth,
+                threads,
+                cache_bytes,
+                cache_policy,
+                buffer_timeout,
+                segment_cache_bytes,
+            )
         except BaseException:
             for pool in (getattr(self, "_exec", None), getattr(self, "_io", None)):
                 if pool is not None:
@@ -108,13 +132,25 @@ class LayoutReader:
         self._finalizer = weakref.finalize(self, LayoutReader._cleanup, self._pin, self._files)
 
     # -- opening -----------------------------------------------------------------------
-    def _open(self, sample_set: str | None, device: str, host_budget: int | None,
-              device_budget: int | None, queue_depth: int, threads: int, cache_bytes: int,
-              cache_policy: str, buffer_timeout: float, segment_cache_bytes: int) -> None:
+    def _open(
+        self,
+        sample_set: str | None,
+        device: str,
+        host_budget: int | None,
+        device_budget: int | None,
+        queue_depth: int,
+        threads: int,
+        cache_bytes: int,
+        cache_policy: str,
+        buffer_timeout: float,
+        segment_cache_bytes: int,
+    ) -> None:
         doc = self.doc = self._pin.doc
         if sample_set is not None and sample_set != doc["sample_set"]:
-            raise ConfigError(f"the current layout was packed for sample set {doc['sample_set']!r}, "
-                              f"not {sample_set!r}: run featdb pack --sample-set {sample_set}")
+            raise ConfigError(
+                f"the current layout was packed for sample set {doc['sample_set']!r}, "
+                f"not {sample_set!r}: run featdb pack --sample-set {sample_set}"
+            )
         info = self.store.table_info(doc["table"])
         if info["file"] != doc.get("table_file", info["file"]):
             raise ConfigError(f"table {doc['table']!r} was replaced after the layout was packed: repack")
@@ -182,8 +218,7 @@ class LayoutReader:
     def _load_rows(self, name: str) -> NDArray[Any]:
         r = TableReader(self.gen_dir / name, direct=self.store.direct)
         try:
-            rows = r.read_range(0, r.schema.rows).copy() if r.schema.rows else \
-                np.zeros((0, self.dim), dtype=self.dtype)
+            rows = r.read_range(0, r.schema.rows).copy() if r.schema.rows else np.zeros((0, self.dim), dtype=self.dtype)
         finally:
             r.close()
         return rows.reshape(-1, self.dim)
@@ -242,8 +277,14 @@ class LayoutReader:
             self.pool.release(buf)
             raise
         self.stats.count_batch()
-        return BatchRows(b, out.view(self.dtype).reshape(n_host, self.dim), order, dev,
-                         _Once(self.pool.release, buf), self._sample_set)
+        return BatchRows(
+            b,
+            out.view(self.dtype).reshape(n_host, self.dim),
+            order,
+            dev,
+            _Once(self.pool.release, buf),
+            self._sample_set,
+        )
 
     def read_batch_async(self, b: int) -> Future[BatchRows]:
         """A future for :meth:`read_batch`; buffers go to batches in the order they were asked for."""
@@ -276,8 +317,7 @@ class LayoutReader:
             raise CorruptDataError(f"{self.gen_dir / 'map.bin'}: short read at {off}")
         parts, pos = [], 0
         for size, dt in zip(sizes, ("<i4", self.id_dt, "<i4", "<i4"), strict=True):
-            parts.append(np.frombuffer(raw, dtype=dt, count=size // np.dtype(dt).itemsize, offset=pos)
-                         .astype(np.int64))
+            parts.append(np.frombuffer(raw, dtype=dt, count=size // np.dtype(dt).itemsize, offset=pos).astype(np.int64))
             pos += size
         return tuple(parts)
 
@@ -322,8 +362,16 @@ class LayoutReader:
             self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
             return
         uniq, inv = np.unique(rows, return_inverse=True)
-        nbytes = read_scattered(self.l3, self._io, self._threads, self._scratch,
-                                int(self.segs[seg, 2]) + uniq * self.rb, self.rb, out, order=inv)
+        nbytes = read_scattered(
+            self.l3,
+            self._io,
+            self._threads,
+            self._scratch,
+            int(self.segs[seg, 2]) + uniq * self.rb,
+            self.rb,
+            out,
+            order=inv,
+        )
         self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
 
     def _segment_bytes(self, seg: int) -> int:
@@ -364,8 +412,7 @@ class LayoutReader:
             slot, hit = _lookup(keys, ids)
             if hit.any():
                 t = time.perf_counter()
-                src = rows[slot[hit]] if tier != "l1" or self.device == "cpu" else \
-                    self.l1[slot[hit]].cpu().numpy()
+                src = rows[slot[hit]] if tier != "l1" or self.device == "cpu" else self.l1[slot[hit]].cpu().numpy()
                 out[hit] = src
                 done |= hit
                 self.stats.add(tier, int(hit.sum()), 0, time.perf_counter() - t)
@@ -473,8 +520,10 @@ def _lookup(keys: NDArray[Any], ids: NDArray[Any]) -> tuple[NDArray[Any], NDArra
 
 def _check_budget(tier: str, need: int, budget: int | None) -> None:
     if budget is not None and need > budget:
-        raise ConfigError(f"the layout puts {need:,} bytes in the {tier} tier, but only {budget:,} bytes "
-                          f"are allowed: repack with a smaller --{tier}-cache")
+        raise ConfigError(
+            f"the layout puts {need:,} bytes in the {tier} tier, but only {budget:,} bytes "
+            f"are allowed: repack with a smaller --{tier}-cache"
+        )
 
 
 def _resolve_device(device: str) -> str:

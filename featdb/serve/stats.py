@@ -42,15 +42,24 @@ class ServeStats:
             total = sum(c.rows for c in self.tiers.values())
             disk_rows = sum(self.tiers[t].rows for t in ("l3", "l4", "base"))
             disk_bytes = sum(c.bytes_read for c in self.tiers.values())
-            out: dict[str, Any] = {"batches": self.batches, "rows": total, "disk_bytes": disk_bytes,
-                                   "read_amplification": _ratio(disk_bytes, disk_rows * self.row_bytes),
-                                   "tiers": {}}
+            out: dict[str, Any] = {
+                "batches": self.batches,
+                "rows": total,
+                "disk_bytes": disk_bytes,
+                "read_amplification": _ratio(disk_bytes, disk_rows * self.row_bytes),
+                "tiers": {},
+            }
             for name, c in self.tiers.items():
                 out["tiers"][name] = {
-                    "rows": c.rows, "bytes": c.rows * self.row_bytes, "bytes_read": c.bytes_read,
-                    "hit_rate": _ratio(c.rows, total), "seconds": round(c.seconds, 4),
+                    "rows": c.rows,
+                    "bytes": c.rows * self.row_bytes,
+                    "bytes_read": c.bytes_read,
+                    "hit_rate": _ratio(c.rows, total),
+                    "seconds": round(c.seconds, 4),
                     "read_amplification": _ratio(c.bytes_read, c.rows * self.row_bytes)
-                    if name in ("l3", "l4", "base") else None}
+                    if name in ("l3", "l4", "base")
+                    else None,
+                }
             return out
 
     def to_json(self) -> str:
