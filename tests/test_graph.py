@@ -368,7 +368,7 @@ def make_ogb(root: Path, with_count: bool = True) -> dict[str, Any]:
 
 @pytest.mark.parametrize("with_count", [True, False])
 def test_ingest_ogb(tmp_path: Path, store: Any, with_count: bool, monkeypatch: Any) -> None:
-    import featdb.graph as graph_mod
+    import featdb.graph.ogb as graph_mod
 
     monkeypatch.setattr(graph_mod, "CSV_BLOCK", 64)  # many small blocks: lines cut at block edges
     data = make_ogb(tmp_path / "ogbn-tiny", with_count)
