@@ -550,3 +550,24 @@ def test_buffer_pool_skips_abandoned_tickets() -> None:
     pool.skip(t0)  # e.g. a cancelled future
     pool.release(pool.acquire(t1))
     assert pool.available == 1
+
+
+def test_segment_cache_counts_hits_misses_evictions_and_extents_too_large() -> None:
+    from featdb.serve.segments import SegmentCache
+
+    loads: list[int] = []
+
+    def load(seg: int) -> np.ndarray:
+        loads.append(seg)
+        return np.full(100, seg, dtype=np.uint8)
+
+    cache = SegmentCache(250)
+    assert cache.get(1, 100, load)[1] == 100 and cache.get(1, 100, load)[1] == 0  # read once, then a hit
+    cache.get(2, 100, load)
+    cache.get(3, 100, load)  # 300 bytes > 250: the oldest (1) goes
+    extent, nbytes = cache.get(1, 100, load)
+    assert int(extent[0]) == 1 and nbytes == 100 and loads == [1, 2, 3, 1]
+    assert cache.get(9, 300, load) == (None, 0)  # larger than the cache: its batches read pages
+    d = cache.as_dict()
+    assert d["hits"] == 1 and d["misses"] == 4 and d["evictions"] == 2 and d["too_large"] == 1
+    assert d["bytes"] <= 250

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,43 +42,15 @@ from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import TableReader, check_ids
 from ..units import format_size
+from .batch import BatchRows, Fd, Once
 from .dynamic import RowCache
 from .pool import BufferPool
+from .segments import SegmentCache
 from .stats import ServeStats
+from .tiers import check_budget, lookup, resolve_device
 
 L4_PIECE = 16 << 20  # an extent larger than this is read as parallel pieces of this size
 PAGE_SCRATCH_BYTES = 8 << 20  # per batch in flight: the page buffer of scattered L3/base reads
-
-
-@dataclass
-class BatchRows:
-    """One served batch. ``rows`` is a view into a pooled buffer: call :meth:`release` when done."""
-
-    batch_id: int
-    rows: NDArray[Any]  # [n_host, dim]: L4, L3, L2 rows, and L1 rows unless they live on a device
-    order: NDArray[Any]  # positions into the sample's input ids, in row order
-    device_rows: Any = None  # L1 rows as a device tensor (torch, CUDA), appended after ``rows``
-    _release: Any = None
-    _sample_set: SampleSet | None = None
-
-    @property
-    def input_ids(self) -> NDArray[Any]:
-        """Node ids in row order (read from the attached sample set on first use)."""
-        if self._sample_set is None:
-            return np.zeros(0, dtype=np.int64)
-        ids: NDArray[Any] = self._sample_set.input_ids(self.batch_id)[self.order]
-        return ids
-
-    def release(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
-
-    def __enter__(self) -> BatchRows:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.release()
 
 
 class LayoutReader:
@@ -162,8 +132,8 @@ class LayoutReader:
         self.segs = self._index("segments.i64", 5, None)
         self.l1_ids = np.fromfile(self.gen_dir / "l1_ids.i64", dtype="<i8")
         self.l2_ids = np.fromfile(self.gen_dir / "l2_ids.i64", dtype="<i8")
-        _check_budget("host", len(self.l2_ids) * self.rb, host_budget)
-        _check_budget("device", len(self.l1_ids) * self.rb, device_budget)
+        check_budget("host", len(self.l2_ids) * self.rb, host_budget)
+        check_budget("device", len(self.l1_ids) * self.rb, device_budget)
         nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
         queue_depth = self._charge(device, cache_bytes, round_up(nmax * self.rb) + PAGE, queue_depth)
         largest = round_up(int(self.segs[:, 3].max(initial=0)) * self.rb) if self.packed else 0
@@ -175,8 +145,11 @@ class LayoutReader:
         self.l3 = self._add(PageFile(self.gen_dir / "l3.dat", direct=self.store.direct))
         self.base = self._add(TableReader(self.store.root / info["file"], direct=self.store.direct))
         self._map_fd = os.open(self.gen_dir / "map.bin", os.O_RDONLY)
-        self._files.append(_Fd(self._map_fd))
+        self._files.append(Fd(self._map_fd))
         self.stats = ServeStats(self.rb)
+        self.stats.caches["segments"] = self.segments
+        if self.cache is not None:
+            self.stats.caches["rows"] = self.cache
         self.queue_depth = queue_depth
         self.pool = BufferPool(queue_depth + 2, round_up(nmax * self.rb) + PAGE, buffer_timeout)
         self._exec = ThreadPoolExecutor(max_workers=max(1, queue_depth), thread_name_prefix="featdb-batch")
@@ -195,7 +168,7 @@ class LayoutReader:
         m = self.memory
         m.charge("reader index", sum(a.nbytes for a in (self.batches, self.segs, self.l1_ids, self.l2_ids)))
         m.charge("host tier (L2)", len(self.l2_ids) * self.rb)
-        if _resolve_device(device) == "cpu":
+        if resolve_device(device) == "cpu":
             m.charge("device tier (L1), on the host", len(self.l1_ids) * self.rb)
         if cache_bytes:
             m.charge("row cache", cache_bytes)
@@ -225,7 +198,7 @@ class LayoutReader:
 
     def _load_device(self, device: str) -> tuple[str, Any]:
         rows = self._load_rows("device.tbl")
-        want = _resolve_device(device)
+        want = resolve_device(device)
         if want == "cpu":
             return "cpu", rows
         import torch
@@ -282,7 +255,7 @@ class LayoutReader:
             out.view(self.dtype).reshape(n_host, self.dim),
             order,
             dev,
-            _Once(self.pool.release, buf),
+            Once(self.pool.release, buf),
             self._sample_set,
         )
 
@@ -409,7 +382,7 @@ class LayoutReader:
         out = np.empty((len(ids), self.dim), dtype=self.dtype)
         done = np.zeros(len(ids), dtype=bool)
         for tier, keys, rows in (("l1", self.l1_ids, self.l1), ("l2", self.l2_ids, self.host)):
-            slot, hit = _lookup(keys, ids)
+            slot, hit = lookup(keys, ids)
             if hit.any():
                 t = time.perf_counter()
                 src = rows[slot[hit]] if tier != "l1" or self.device == "cpu" else self.l1[slot[hit]].cpu().numpy()
@@ -453,100 +426,9 @@ class LayoutReader:
         self.close()
 
 
-class _Fd:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class _Once:
-    """Calls ``fn(arg)`` once, however often it is invoked."""
-
-    def __init__(self, fn: Any, arg: Any) -> None:
-        self._fn, self._arg = fn, arg
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._fn is not None:
-                self._fn(self._arg)
-                self._fn = None
-
-
-class SegmentCache:
-    """Whole L3 extents of the segments being served, within a byte budget.
-
-    Batches of one segment are served consecutively (see
-    :meth:`LayoutReader.epoch_order`), so each shared extent is read once, in
-    one sequential read, instead of once per batch page by page. An extent
-    larger than the budget is never cached: its batches read only their pages.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._loading: dict[int, threading.Lock] = {}
-        self._held: dict[int, NDArray[Any]] = {}
-
-    def get(self, seg: int, nbytes: int, load: Any) -> tuple[NDArray[Any] | None, int]:
-        """The extent (and the bytes read to get it: 0 on a hit), or (None, 0) if it cannot fit."""
-        if nbytes > self.capacity:
-            return None, 0
-        with self._lock:
-            if seg in self._held:
-                return self._held[seg], 0
-            gate = self._loading.setdefault(seg, threading.Lock())
-        with gate:
-            with self._lock:
-                if seg in self._held:
-                    return self._held[seg], 0
-            extent = load(seg)
-            with self._lock:
-                while self._held and sum(x.nbytes for x in self._held.values()) + nbytes > self.capacity:
-                    self._held.pop(next(iter(self._held)))  # oldest first
-                self._held[seg] = extent
-                self._loading.pop(seg, None)
-            return extent, nbytes
-
-
-def _lookup(keys: NDArray[Any], ids: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
-    if not len(keys):
-        return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
-    slot = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
-    return slot, keys[slot] == ids
-
-
-def _check_budget(tier: str, need: int, budget: int | None) -> None:
-    if budget is not None and need > budget:
-        raise ConfigError(
-            f"the layout puts {need:,} bytes in the {tier} tier, but only {budget:,} bytes "
-            f"are allowed: repack with a smaller --{tier}-cache"
-        )
-
-
-def _resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ConfigError(f"device {device!r}: auto, cpu or cuda[:N]")
-    if device == "cpu":
-        return "cpu"
-    try:
-        import torch
-    except ImportError:
-        if device == "auto":
-            return "cpu"
-        raise ConfigError("device 'cuda' needs torch installed") from None
-    if not torch.cuda.is_available():
-        if device == "auto":
-            return "cpu"
-        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA device")
-    return "cuda" if device == "auto" else device
-
-
-def open_reader(store: Store, **kwargs: Any) -> LayoutReader:
-    """Open the store's current layout for serving (see :class:`LayoutReader`)."""
-    return LayoutReader(store, **kwargs)
+open_reader = LayoutReader
+"""Open the store's current layout for serving: ``open_reader(store, sample_set=..., memory_budget=...)``
+(the :class:`LayoutReader` constructor, keyword arguments as it lists them)."""
 
 
 __all__: Sequence[str] = ("BatchRows", "LayoutReader", "open_reader")

@@ -24,6 +24,7 @@ class ServeStats:
     row_bytes: int
     tiers: dict[str, TierCounter] = field(default_factory=lambda: {t: TierCounter() for t in TIERS})
     batches: int = 0
+    caches: dict[str, Any] = field(default_factory=dict)  # name -> a cache with as_dict() (hits, misses, ...)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, tier: str, rows: int, nbytes: int, seconds: float) -> None:
@@ -48,6 +49,7 @@ class ServeStats:
                 "disk_bytes": disk_bytes,
                 "read_amplification": _ratio(disk_bytes, disk_rows * self.row_bytes),
                 "tiers": {},
+                "caches": {name: c.as_dict() for name, c in self.caches.items()},
             }
             for name, c in self.tiers.items():
                 out["tiers"][name] = {

@@ -1,0 +1,68 @@
+"""A served batch: its rows in serving order, the map back to the sample's order, and its release."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..sampling.sampleset import SampleSet
+
+
+@dataclass
+class BatchRows:
+    """One served batch. ``rows`` is a view into a pooled buffer: call :meth:`release` when done."""
+
+    batch_id: int
+    rows: NDArray[Any]  # [n_host, dim]: L4, L3, L2 rows, and L1 rows unless they live on a device
+    order: NDArray[Any]  # positions into the sample's input ids, in row order
+    device_rows: Any = None  # L1 rows as a device tensor (torch, CUDA), appended after ``rows``
+    _release: Any = None
+    _sample_set: SampleSet | None = None
+
+    @property
+    def input_ids(self) -> NDArray[Any]:
+        """Node ids in row order (read from the attached sample set on first use)."""
+        if self._sample_set is None:
+            return np.zeros(0, dtype=np.int64)
+        ids: NDArray[Any] = self._sample_set.input_ids(self.batch_id)[self.order]
+        return ids
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def __enter__(self) -> BatchRows:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+class Fd:
+    """A raw file descriptor with a ``close()``, kept among a reader's files."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Once:
+    """Calls ``fn(arg)`` once, however often it is invoked."""
+
+    def __init__(self, fn: Any, arg: Any) -> None:
+        self._fn, self._arg = fn, arg
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._fn is not None:
+                self._fn(self._arg)
+                self._fn = None
