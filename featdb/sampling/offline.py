@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -31,138 +30,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..catalog import Txn
-from ..errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from ..errors import AlreadyExistsError, NotFoundError
 from ..io import ChecksumWriter, hold_dir, write_atomic
 from ..memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, MemoryBudget, children_peak_rss
 from ..store import Store
+from .config import EVAL_SPLITS, NAME_RE, SPLITS, SampleConfig, parse_fanouts
 from .format import HEAD_PARTS, INDEX_COLUMNS, encode_parts
-from .mfg import Batch, Layer
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-SPLITS = ("train", "valid", "test")
-EVAL_SPLITS = ("valid", "test")
-
-
-@dataclass(frozen=True, slots=True)
-class SampleConfig:
-    name: str
-    fanouts: tuple[int, ...]
-    batch_size: int
-    epochs: int
-    seed: int = 0
-    split: str = "train"
-    eval_splits: tuple[str, ...] | None = None  # sampled once each after training's; None: the other splits
-
-    @property
-    def evals(self) -> tuple[str, ...]:
-        """The evaluation splits to sample: ``eval_splits``, or every split but the training one."""
-        return tuple(s for s in EVAL_SPLITS if s != self.split) if self.eval_splits is None else self.eval_splits
-
-    def validate(self) -> None:
-        if not NAME_RE.match(self.name):
-            raise InvalidInputError(f"sample set name {self.name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
-        if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
-            raise InvalidInputError(f"fanouts {self.fanouts}: positive integers (or -1 for all neighbours)")
-        if self.batch_size < 1:
-            raise InvalidInputError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.epochs < 1:
-            raise InvalidInputError(f"epochs must be at least 1, got {self.epochs}")
-        if self.split not in SPLITS:
-            raise InvalidInputError(f"split {self.split!r}: one of {', '.join(SPLITS)}")
-        if any(s not in SPLITS or s == self.split for s in self.evals) or len(set(self.evals)) != len(self.evals):
-            raise InvalidInputError(f"evaluation splits {self.evals}: distinct splits other than {self.split!r}")
-
-
-def parse_fanouts(text: str) -> tuple[int, ...]:
-    try:
-        fanouts = tuple(int(x) for x in text.split(","))
-    except ValueError as exc:
-        raise InvalidInputError(f"fanouts {text!r}: comma-separated integers such as 10,10,10") from exc
-    if not fanouts:
-        raise InvalidInputError(f"fanouts {text!r}: comma-separated integers such as 10,10,10")
-    return fanouts
-
-
-def epoch_batches(seeds: NDArray[Any], batch_size: int, seed: int, epoch: int) -> list[NDArray[Any]]:
-    """The epoch's shuffled seed batches (the last one may be short)."""
-    rng = np.random.default_rng([seed, epoch])
-    perm = seeds[rng.permutation(len(seeds))]
-    return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
-
-
-def eval_batches(seeds: NDArray[Any], batch_size: int) -> list[NDArray[Any]]:
-    """An evaluation split's batches: its ids in stored order, no shuffle (the last may be short)."""
-    return [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
-
-
-def dgl_graph(indptr: NDArray[Any], indices: NDArray[Any]) -> Any:
-    """A DGL graph over the CSC arrays without copying them (memory-mapped arrays stay mapped);
-    edge ids are implicit (0..E-1), not materialised."""
-    import dgl
-    import torch
-
-    no_eids = torch.empty(0, dtype=torch.int64)
-    return dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), no_eids)), num_nodes=len(indptr) - 1)
-
-
-def blocks_to_batch(blocks: list[Any]) -> Batch:
-    """Plain numpy form of DGL blocks (input side first)."""
-    import dgl
-
-    layers = []
-    for b in blocks:
-        src, dst = b.edges(order="eid")
-        layers.append(
-            Layer(
-                src.numpy().astype(np.int64),
-                dst.numpy().astype(np.int64),
-                np.arange(b.num_dst_nodes(), dtype=np.int64),
-                int(b.num_src_nodes()),
-                int(b.num_dst_nodes()),
-            )
-        )
-    return Batch(
-        blocks[-1].dstdata[dgl.NID].numpy().astype(np.int64),
-        blocks[0].srcdata[dgl.NID].numpy().astype(np.int64),
-        tuple(layers),
-    )
-
-
-def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scratch: NDArray[Any]) -> Batch:
-    """One batch: DGL samples each layer's in-neighbours; numpy relabels them into an MFG.
-
-    Layers are sampled from the seeds outward (``fanouts[-1]`` for the seeds'
-    layer, as DGL's NeighborSampler does). A layer's sources are its
-    destinations first, then the newly reached nodes.
-    ``scratch`` is an int32 (int64 past 2**31 nodes) array of ``num_nodes`` entries, all -1, left so.
-    """
-    import dgl
-    import torch
-
-    dst = seeds.astype(np.int64)
-    layers: list[Layer] = []
-    for fanout in reversed(fanouts):
-        frontier = dgl.sampling.sample_neighbors(
-            graph, torch.from_numpy(dst), fanout, copy_ndata=False, copy_edata=False
-        )
-        u, v = (x.numpy() for x in frontier.edges(order="eid"))
-        src_nodes, u_local, v_local = _relabel(u, v, dst, scratch)
-        layers.append(Layer(u_local, v_local, np.arange(len(dst), dtype=np.int64), len(src_nodes), len(dst)))
-        dst = src_nodes
-    return Batch(seeds.astype(np.int64), dst, tuple(reversed(layers)))
-
-
-def _relabel(
-    u: NDArray[Any], v: NDArray[Any], dst: NDArray[Any], slots: NDArray[Any]
-) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
-    """(source nodes, local u, local v): sources are ``dst``, then the new nodes of ``u``."""
-    from .kernels import relabel
-
-    u_local = np.empty(len(u), dtype=np.int32)
-    v_local = np.empty(len(v), dtype=np.int32)
-    nodes = np.empty(len(dst) + len(u), dtype=np.int64)
-    k = relabel(u, v, dst, slots, u_local, v_local, nodes)
-    return nodes[:k].copy(), u_local, v_local
+from .mfg import Batch
+from .sampler import blocks_to_batch, dgl_graph, epoch_batches, eval_batches, sample_batch
 
 
 def _batch_seed(cfg: SampleConfig, epoch: int, i: int) -> int:
@@ -487,3 +362,21 @@ def _publish(store: Store, tmp: Any, rel: str, doc: dict[str, Any]) -> None:
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         raise
+
+
+__all__ = [  # the sampler's names, re-exported here where callers have always found them
+    "EVAL_SPLITS",
+    "NAME_RE",
+    "SPLITS",
+    "SampleConfig",
+    "blocks_to_batch",
+    "charge_sampling",
+    "default_workers",
+    "dgl_graph",
+    "epoch_batches",
+    "eval_batches",
+    "iter_sampled",
+    "parse_fanouts",
+    "sample",
+    "sample_batch",
+]

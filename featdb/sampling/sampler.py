@@ -1,0 +1,93 @@
+"""The sampler's primitives: an epoch's seed batches, DGL graphs over the stored CSC arrays, one
+batch sampled by DGL and relabelled into a plain MFG (DGL and torch imported lazily)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .mfg import Batch, Layer
+
+
+def epoch_batches(seeds: NDArray[Any], batch_size: int, seed: int, epoch: int) -> list[NDArray[Any]]:
+    """The epoch's shuffled seed batches (the last one may be short)."""
+    rng = np.random.default_rng([seed, epoch])
+    perm = seeds[rng.permutation(len(seeds))]
+    return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+
+
+def eval_batches(seeds: NDArray[Any], batch_size: int) -> list[NDArray[Any]]:
+    """An evaluation split's batches: its ids in stored order, no shuffle (the last may be short)."""
+    return [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
+
+
+def dgl_graph(indptr: NDArray[Any], indices: NDArray[Any]) -> Any:
+    """A DGL graph over the CSC arrays without copying them (memory-mapped arrays stay mapped);
+    edge ids are implicit (0..E-1), not materialised."""
+    import dgl
+    import torch
+
+    no_eids = torch.empty(0, dtype=torch.int64)
+    return dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), no_eids)), num_nodes=len(indptr) - 1)
+
+
+def blocks_to_batch(blocks: list[Any]) -> Batch:
+    """Plain numpy form of DGL blocks (input side first)."""
+    import dgl
+
+    layers = []
+    for b in blocks:
+        src, dst = b.edges(order="eid")
+        layers.append(
+            Layer(
+                src.numpy().astype(np.int64),
+                dst.numpy().astype(np.int64),
+                np.arange(b.num_dst_nodes(), dtype=np.int64),
+                int(b.num_src_nodes()),
+                int(b.num_dst_nodes()),
+            )
+        )
+    return Batch(
+        blocks[-1].dstdata[dgl.NID].numpy().astype(np.int64),
+        blocks[0].srcdata[dgl.NID].numpy().astype(np.int64),
+        tuple(layers),
+    )
+
+
+def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scratch: NDArray[Any]) -> Batch:
+    """One batch: DGL samples each layer's in-neighbours; numpy relabels them into an MFG.
+
+    Layers are sampled from the seeds outward (``fanouts[-1]`` for the seeds'
+    layer, as DGL's NeighborSampler does). A layer's sources are its
+    destinations first, then the newly reached nodes.
+    ``scratch`` is an int32 (int64 past 2**31 nodes) array of ``num_nodes`` entries, all -1, left so.
+    """
+    import dgl
+    import torch
+
+    dst = seeds.astype(np.int64)
+    layers: list[Layer] = []
+    for fanout in reversed(fanouts):
+        frontier = dgl.sampling.sample_neighbors(
+            graph, torch.from_numpy(dst), fanout, copy_ndata=False, copy_edata=False
+        )
+        u, v = (x.numpy() for x in frontier.edges(order="eid"))
+        src_nodes, u_local, v_local = _relabel(u, v, dst, scratch)
+        layers.append(Layer(u_local, v_local, np.arange(len(dst), dtype=np.int64), len(src_nodes), len(dst)))
+        dst = src_nodes
+    return Batch(seeds.astype(np.int64), dst, tuple(reversed(layers)))
+
+
+def _relabel(
+    u: NDArray[Any], v: NDArray[Any], dst: NDArray[Any], slots: NDArray[Any]
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+    """(source nodes, local u, local v): sources are ``dst``, then the new nodes of ``u``."""
+    from .kernels import relabel
+
+    u_local = np.empty(len(u), dtype=np.int32)
+    v_local = np.empty(len(v), dtype=np.int32)
+    nodes = np.empty(len(dst) + len(u), dtype=np.int64)
+    k = relabel(u, v, dst, slots, u_local, v_local, nodes)
+    return nodes[:k].copy(), u_local, v_local
