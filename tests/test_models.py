@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from featdb.sampling.mfg import Batch, Layer  # noqa: E402
-from trainer import models  # noqa: E402
+from trainer import ops  # noqa: E402
 from trainer.mfg import (  # noqa: E402
     TorchBatch,
     TorchLayer,
@@ -89,9 +89,9 @@ def path(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 def force(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """Make every aggregation take ``path`` ('csr' or 'index'), whatever its size."""
     if path == "csr":
-        monkeypatch.setattr(models, "CSR_MIN_WORK", 0)
+        monkeypatch.setattr(ops, "CSR_MIN_WORK", 0)
     else:
-        monkeypatch.setattr(models, "uses_csr", lambda t: False)
+        monkeypatch.setattr(ops, "uses_csr", lambda t: False)
 
 
 def shuffled(layer: TorchLayer, seed: int = 0) -> TorchLayer:
@@ -224,7 +224,7 @@ def test_weighted_sum_gradcheck_csr(monkeypatch: pytest.MonkeyPatch) -> None:
     layer = tiny_layer()
     weights = torch.rand(layer.num_edges, 2, dtype=torch.float64, requires_grad=True)
     feat = torch.randn(layer.num_src, 2, 3, dtype=torch.float64, requires_grad=True)
-    assert models.uses_csr(feat)
+    assert ops.uses_csr(feat)
     assert torch.autograd.gradcheck(lambda w, f: weighted_sum(layer, w, f), (weights, feat))
 
 
@@ -245,7 +245,7 @@ def test_mean_of_no_neighbours_is_zero(monkeypatch: pytest.MonkeyPatch, path: st
     force(monkeypatch, path)
     layer = tiny_layer()
     h = torch.randn(layer.num_src, 4)
-    mean = models.mean_neighbours(layer, h)
+    mean = ops.mean_neighbours(layer, h)
     assert torch.all(mean[1] == 0)
     torch.testing.assert_close(mean[2], (h[2] + 2 * h[0]) / 3)
 
@@ -470,7 +470,7 @@ def test_layer_without_edges(monkeypatch: pytest.MonkeyPatch, path: str) -> None
     empty = torch.zeros(0, dtype=torch.int64)
     layer = TorchLayer(empty, empty, torch.tensor([0, 1]), num_src=3, num_dst=2)
     h = torch.randn(3, 4, requires_grad=True)
-    mean = models.mean_neighbours(layer, h)
+    mean = ops.mean_neighbours(layer, h)
     assert mean.shape == (2, 4) and torch.all(mean == 0)
     weights = torch.zeros(0, 2, requires_grad=True)
     summed = weighted_sum(layer, weights, h.view(3, 2, 2))
