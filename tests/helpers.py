@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 import featdb
+from featdb.ingest.synth import synth
 from featdb.inspect import describe
 from featdb.layout.pack import pack
 from featdb.layout.plan import Budgets
 from featdb.sampling.offline import SampleConfig, sample
 from featdb.store import Store
-from featdb.synth import synth
 
 FEAT = "node/_/feat"
 # the fields a dry run predicts and a real pack must then report identically

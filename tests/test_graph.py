@@ -26,12 +26,11 @@ from featdb.graph import (
     INDPTR_KEY,
     build_csc,
     graph_info,
-    ingest_graph,
-    ingest_ogb,
     load_graph,
     remove_stale_staging,
     stale_staging,
 )
+from featdb.ingest import ingest_graph, ingest_ogb
 
 
 @pytest.fixture()
@@ -368,7 +367,7 @@ def make_ogb(root: Path, with_count: bool = True) -> dict[str, Any]:
 
 @pytest.mark.parametrize("with_count", [True, False])
 def test_ingest_ogb(tmp_path: Path, store: Any, with_count: bool, monkeypatch: Any) -> None:
-    import featdb.graph.ogb as graph_mod
+    import featdb.ingest.ogb as graph_mod
 
     monkeypatch.setattr(graph_mod, "CSV_BLOCK", 64)  # many small blocks: lines cut at block edges
     data = make_ogb(tmp_path / "ogbn-tiny", with_count)
@@ -431,7 +430,7 @@ def test_ogb_feature_table_clash(tmp_path: Path, store: Any) -> None:
 def test_core_imports_without_torch_or_dgl() -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['dgl'] = None\n"
-        "import featdb.graph, featdb.synth; print('ok')"
+        "import featdb.graph, featdb.ingest.synth; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -33,7 +33,8 @@ from featdb.errors import (
     NotFoundError,
     SampleSetNotFoundError,
 )
-from featdb.graph import ingest_graph, load_graph
+from featdb.graph import load_graph
+from featdb.ingest import ingest_graph
 from featdb.sampling.mfg import Batch
 from featdb.sampling.offline import (
     SampleConfig,

@@ -11,7 +11,7 @@ import pytest
 import featdb
 from featdb.errors import AlreadyExistsError, InvalidInputError, InvalidKeyError
 from featdb.graph import load_graph
-from featdb.synth import PROGRESS_PASSES, synth
+from featdb.ingest.synth import PROGRESS_PASSES, synth
 
 
 def make(tmp_path: Path, name: str, **kw: Any) -> tuple[Any, dict[str, Any]]:

@@ -54,11 +54,11 @@ def demo(path: str, epochs: int, nodes: int, seed: int, baseline: bool, as_json:
     t = time.perf_counter()
     params = {**DEFAULT, "nodes": nodes}
     with store_mod.create(root) as st:
-        from .. import synth as synth_mod
+        from ..ingest import PROGRESS_PASSES, synth
 
         say(f"[1/5] synth: {nodes:,} nodes x {params['dim']} float32 features")
-        with progress(synth_mod.PROGRESS_PASSES * nodes, "synth", as_json or quiet) as bar:
-            synth_mod.synth(
+        with progress(PROGRESS_PASSES * nodes, "synth", as_json or quiet) as bar:
+            synth(
                 st,
                 params["nodes"],
                 params["avg_degree"],

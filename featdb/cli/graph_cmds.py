@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .. import graph as graph_mod
+from .. import ingest as ingest_mod
 from .common import SIZE, cli, emit, output_options, progress
 from .store_cmds import open_or_create
 
@@ -49,10 +50,10 @@ def ingest_graph(
     Example: featdb ingest-graph ./store edges.npy --labels y.npy --split split.npz
     """
     t = time.perf_counter()
-    n_edges = graph_mod.NpyEdges.open(edges).num_edges
+    n_edges = ingest_mod.NpyEdges.open(edges).num_edges
     total = graph_mod.CSC_PHASES * n_edges * (1 if directed else 2)
     with open_or_create(store) as st, progress(total, "ingest-graph", as_json or quiet) as bar:
-        doc = graph_mod.ingest_graph(
+        doc = ingest_mod.ingest_graph(
             st,
             edges,
             num_nodes=num_nodes,
@@ -91,7 +92,7 @@ def ingest_ogb(
     """
     t = time.perf_counter()
     with open_or_create(store) as st, progress(0, "ingest-ogb", True):
-        doc = graph_mod.ingest_ogb(
+        doc = ingest_mod.ingest_ogb(
             st, folder, memory_budget=memory_budget, split=split_name, feat_key=feat_key, replace=replace
         )
     s = _summary(doc, t)
@@ -143,11 +144,12 @@ def synth(
 
     Example: featdb synth ./store --nodes 2000000 --avg-degree 15 --dim 128 --classes 16 --seed 0
     """
-    from .. import synth as synth_mod
+    from ..ingest import PROGRESS_PASSES
+    from ..ingest import synth as make_synth
 
     t = time.perf_counter()
-    with open_or_create(store) as st, progress(synth_mod.PROGRESS_PASSES * nodes, "synth", as_json or quiet) as bar:
-        doc = synth_mod.synth(
+    with open_or_create(store) as st, progress(PROGRESS_PASSES * nodes, "synth", as_json or quiet) as bar:
+        doc = make_synth(
             st,
             nodes,
             avg_degree,

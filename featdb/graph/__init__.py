@@ -26,8 +26,8 @@ datasets are trained as undirected graphs. Pass ``dedup=True`` to drop repeated
 (source, destination) pairs.
 
 Modules: :mod:`.model` (the Graph type and loading), :mod:`.staging` (staging and
-publish), :mod:`.csc` (the bounded-memory CSC build), :mod:`.npy` (``.npy`` ingest),
-:mod:`.ogb` (OGB folders).
+publish), :mod:`.csc` (the bounded-memory CSC build). Reading users' files into a
+graph is :mod:`featdb.ingest`'s job.
 """
 
 from __future__ import annotations
@@ -54,14 +54,11 @@ from .model import (
     load_graph,
     node_labels,
 )
-from .npy import NpyEdges, check_split, ingest_graph, load_splits
-from .ogb import CSV_BLOCK, OgbFolder, count_lines, ingest_ogb, iter_csv
 from .staging import GraphWriter, make_graph_doc, remove_stale_staging, stale_staging, write_rows
 
 __all__ = [
     "BYTES_PER_EDGE",
     "CSC_PHASES",
-    "CSV_BLOCK",
     "DEFAULT_BUDGET",
     "GRAPH_DOC",
     "GRAPH_TABLES",
@@ -75,20 +72,12 @@ __all__ = [
     "EdgeChunks",
     "Graph",
     "GraphWriter",
-    "NpyEdges",
-    "OgbFolder",
     "Progress",
     "build_csc",
-    "check_split",
-    "count_lines",
     "edge_step",
     "graph_info",
     "has_graph",
-    "ingest_graph",
-    "ingest_ogb",
-    "iter_csv",
     "load_graph",
-    "load_splits",
     "make_graph_doc",
     "node_labels",
     "remove_stale_staging",

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InvalidInputError, SchemaMismatchError
-from .store import Store
-from .tables import Schema
+from ..errors import InvalidInputError, SchemaMismatchError
+from ..store import Store
+from ..tables import Schema
 
 DEFAULT_BUDGET = 256 << 20
 Progress = Callable[[int], None] | None

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InvalidInputError
-from .graph import (
+from ..errors import InvalidInputError
+from ..graph import (
     DEFAULT_BUDGET,
     LABEL_KEY,
     SPLIT_KEYS,
@@ -50,8 +50,8 @@ from .graph import (
     make_graph_doc,
     write_rows,
 )
-from .store import Store, check_key
-from .tables import Schema
+from ..store import Store, check_key
+from ..tables import Schema
 
 Progress = Callable[[int], None] | None
 

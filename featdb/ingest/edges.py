@@ -16,15 +16,13 @@ from ..errors import (
     InvalidInputError,
     SchemaMismatchError,
 )
-from ..store import Store
-from ..tables import Schema
-from .csc import (
+from ..graph.csc import (
     _check_ids,
     _check_num_nodes,
     build_csc,
     edge_step,
 )
-from .model import (
+from ..graph.model import (
     DEFAULT_BUDGET,
     LABEL_KEY,
     MIN_STEP,
@@ -33,12 +31,14 @@ from .model import (
     EdgeChunks,
     Progress,
 )
-from .staging import GraphWriter, make_graph_doc, write_rows
+from ..graph.staging import GraphWriter, make_graph_doc, write_rows
+from ..store import Store
+from ..tables import Schema
 
 
 # --------------------------------------------------------------------------- ingest from .npy
 def _npy_layout(path: Path) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
-    from ..ingest import npy_layout  # lazy: ingest may import this module
+    from .features import npy_layout
 
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file")

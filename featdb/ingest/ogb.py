@@ -18,21 +18,22 @@ from ..errors import (
     InvalidInputError,
     SchemaMismatchError,
 )
-from ..store import Store, check_key
-from ..tables import Schema
-from .csc import (
+from ..graph.csc import (
     _check_ids,
     _check_num_nodes,
     build_csc,
 )
-from .model import (
+from ..graph.model import (
     DEFAULT_BUDGET,
     SPLIT_KEYS,
     SPLITS,
     EdgeChunks,
     Progress,
 )
-from .npy import (
+from ..graph.staging import GraphWriter, make_graph_doc
+from ..store import Store, check_key
+from ..tables import Schema
+from .edges import (
     _labels_from_array,
     _no_splits,
     _unlabeled_chunks,
@@ -40,7 +41,6 @@ from .npy import (
     _write_labels,
     check_split,
 )
-from .staging import GraphWriter, make_graph_doc
 
 # --------------------------------------------------------------------------- OGB folders
 CSV_BLOCK = 8 << 20  # decompressed bytes parsed at a time
