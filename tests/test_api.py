@@ -65,3 +65,44 @@ def test_every_exported_name_exists(module: str) -> None:
     mod = importlib.import_module(module)
     missing = [n for n in mod.__all__ if not hasattr(mod, n)]
     assert missing == []
+
+
+RANK = {  # the data flow: a module may import only modules of its own rank or lower
+    **dict.fromkeys(("errors", "units", "io", "catalog", "tables", "store", "memory", "inspect"), 0),
+    "graph": 1,
+    "ingest": 2,
+    "sampling": 3,
+    "layout": 4,
+    "serve": 5,
+    **dict.fromkeys(("bench", "bench_train", "bench_plots", "cgroup", "cli"), 6),
+}
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_the_data_flow_reads_one_way() -> None:
+    """ingest -> sample -> plan -> pack -> serve: no stage imports a later one."""
+    backwards = []
+    for path in sorted((ROOT / "featdb").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        me = ".".join(p for p in rel.parts if p != "__init__")
+        if _stage(me) == "":
+            continue  # featdb/__init__.py: the public API re-exports every stage
+        assert _stage(me) in RANK, f"{me}: place its stage in RANK"
+        package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("featdb.") or _stage(target) not in RANK:
+                continue
+            if RANK[_stage(target)] > RANK[_stage(me)]:
+                backwards.append(f"{me} imports {target}")
+    assert backwards == []
