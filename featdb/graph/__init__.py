@@ -32,6 +32,7 @@ graph is :mod:`featdb.ingest`'s job.
 
 from __future__ import annotations
 
+from ..progress import Progress
 from .csc import build_csc, edge_step
 from .model import (
     BYTES_PER_EDGE,
@@ -48,7 +49,6 @@ from .model import (
     SPLITS,
     EdgeChunks,
     Graph,
-    Progress,
     graph_info,
     has_graph,
     load_graph,

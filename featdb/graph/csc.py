@@ -17,6 +17,7 @@ from ..errors import (
     InvalidInputError,
     SchemaMismatchError,
 )
+from ..progress import Progress
 from ..store import Store
 from ..tables import Schema
 from .model import (
@@ -27,7 +28,6 @@ from .model import (
     MAX_STEP,
     MIN_STEP,
     EdgeChunks,
-    Progress,
 )
 from .staging import write_rows
 

@@ -33,7 +33,6 @@ MAX_STEP = 1 << 23
 BYTES_PER_EDGE = 64  # working set of one edge in the scatter pass (sort order, copies, positions)
 CSC_PHASES = 3  # build_csc reports every edge once per phase: count, place, sort/write
 
-Progress = Callable[[int], None] | None
 EdgeChunks = Callable[[], Iterable[tuple[NDArray[Any], NDArray[Any]]]]
 
 

@@ -29,9 +29,9 @@ from ..graph.model import (
     SPLIT_KEYS,
     SPLITS,
     EdgeChunks,
-    Progress,
 )
 from ..graph.staging import GraphWriter, make_graph_doc, write_rows
+from ..progress import Progress
 from ..store import Store
 from ..tables import Schema
 

@@ -8,7 +8,7 @@ memory map would leave every touched page resident in this process).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InvalidInputError, SchemaMismatchError
+from ..progress import Progress
 from ..store import Store
 from ..tables import Schema
 
 DEFAULT_BUDGET = 256 << 20
-Progress = Callable[[int], None] | None
 
 
 def chunk_rows(row_bytes: int, memory_budget: int) -> int:

@@ -28,9 +28,9 @@ from ..graph.model import (
     SPLIT_KEYS,
     SPLITS,
     EdgeChunks,
-    Progress,
 )
 from ..graph.staging import GraphWriter, make_graph_doc
+from ..progress import Progress
 from ..store import Store, check_key
 from ..tables import Schema
 from .edges import (

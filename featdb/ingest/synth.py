@@ -32,7 +32,7 @@ never held whole in memory; features are generated once and streamed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +50,9 @@ from ..graph import (
     make_graph_doc,
     write_rows,
 )
+from ..progress import Progress
 from ..store import Store, check_key
 from ..tables import Schema
-
-Progress = Callable[[int], None] | None
 
 EDGE_BLOCK = 1 << 14  # nodes per edge-generation block (fixed: part of the output's definition)
 FEAT_BLOCK_ELEMS = 1 << 21  # feature values per feature block

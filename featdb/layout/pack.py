@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,13 +29,13 @@ from numpy.typing import NDArray
 from ..errors import SchemaMismatchError
 from ..io import PAGE, ChecksumWriter, aligned_buffer, round_up, write_atomic
 from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
+from ..progress import Progress
 from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter
 from . import generation
 from .plan import Budgets, Placement, Predictor, SegmentPlan, assign_segment, plan
 
-Progress = Callable[[int], None] | None
 BATCH_COLS = 8  # n4, n3, n2, n1, l4_offset, l4_crc, map_offset, segment
 SEG_COLS = 5  # first_batch, n_batches, l3_offset, l3_rows, l3_crc
 

@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
+from ..graph.model import SPLITS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-SPLITS = ("train", "valid", "test")
 EVAL_SPLITS = ("valid", "test")
 
 

@@ -31,10 +31,11 @@ from numpy.typing import NDArray
 
 from ..catalog import Txn
 from ..errors import AlreadyExistsError, NotFoundError
+from ..graph.model import SPLITS
 from ..io import ChecksumWriter, hold_dir, write_atomic
 from ..memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, MemoryBudget, children_peak_rss
 from ..store import Store
-from .config import EVAL_SPLITS, NAME_RE, SPLITS, SampleConfig, parse_fanouts
+from .config import EVAL_SPLITS, NAME_RE, SampleConfig, parse_fanouts
 from .format import HEAD_PARTS, INDEX_COLUMNS, encode_parts
 from .mfg import Batch
 from .sampler import blocks_to_batch, dgl_graph, epoch_batches, eval_batches, sample_batch
