@@ -482,10 +482,10 @@ def test_failed_catalog_write_leaves_nothing_behind(small: Any) -> None:
 
 
 def test_gc_during_sampling_leaves_the_run_alone(small: Any) -> None:
-    from featdb.cli.layout_cmds import _drop_orphans
+    from featdb.layout.gc import drop_orphans
 
     def progress(n: int) -> None:
-        _drop_orphans(small)  # `featdb gc` in another process while this run writes
+        drop_orphans(small)  # `featdb gc` in another process while this run writes
 
     with leaked_files(), torch_threads(1):
         sample(small, SampleConfig("new", (3,), 32, 2), progress=progress)

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-
 import click
 
 from .. import store as store_mod
-from ..catalog import Txn
-from ..errors import InvalidInputError, SampleSetNotFoundError
-from ..io import dir_unlocked
-from ..layout import generation
 from ..layout.pack import pack as pack_layout
 from ..layout.plan import POLICIES, Budgets
 from ..memory import peak_rss
@@ -183,21 +177,11 @@ def gc(store: str, sample_sets: tuple[str, ...], force: bool, as_json: bool, qui
 
     Example: featdb gc ./store --sample-set old-train
     """
-    with store_mod.open(store, mode="a") as st:
-        cur = st.catalog.get("layout/current")
-        in_use = (st.catalog.get(f"generation/{cur}") or {}).get("sample_set") if cur else None
-        if in_use in sample_sets and not force:
-            raise InvalidInputError(
-                f"sample set {in_use!r} is what the current layout serves; "
-                "repack from another sample set first, or pass --force"
-            )
-        removed_sets = [_drop_sample_set(st, name) for name in sample_sets]
-        res = generation.collect(st)
-        res["sample_sets"] = removed_sets
-        res["orphans"] = _drop_orphans(st)
-        from ..graph import remove_stale_staging
+    from ..layout.gc import gc as collect
 
-        res["stale_graph_staging"] = remove_stale_staging(st)
+    with store_mod.open(store, mode="a") as st:
+        res = collect(st, sample_sets, force)
+    removed_sets = res["sample_sets"]
     emit(
         as_json,
         res,
@@ -206,37 +190,3 @@ def gc(store: str, sample_sets: tuple[str, ...], force: bool, as_json: bool, qui
         else f"removed generations: {res['removed'] or 'none'}; pinned (kept): {res['pinned'] or 'none'}; "
         f"sample sets: {removed_sets or 'none'}",
     )
-
-
-def _drop_sample_set(st: store_mod.Store, name: str) -> str:
-    doc = st.catalog.get(f"sampleset/{name}")
-    if doc is None:
-        raise SampleSetNotFoundError(f"no sample set {name!r} in {st.root}")
-
-    def txn(t: Txn) -> None:
-        for rel in doc["files"]:
-            t.delete(f"file/{rel}")
-        t.delete(f"sampleset/{name}")
-
-    st.catalog.write(txn)
-    shutil.rmtree(st.root / doc["path"], ignore_errors=True)
-    return name
-
-
-def _drop_orphans(st: store_mod.Store) -> list[str]:
-    """Files a crash left behind: partial writes and directories no catalog entry names."""
-    known = set(st.files())
-    gone = []
-    for sub in ("tables", "samples"):
-        d = st.root / sub
-        if not d.exists():
-            continue
-        for p in d.iterdir():
-            rel = f"{sub}/{p.name}"
-            if p.is_dir() and not any(k.startswith(rel + "/") for k in known) and dir_unlocked(p):
-                shutil.rmtree(p, ignore_errors=True)
-                gone.append(rel)
-            elif p.is_file() and rel not in known:
-                p.unlink(missing_ok=True)
-                gone.append(rel)
-    return gone
