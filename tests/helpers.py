@@ -72,8 +72,8 @@ def make_layout(
     sample_set: str = "tr",
     table: str = FEAT,
     policy: str = "full",
-    device_bytes: int = 0,
-    host_bytes: int = 0,
+    device_cache: int = 0,
+    host_cache: int = 0,
     max_blowup: float | None = None,
     seed: int = 0,
     memory_budget: int = 64 << 20,
@@ -82,7 +82,7 @@ def make_layout(
         st,
         sample_set,
         table,
-        Budgets(device_bytes, host_bytes, max_blowup, policy, seed),
+        Budgets(device_cache, host_cache, max_blowup, policy, seed),
         memory_budget=memory_budget,
     )
 

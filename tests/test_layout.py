@@ -85,8 +85,8 @@ def check_layout(st: Store, doc: dict[str, Any], base: np.ndarray, budgets: Budg
     rb = base.dtype.itemsize * base.shape[1]
     n = len(base)
     gdir = gen_dir(st, doc["id"])
-    assert doc["l1_rows"] * rb <= budgets.device_bytes
-    assert doc["l2_rows"] * rb <= budgets.host_bytes
+    assert doc["l1_rows"] * rb <= budgets.device_cache
+    assert doc["l2_rows"] * rb <= budgets.host_cache
     blowup = realised_blowup(gdir, n)
     assert blowup == pytest.approx(doc["blowup"], abs=1e-4)
     if budgets.max_blowup is not None:
@@ -194,8 +194,8 @@ def _random_trace(seed: int, n: int = 500, nb: int = 12) -> tuple[np.ndarray, li
     ("budgets", "error"),
     [
         (Budgets(policy="fastest"), InvalidInputError),
-        (Budgets(host_bytes=-1), InvalidInputError),
-        (Budgets(device_bytes=-4096), InvalidInputError),
+        (Budgets(host_cache=-1), InvalidInputError),
+        (Budgets(device_cache=-4096), InvalidInputError),
         (Budgets(max_blowup=0.99), ConfigError),
     ],
 )
@@ -207,21 +207,21 @@ def test_planner_rejects_bad_budgets(budgets: Budgets, error: type) -> None:
 
 def test_hot_sets_take_the_most_read_rows_within_each_budget() -> None:
     counts, _ = _random_trace(1)
-    l1, l2 = hot_sets(counts, 64, Budgets(device_bytes=64 * 10 + 63, host_bytes=64 * 25))
+    l1, l2 = hot_sets(counts, 64, Budgets(device_cache=64 * 10 + 63, host_cache=64 * 25))
     assert len(l1) == 10 and len(l2) == 25 and not set(l1) & set(l2)
     assert np.all(np.diff(l1) > 0) and np.all(np.diff(l2) > 0)
     cold = np.setdiff1d(np.flatnonzero(counts), np.concatenate([l1, l2]))
     assert counts[l1].min() >= counts[l2].max() >= counts[cold].max()
     for policy in ("pack-only", "none"):
-        a, b = hot_sets(counts, 64, Budgets(device_bytes=1 << 20, host_bytes=1 << 20, policy=policy))
+        a, b = hot_sets(counts, 64, Budgets(device_cache=1 << 20, host_cache=1 << 20, policy=policy))
         assert len(a) == len(b) == 0
-    everything = hot_sets(counts, 64, Budgets(host_bytes=1 << 30))[1]
+    everything = hot_sets(counts, 64, Budgets(host_cache=1 << 30))[1]
     np.testing.assert_array_equal(everything, np.flatnonzero(counts))  # never an unread row
 
 
 def test_plan_is_deterministic_for_a_seed() -> None:
     counts, batches = _random_trace(2)
-    b = Budgets(device_bytes=64 * 5, host_bytes=64 * 17, max_blowup=1.3, seed=7)
+    b = Budgets(device_cache=64 * 5, host_cache=64 * 17, max_blowup=1.3, seed=7)
     p1 = plan(counts, _trace_of(batches), len(batches), 64, b)
     p2 = plan(counts, _trace_of(batches), len(batches), 64, b)
     np.testing.assert_array_equal(p1.l1_ids, p2.l1_ids)
@@ -250,7 +250,7 @@ def test_tier_map_marks_hot_rows() -> None:
         _trace_of(batches),
         len(batches),
         64,
-        Budgets(device_bytes=64 * 3, host_bytes=64 * 4),
+        Budgets(device_cache=64 * 3, host_cache=64 * 4),
     )
     tier = p.tier_map()
     assert (tier[p.l1_ids] == L1).all() and (tier[p.l2_ids] == L2).all()
@@ -322,11 +322,11 @@ def test_packed_batches_are_the_base_rows(data: st.DataObject) -> None:
 
 
 def test_a_tiny_memory_budget_packs_in_several_passes_and_the_same_bytes(store: Store, base: np.ndarray) -> None:
-    budgets = Budgets(host_bytes=200 * 96, max_blowup=3.0)
-    big = make_layout(store, "tr", host_bytes=200 * 96, max_blowup=3.0)
+    budgets = Budgets(host_cache=200 * 96, max_blowup=3.0)
+    big = make_layout(store, "tr", host_cache=200 * 96, max_blowup=3.0)
     counted, passes = count_calls(pack_mod, "_base_pass")
     with with_memory_budget(4 << 10), counted:
-        small = make_layout(store, "tr", host_bytes=200 * 96, max_blowup=3.0)
+        small = make_layout(store, "tr", host_cache=200 * 96, max_blowup=3.0)
     assert len(passes) >= 3, (len(passes), small["segment_len"], small["num_batches"])
     assert small["segment_len"] > 1 and small["l3_rows"] > 0
     check_layout(store, small, base, budgets)
@@ -356,13 +356,13 @@ def test_rows_of_a_page_or_wider_pack_and_serve(tmp_path: Path, dtype: str, dim:
         base = rng.integers(0, 256, size=(1200, rb), dtype=np.uint8).view(dtype)
         s.write_table("node/x/feat", base)
         make_sample_set(s, "t", (3,), 32, 2)
-        budgets = Budgets(device_bytes=10 * rb, host_bytes=30 * rb, max_blowup=1.5)
+        budgets = Budgets(device_cache=10 * rb, host_cache=30 * rb, max_blowup=1.5)
         doc = pack(s, "t", "node/x/feat", budgets, memory_budget=64 << 20)
         check_layout(s, doc, base, budgets)
 
 
 def test_dry_run_predicts_what_packing_records(store: Store) -> None:
-    b = Budgets(device_bytes=10 * 96, host_bytes=100 * 96, max_blowup=1.5, seed=2)
+    b = Budgets(device_cache=10 * 96, host_cache=100 * 96, max_blowup=1.5, seed=2)
     plan_doc = pack(store, "tr", FEAT, b, memory_budget=64 << 20, dry_run=True)
     packed = pack(store, "tr", FEAT, b, memory_budget=64 << 20)
     for key in PLAN_KEYS:
@@ -371,8 +371,8 @@ def test_dry_run_predicts_what_packing_records(store: Store) -> None:
 
 
 def test_pack_is_deterministic_for_a_seed(store: Store) -> None:
-    a = make_layout(store, "tr", device_bytes=30 * 96, host_bytes=90 * 96, max_blowup=1.5, seed=3)
-    b = make_layout(store, "tr", device_bytes=30 * 96, host_bytes=90 * 96, max_blowup=1.5, seed=3)
+    a = make_layout(store, "tr", device_cache=30 * 96, host_cache=90 * 96, max_blowup=1.5, seed=3)
+    b = make_layout(store, "tr", device_cache=30 * 96, host_cache=90 * 96, max_blowup=1.5, seed=3)
     assert a["id"] != b["id"]
     assert layout_files(gen_dir(store, a["id"])) == layout_files(gen_dir(store, b["id"]))
     for key in ("segment_len", "l1_rows", "l2_rows", "l3_rows", "l4_rows", "blowup", "predictions"):
@@ -383,7 +383,7 @@ def test_pack_is_deterministic_for_a_seed(store: Store) -> None:
 def test_prediction_matches_serving_for_rows_wider_than_a_page(tmp_path: Path, policy: str) -> None:
     with make_synth_store(tmp_path / "s", nodes=1500, dim=1500, seed=1, train_frac=0.1) as s:
         make_sample_set(s, "t", (2,), 64, 1)
-        budgets = Budgets(host_bytes=20 * 6000, policy=policy)
+        budgets = Budgets(host_cache=20 * 6000, policy=policy)
         doc = pack(s, "t", FEAT, budgets, memory_budget=64 << 20)
         check_layout(s, doc, s.read_all(FEAT), budgets)
 
@@ -391,13 +391,13 @@ def test_prediction_matches_serving_for_rows_wider_than_a_page(tmp_path: Path, p
 # --------------------------------------------------------------------------- dry run and errors
 def test_dry_run_writes_nothing(store: Store) -> None:
     before_tree, before_cat = tree(store.root), catalog_state(store)
-    doc = pack(store, "tr", FEAT, Budgets(host_bytes=4096, max_blowup=2.0), dry_run=True)
+    doc = pack(store, "tr", FEAT, Budgets(host_cache=4096, max_blowup=2.0), dry_run=True)
     assert doc["dry_run"] is True and "id" not in doc
     assert doc["blowup"] <= 2.0 and doc["predicted_amplification"] > 0
     assert tree(store.root) == before_tree and catalog_state(store) == before_cat
     store.close()
     with featdb.open(store.root, mode="r") as ro:  # a dry run needs no write access
-        again = pack(ro, "tr", FEAT, Budgets(host_bytes=4096, max_blowup=2.0), dry_run=True)
+        again = pack(ro, "tr", FEAT, Budgets(host_cache=4096, max_blowup=2.0), dry_run=True)
     assert again["predictions"] == doc["predictions"]
     assert tree(store.root) == before_tree
 
@@ -478,7 +478,7 @@ def test_failed_pack_closes_its_files(store: Store) -> None:
         mock.patch.object(pack_mod, "_base_pass", boom),
         pytest.raises(OSError),
     ):
-        make_layout(store, "tr", host_bytes=1 << 16)
+        make_layout(store, "tr", host_cache=1 << 16)
     assert leaks == []
 
 
@@ -505,7 +505,7 @@ def _crash_child(root: Path, where: str) -> int:
 def test_a_crash_while_packing_leaves_the_old_generation_and_gc_cleans_up(
     store: Store, base: np.ndarray, where: str
 ) -> None:
-    old = make_layout(store, "tr", host_bytes=50 * 96)
+    old = make_layout(store, "tr", host_cache=50 * 96)
     before_cat = catalog_state(store)
     root = store.root
     store.close()
@@ -525,7 +525,7 @@ def test_a_crash_while_packing_leaves_the_old_generation_and_gc_cleans_up(
 
 # --------------------------------------------------------------------------- pins and gc
 def test_gc_keeps_a_pinned_generation_until_its_reader_closes(store: Store, base: np.ndarray) -> None:
-    a = make_layout(store, "tr", host_bytes=100 * 96)
+    a = make_layout(store, "tr", host_cache=100 * 96)
     reader = open_reader(store, sample_set="tr")
     b = make_layout(store, "tr", max_blowup=1.5)
     assert store.catalog.get("layout/current") == b["id"]
@@ -567,7 +567,7 @@ def test_gc_during_a_pack_leaves_the_pack_alone(store: Store, base: np.ndarray) 
 
 # --------------------------------------------------------------------------- verify
 def test_verify_catches_a_flipped_byte_in_an_l4_extent(store: Store) -> None:
-    doc = make_layout(store, "tr", host_bytes=100 * 96)
+    doc = make_layout(store, "tr", host_cache=100 * 96)
     gdir = gen_dir(store, doc["id"])
     batches = np.fromfile(gdir / "batches.i64", dtype="<i8").reshape(-1, 8)
     b = int(np.flatnonzero(batches[:, 0] > 3)[1])
@@ -591,7 +591,7 @@ def test_verify_catches_a_flipped_byte_in_the_l3_file(store: Store) -> None:
 
 @pytest.mark.parametrize("name", ["map.bin", "batches.i64", "host.tbl"])
 def test_verify_catches_a_flipped_byte_in_the_layout_metadata(store: Store, name: str) -> None:
-    doc = make_layout(store, "tr", host_bytes=100 * 96, max_blowup=1.5)
+    doc = make_layout(store, "tr", host_cache=100 * 96, max_blowup=1.5)
     flip_byte(gen_dir(store, doc["id"]) / name, 7)
     problems = store.verify()
     assert any(f"gens/{doc['id']}/{name}" in p for p in problems)

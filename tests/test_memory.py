@@ -60,7 +60,7 @@ def test_a_budget_must_be_positive(limit: int) -> None:
 def layout_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
     st = make_synth_store(tmp_path_factory.mktemp("mem") / "s", nodes=3000, dim=16, seed=1)
     make_sample_set(st, "tr", fanouts=(4, 4), batch_size=128, epochs=1)
-    make_layout(st, "tr", host_bytes=32 << 10)
+    make_layout(st, "tr", host_cache=32 << 10)
     yield st
     st.close()
 

@@ -301,7 +301,7 @@ def test_trainer_sage_over_served_rows_matches_dgl_sageconv(sampled: Any, tmp_pa
     root = tmp_path / "copy"
     shutil.copytree(st.root, root)
     with featdb.open(root, mode="a") as st2:
-        make_layout(st2, "tr", host_bytes=40 * x.shape[1] * 4, max_blowup=2.0)
+        make_layout(st2, "tr", host_cache=40 * x.shape[1] * 4, max_blowup=2.0)
         with open_reader(st2, sample_set="tr") as reader, SampleSet(st2, "tr") as ss2:
             reader.attach(ss2)
             for b in (0, 1, ss.num_batches - 1):

@@ -239,7 +239,7 @@ class ReaderConformance:
 
 
 class TestFullWithL3Cap(ReaderConformance):
-    budgets = Budgets(device_bytes=40 * RB, host_bytes=150 * RB, max_blowup=1.5, policy="full")
+    budgets = Budgets(device_cache=40 * RB, host_cache=150 * RB, max_blowup=1.5, policy="full")
 
     def test_layout_uses_every_tier(self, env: Env) -> None:
         d = env.reader.doc
@@ -248,27 +248,27 @@ class TestFullWithL3Cap(ReaderConformance):
 
 class TestFullFloat16Rows(ReaderConformance):
     table = HALF
-    budgets = Budgets(device_bytes=0, host_bytes=300 * 14, max_blowup=2.0, policy="full")
+    budgets = Budgets(device_cache=0, host_cache=300 * 14, max_blowup=2.0, policy="full")
 
 
 class TestPackOnly(ReaderConformance):
-    budgets = Budgets(host_bytes=1 << 20, policy="pack-only")
+    budgets = Budgets(host_cache=1 << 20, policy="pack-only")
 
     def test_no_hot_rows(self, env: Env) -> None:
         assert len(env.reader.l1_ids) == len(env.reader.l2_ids) == 0
 
 
 class TestHotOnly(ReaderConformance):
-    budgets = Budgets(device_bytes=20 * RB, host_bytes=200 * RB, max_blowup=1.5, policy="hot-only")
+    budgets = Budgets(device_cache=20 * RB, host_cache=200 * RB, max_blowup=1.5, policy="hot-only")
 
 
 class TestNoLayout(ReaderConformance):
-    budgets = Budgets(host_bytes=1 << 20, policy="none")
+    budgets = Budgets(host_cache=1 << 20, policy="none")
     open_kw = {"queue_depth": 2, "threads": 2}
 
 
 class TestDynamicLRU(ReaderConformance):
-    budgets = Budgets(host_bytes=100 * RB, policy="hot-only")
+    budgets = Budgets(host_cache=100 * RB, policy="hot-only")
     open_kw = {"cache_bytes": 200 * RB, "cache_policy": "lru"}
 
     def test_the_cache_serves_repeated_reads(self, env: Env) -> None:
@@ -317,12 +317,12 @@ def test_open_refuses_another_sample_sets_layout(store: Store) -> None:
 
 @pytest.mark.parametrize("tier", ["host", "device"])
 def test_open_refuses_a_budget_smaller_than_the_layouts_tier(store: Store, tier: str) -> None:
-    doc = make_layout(store, "tr", device_bytes=30 * RB, host_bytes=70 * RB)
+    doc = make_layout(store, "tr", device_cache=30 * RB, host_cache=70 * RB)
     need = doc["l1_rows" if tier == "device" else "l2_rows"] * RB
     assert need > 0
     with pytest.raises(ConfigError, match=tier):
-        open_reader(store, **{f"{tier}_budget": need - 1})
-    with open_reader(store, **{f"{tier}_budget": need}) as r:
+        open_reader(store, **{f"{tier}_cache": need - 1})
+    with open_reader(store, **{f"{tier}_cache": need}) as r:
         r.read_batch(0).release()
     assert generation.collect(store)["pinned"] == []  # the failed opens left no pin behind
 
@@ -427,7 +427,7 @@ def _wait(pids: list[int], logs: Path) -> None:
 
 def test_two_processes_read_the_same_store(store: Store, tmp_path: Path) -> None:
     """Children open the store after fork (DESIGN 7) while the parent reads it too."""
-    make_layout(store, "tr", device_bytes=20 * RB, host_bytes=100 * RB, max_blowup=1.5)
+    make_layout(store, "tr", device_cache=20 * RB, host_cache=100 * RB, max_blowup=1.5)
     base = store.read_all(FEAT)
     root = store.root
     store.close()  # the parent holds no LMDB handle at the fork (see the xfail below)
@@ -442,7 +442,7 @@ def test_two_processes_read_the_same_store(store: Store, tmp_path: Path) -> None
 
 
 def test_a_forked_child_reuses_the_parents_store_object(store: Store, tmp_path: Path) -> None:
-    make_layout(store, "tr", host_bytes=100 * RB)
+    make_layout(store, "tr", host_cache=100 * RB)
     base = store.read_all(FEAT)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child: the inherited Store reopens its catalog
@@ -463,7 +463,7 @@ def test_a_forked_child_reuses_the_parents_store_object(store: Store, tmp_path: 
 
 
 def test_forked_children_open_a_store_the_parent_holds_open(store: Store, tmp_path: Path) -> None:
-    make_layout(store, "tr", host_bytes=100 * RB)
+    make_layout(store, "tr", host_cache=100 * RB)
     with open_reader(store, sample_set="tr") as r:
         r.read_batch(0).release()  # the parent has its reader, threads and LMDB handle open
         pids = _fork_readers(store.root, tmp_path)

@@ -85,7 +85,7 @@ def bench_pack(
 
     with store_mod.open(store, mode="a") as st:
         res = bench_mod.pack_ratio(
-            st, sample_set, table, Budgets(host_bytes=host_cache, max_blowup=max_blowup), memory_budget
+            st, sample_set, table, Budgets(host_cache=host_cache, max_blowup=max_blowup), memory_budget
         )
     emit(
         as_json,

@@ -75,7 +75,7 @@ def demo(path: str, epochs: int, nodes: int, seed: int, baseline: bool, as_json:
         host = int(st.schema("node/_/feat").nbytes * HOST_CACHE_FRACTION)
         say(f"[3/5] pack: host cache {host >> 20} MiB (10% of the table)")
         t = time.perf_counter()
-        layout = pack_layout(st, "demo", "node/_/feat", Budgets(host_bytes=host))
+        layout = pack_layout(st, "demo", "node/_/feat", Budgets(host_cache=host))
         steps["pack_s"] = _lap(t)
         say("[4/5] verify")
         t = time.perf_counter()

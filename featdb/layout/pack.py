@@ -133,8 +133,8 @@ def _doc(
         "predicted_amplification": pr["predicted_amplification"],
         "predictions": pr,
         "budgets": {
-            "device_bytes": b.device_bytes,
-            "host_bytes": b.host_bytes,
+            "device_cache": b.device_cache,
+            "host_cache": b.host_cache,
             "max_blowup": b.max_blowup,
             "seed": b.seed,
         },

@@ -40,8 +40,8 @@ Trace = Callable[[Sequence[int]], Iterable[NDArray[Any]]]  # batch ids -> their 
 
 @dataclass(frozen=True, slots=True)
 class Budgets:
-    device_bytes: int = 0
-    host_bytes: int = 0
+    device_cache: int = 0
+    host_cache: int = 0
     max_blowup: float | None = None
     policy: str = "full"
     seed: int = 0
@@ -49,7 +49,7 @@ class Budgets:
     def validate(self) -> None:
         if self.policy not in POLICIES:
             raise InvalidInputError(f"policy {self.policy!r}: one of {', '.join(POLICIES)}")
-        if self.device_bytes < 0 or self.host_bytes < 0:
+        if self.device_cache < 0 or self.host_cache < 0:
             raise InvalidInputError("cache sizes must not be negative")
         if self.max_blowup is not None and self.max_blowup < 1.0:
             raise ConfigError(
@@ -115,8 +115,8 @@ def hot_sets(counts: NDArray[Any], row_bytes: int, budgets: Budgets) -> tuple[ND
     rng = np.random.default_rng(budgets.seed)
     read = np.flatnonzero(counts > 0)
     rank = read[np.lexsort((rng.random(len(read)), -counts[read]))]
-    n1 = min(len(rank), budgets.device_bytes // row_bytes)
-    n2 = min(len(rank) - n1, budgets.host_bytes // row_bytes)
+    n1 = min(len(rank), budgets.device_cache // row_bytes)
+    n2 = min(len(rank) - n1, budgets.host_cache // row_bytes)
     return np.sort(rank[:n1]), np.sort(rank[n1 : n1 + n2])
 
 

@@ -62,8 +62,8 @@ class LayoutReader:
         *,
         sample_set: str | None = None,
         device: str = "auto",
-        host_budget: int | None = None,
-        device_budget: int | None = None,
+        host_cache: int | None = None,
+        device_cache: int | None = None,
         queue_depth: int = 4,
         threads: int = 4,
         cache_bytes: int = 0,
@@ -84,8 +84,8 @@ class LayoutReader:
             self._open(
                 sample_set,
                 device,
-                host_budget,
-                device_budget,
+                host_cache,
+                device_cache,
                 queue_depth,
                 threads,
                 cache_bytes,
@@ -106,8 +106,8 @@ class LayoutReader:
         self,
         sample_set: str | None,
         device: str,
-        host_budget: int | None,
-        device_budget: int | None,
+        host_cache: int | None,
+        device_cache: int | None,
         queue_depth: int,
         threads: int,
         cache_bytes: int,
@@ -132,8 +132,8 @@ class LayoutReader:
         self.segs = self._index("segments.i64", 5, None)
         self.l1_ids = np.fromfile(self.gen_dir / "l1_ids.i64", dtype="<i8")
         self.l2_ids = np.fromfile(self.gen_dir / "l2_ids.i64", dtype="<i8")
-        check_budget("host", len(self.l2_ids) * self.rb, host_budget)
-        check_budget("device", len(self.l1_ids) * self.rb, device_budget)
+        check_budget("host", len(self.l2_ids) * self.rb, host_cache)
+        check_budget("device", len(self.l1_ids) * self.rb, device_cache)
         nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
         queue_depth = self._charge(device, cache_bytes, round_up(nmax * self.rb) + PAGE, queue_depth)
         largest = round_up(int(self.segs[:, 3].max(initial=0)) * self.rb) if self.packed else 0
