@@ -5,6 +5,7 @@ The public API — what the CLI and the trainer use; everything else is internal
 - stores: :func:`open`, :func:`create`, :class:`Store` (tables: ``read``, ``read_all``, ``map``);
 - the graph: :class:`Graph`, :func:`graph_info`, :func:`load_graph`, :func:`node_labels`;
 - memory: :class:`MemoryBudget`, :func:`peak_rss`, :func:`parse_size` and the runtime sizes;
+- files: :func:`write_atomic` (temp file, fsync, rename, fsync of the directory);
 - errors: :mod:`featdb.errors` (every error is a :class:`FeatDBError`).
 
 Sampling, layout and serving live in :mod:`featdb.sampling`, :mod:`featdb.layout`
@@ -14,6 +15,7 @@ and :mod:`featdb.serve`, each with its own ``__all__``.
 from . import errors
 from .errors import FeatDBError
 from .graph import Graph, graph_info, load_graph, node_labels
+from .io import write_atomic
 from .memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, RUNTIME_BYTES, TORCH_RUNTIME_BYTES, MemoryBudget, peak_rss
 from .store import Store, create, open
 from .units import format_size, parse_size
@@ -36,5 +38,6 @@ __all__ = [
     "open",
     "parse_size",
     "peak_rss",
+    "write_atomic",
 ]
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ the stored evaluation batches through the same layout as training.
 
 from __future__ import annotations
 
-import os
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -24,7 +24,16 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 import featdb
-from featdb import DEFAULT_BUDGET, TORCH_RUNTIME_BYTES, MemoryBudget, graph_info, load_graph, node_labels, peak_rss
+from featdb import (
+    DEFAULT_BUDGET,
+    TORCH_RUNTIME_BYTES,
+    MemoryBudget,
+    graph_info,
+    load_graph,
+    node_labels,
+    peak_rss,
+    write_atomic,
+)
 from featdb.errors import ConfigError
 from featdb.sampling import SampleConfig, SampleSet, sample
 
@@ -309,23 +318,14 @@ def _save(
     state: dict[str, Any],
     best: bool,
 ) -> None:
-    """Atomic checkpoint: temp file, fsync, rename."""
+    """Atomic checkpoint: featdb's atomic write (temp file, fsync, rename, fsync of the directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "state": state,
-                "best": best,
-                "rng": _rng_state(),
-            },
-            f,
-        )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "best": best, "rng": _rng_state()},
+        buf,
+    )
+    write_atomic(path, buf.getvalue())
 
 
 def _resume(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
