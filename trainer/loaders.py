@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,6 +38,30 @@ class Epoch:
     times: dict[str, StageTime]
     close: Callable[[], None]
     batches: int  # how many items the epoch yields
+
+
+class Loader(Protocol):
+    """What the training loop needs from a source of batches (featdb's reader or a baseline)."""
+
+    name: str
+
+    def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
+        """One training epoch's batches, in the order the loop trains them."""
+        ...
+
+    def eval_epoch(self, split: str) -> Epoch | None:
+        """The sample set's stored evaluation batches of ``split`` (``None``: the set has none)."""
+        ...
+
+    def fetch(self, ids: NDArray[Any]) -> Any:
+        """Feature rows for any node ids (evaluation sets stored apart from the sample set)."""
+        ...
+
+    def serve_stats(self) -> dict[str, Any]:
+        """The reader's per-tier statistics (empty for the baselines)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def _noop() -> None:
@@ -119,6 +143,9 @@ class FeatDBLoader:
             y = y.to(self.device)
             rows.release()  # the host buffer is free once copied
         return mfg, x, y, rows.release
+
+    def fetch(self, ids: NDArray[Any]) -> Any:
+        return self.reader.read(ids)
 
     def serve_stats(self) -> dict[str, Any]:
         return self.reader.stats.as_dict()
@@ -246,6 +273,9 @@ class DGLLoader:
             self.ss, bids, lambda ids: self.gather(torch.from_numpy(ids)), self.labels, self.device, self.depth
         )
 
+    def fetch(self, ids: NDArray[Any]) -> Any:
+        return self.gather(torch.from_numpy(ids))
+
     def gather(self, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(self.feats, torch.Tensor):
             return self.feats[ids]
@@ -255,4 +285,5 @@ class DGLLoader:
         return {}
 
     def close(self) -> None:
-        return None
+        if self.ss is not None:
+            self.ss.close()

@@ -38,7 +38,7 @@ from featdb.errors import ConfigError
 from featdb.sampling import SampleConfig, SampleSet, sample
 
 from .allocator import retain_large_allocations, trim_threshold
-from .loaders import DGLLoader, Epoch, FeatDBLoader, stored_eval
+from .loaders import DGLLoader, Epoch, FeatDBLoader, Loader, stored_eval
 from .models import build_model
 
 LOADERS = ("featdb", "in-memory", "dgl-mmap")
@@ -113,7 +113,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             graph = None
             labels = node_labels(store)
             _charge_training(memory, cfg, store.schema(cfg.table).dim, num_classes, len(fanouts), step, mfg)
-            loader: Any = FeatDBLoader(store, cfg.sample_set, device, cfg.queue_depth, labels, memory)
+            loader: Loader = FeatDBLoader(store, cfg.sample_set, device, cfg.queue_depth, labels, memory)
         else:
             graph = load_graph(store, mmap=cfg.loader == "dgl-mmap")
             labels = graph.labels
@@ -137,8 +137,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             return _run(ctx) | {"memory": memory.as_dict() | {"enforced": cfg.loader == "featdb"}}
         finally:
             loader.close()
-            if graph is not None and getattr(loader, "ss", None) is not None:
-                loader.ss.close()
 
 
 def _step_bytes(ss: SampleSet, dim: int, cfg: TrainConfig) -> int:
@@ -177,7 +175,7 @@ def _eval_set(store: featdb.Store, train_set: str, split: str, fanouts: list[int
 class _Run:
     store: featdb.Store
     cfg: TrainConfig
-    loader: Any
+    loader: Loader
     evals: dict[str, str | None]  # split -> a separate evaluation sample set (None: the set's own part)
     labels: NDArray[Any]
     num_classes: int
@@ -223,7 +221,7 @@ def _train_epoch(
     cfg: TrainConfig,
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
-    loader: Any,
+    loader: Loader,
     epoch: int,
     rng: np.random.Generator,
     device: torch.device,
@@ -285,13 +283,11 @@ def evaluate(r: _Run, model: torch.nn.Module, split: str) -> float:
     eval_set = r.evals[split]
     if eval_set is None:
         ep = r.loader.eval_epoch(split)
+        if ep is None:
+            raise ConfigError(f"sample set {r.cfg.sample_set!r} has no {split} batches")
         return _accuracy(model, ep)
     with SampleSet(r.store, eval_set) as ss:
-        fetch = (
-            r.loader.reader.read
-            if isinstance(r.loader, FeatDBLoader)
-            else (lambda ids: r.loader.gather(torch.from_numpy(ids)))
-        )
+        fetch = r.loader.fetch
         ep = stored_eval(ss, range(ss.num_batches), fetch, r.labels, r.device, r.cfg.queue_depth)
         return _accuracy(model, ep)
 
@@ -379,7 +375,7 @@ def _packed_amplification(serve: dict[str, Any]) -> float | None:
     return round(sum(tiers[t]["bytes_read"] for t in ("l3", "l4")) / rows, 4) if rows else None
 
 
-def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Any, ckpt: Path) -> dict[str, Any]:
+def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Loader, ckpt: Path) -> dict[str, Any]:
     hist = state["history"]
     serve = loader.serve_stats()
     stage_s: dict[str, float] = {}
