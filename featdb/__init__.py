@@ -2,19 +2,22 @@
 
 The public API — what the CLI and the trainer use; everything else is internal:
 
-- stores: :func:`open`, :func:`create`, :class:`Store` (tables: ``read``, ``read_all``, ``map``);
+- stores: :func:`open`, :func:`create`, :class:`Store` (tables: ``read``, ``read_all``, ``map``;
+  ``verify``), :func:`info` (what ``featdb info`` prints);
 - the graph: :class:`Graph`, :func:`graph_info`, :func:`load_graph`, :func:`node_labels`;
 - memory: :class:`MemoryBudget`, :func:`peak_rss`, :func:`parse_size` and the runtime sizes;
 - files: :func:`write_atomic` (temp file, fsync, rename, fsync of the directory);
 - errors: :mod:`featdb.errors` (every error is a :class:`FeatDBError`).
 
-Sampling, layout and serving live in :mod:`featdb.sampling`, :mod:`featdb.layout`
-and :mod:`featdb.serve`, each with its own ``__all__``.
+Ingest, sampling, layout (plan, pack, gc) and serving live in :mod:`featdb.ingest`,
+:mod:`featdb.sampling`, :mod:`featdb.layout` and :mod:`featdb.serve`, each with its own
+``__all__``; docs/api.md shows each entry point.
 """
 
 from . import errors
 from .errors import FeatDBError
 from .graph import Graph, graph_info, load_graph, node_labels
+from .inspect import info
 from .io import write_atomic
 from .memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, RUNTIME_BYTES, TORCH_RUNTIME_BYTES, MemoryBudget, peak_rss
 from .store import Store, create, open
@@ -33,6 +36,7 @@ __all__ = [
     "errors",
     "format_size",
     "graph_info",
+    "info",
     "load_graph",
     "node_labels",
     "open",

@@ -8,7 +8,8 @@ from typing import Any
 from .store import FORMAT_VERSION, Store
 
 
-def describe(store: Store) -> dict[str, Any]:
+def info(store: Store) -> dict[str, Any]:
+    """Tables, graph, sample sets, the current layout and generations: what `featdb info` prints."""
     meta = store.catalog.get("meta") or {}
     tables = [
         {

@@ -17,7 +17,7 @@ import numpy as np
 
 import featdb
 from featdb.ingest.synth import synth
-from featdb.inspect import describe
+from featdb.inspect import info as describe
 from featdb.layout.pack import pack
 from featdb.layout.plan import Budgets
 from featdb.sampling.offline import SampleConfig, sample

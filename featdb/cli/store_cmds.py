@@ -11,7 +11,8 @@ import numpy as np
 from .. import store as store_mod
 from ..ingest import DEFAULT_BUDGET, npy_layout
 from ..ingest import ingest as ingest_table
-from ..inspect import describe, render
+from ..inspect import info as describe_store
+from ..inspect import render
 from .common import SIZE, cli, emit, output_options, parse_ids, parse_shape, progress
 
 
@@ -84,7 +85,7 @@ def info(store: str, as_json: bool, quiet: bool) -> None:
     Example: featdb info ./store --json
     """
     with store_mod.open(store) as st:
-        d = describe(st)
+        d = describe_store(st)
     emit(as_json, d, render(d))
 
 
