@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import CorruptDataError, FormatVersionError, IdsOutOfRangeError, InvalidIdsError
+from .errors import CorruptDataError, FormatVersionError, IdsOutOfRangeError, InvalidIdsError, SchemaMismatchError
 from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered, take_rows
 
 MAGIC = b"FEATDBT\x01"
@@ -77,13 +77,13 @@ class TableWriter:
     def write(self, rows: NDArray[Any]) -> None:
         rows = np.asarray(rows, dtype=self.schema.dtype).reshape(-1, self.schema.dim)
         if self.rows_written + len(rows) > self.schema.rows:
-            raise ValueError("more rows written than the schema declares")
+            raise SchemaMismatchError("more rows written than the schema declares")
         self._w.write(rows)
         self.rows_written += len(rows)
 
     def commit(self) -> dict[str, Any]:
         if self.rows_written != self.schema.rows:
-            raise ValueError(f"wrote {self.rows_written} rows, schema declares {self.schema.rows}")
+            raise SchemaMismatchError(f"wrote {self.rows_written} rows, schema declares {self.schema.rows}")
         self._w.pad_to(PAGE)
         self._w.commit()
         return {"size": self._w.size, "crcs": self._w.crcs}

@@ -106,3 +106,20 @@ def test_the_data_flow_reads_one_way() -> None:
             if RANK[_stage(target)] > RANK[_stage(me)]:
                 backwards.append(f"{me} imports {target}")
     assert backwards == []
+
+
+def test_featdb_raises_only_its_own_errors() -> None:
+    """Every ``raise SomeError(...)`` in featdb/ names a FeatDBError subclass (or click's, in the CLI)."""
+    from featdb import errors
+
+    ours = {n for n in errors.__all__ if issubclass(getattr(errors, n), errors.FeatDBError)}
+    allowed = ours | {"ClickException", "BadParameter"}
+    bad = []
+    for path in sorted((ROOT / "featdb").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                func = node.exc.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name not in allowed:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} raises {name}")
+    assert bad == []

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import CorruptDataError, SampleSetNotFoundError
+from ..errors import CorruptDataError, IdsOutOfRangeError, SampleSetNotFoundError
 from ..store import Store
 from .format import RecordRef, SegmentFiles, decode, decode_inputs
 from .mfg import Batch
@@ -57,7 +57,7 @@ class SampleSet:
 
     def epoch_batches(self, epoch: int) -> NDArray[Any]:
         if not 0 <= epoch < self.epochs:
-            raise IndexError(f"epoch {epoch} out of range [0, {self.epochs})")
+            raise IdsOutOfRangeError(f"epoch {epoch} out of range [0, {self.epochs})")
         return np.arange(epoch * self.batches_per_epoch, (epoch + 1) * self.batches_per_epoch)
 
     @property
@@ -73,7 +73,7 @@ class SampleSet:
 
     def _ref(self, b: int) -> RecordRef:
         if not 0 <= b < self.num_batches:
-            raise IndexError(f"batch {b} out of range [0, {self.num_batches})")
+            raise IdsOutOfRangeError(f"batch {b} out of range [0, {self.num_batches})")
         seg, off, length, crc, n_in = (int(x) for x in self.index[b, :5])
         return RecordRef(seg, off, length, crc, n_in)
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ConfigError, CorruptDataError
+from ..errors import ConfigError, CorruptDataError, IdsOutOfRangeError
 from ..io import (
     PAGE,
     PageFile,
@@ -229,7 +229,7 @@ class LayoutReader:
         ticket = self.pool.ticket() if _ticket is None else _ticket
         try:
             if not 0 <= b < self.num_batches:
-                raise IndexError(f"batch {b} out of range [0, {self.num_batches})")
+                raise IdsOutOfRangeError(f"batch {b} out of range [0, {self.num_batches})")
             n4, n3, n2, n1, l4_off, _crc, map_off, seg = (int(x) for x in self.batches[b])
             order, l3_rows, l2_slots, l1_slots = self._map(map_off, n4, n3, n2, n1)
         except BaseException:
