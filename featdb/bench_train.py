@@ -112,89 +112,62 @@ def _step(
     return out
 
 
+def _featdb(command: str, *args: object) -> list[str]:
+    """A ``featdb`` command line with ``--json -q``."""
+    return [command_path("featdb"), command, *map(str, args), "--json", "-q"]
+
+
 def build(root: Path, p: Preset, cap: MemoryCap, budget: int, say: Say, fresh: bool) -> dict[str, Any]:
     """Synth (unless the store holds this preset already), sample and pack, each under the cap."""
     marker = root / "bench-preset.json"
     want = {k: v for k, v in asdict(p).items() if k != "mmap_batches"}  # what the dataset depends on
-    steps: dict[str, Any] = {}
-    if fresh or not marker.exists() or json.loads(marker.read_text()) != want:
-        if root.exists():
-            shutil.rmtree(root)
-        steps["synth"] = _step(
-            cap,
-            [
-                command_path("featdb"),
-                "synth",
-                str(root),
-                "--nodes",
-                str(p.nodes),
-                "--dim",
-                str(p.dim),
-                "--avg-degree",
-                str(p.avg_degree),
-                "--train-frac",
-                str(p.train_frac),
-                "--valid-frac",
-                str(p.valid_frac),
-                "--test-frac",
-                str(p.test_frac),
-                "--memory-budget",
-                str(min(budget, 512 << 20)),
-                "--json",
-                "-q",
-            ],
-            root.parent,
-            say,
-            "synth",
-        )
-        _require(steps["synth"], "synth")
-        steps["sample"] = _step(
-            cap,
-            [
-                command_path("featdb"),
-                "sample",
-                str(root),
-                "--name",
-                SAMPLE_SET,
-                "--fanouts",
-                p.fanouts,
-                "--batch-size",
-                str(p.batch_size),
-                "--epochs",
-                "1",
-                "--memory-budget",
-                str(budget),
-                "--json",
-                "-q",
-            ],
-            root,
-            say,
-            "sample",
-        )
-        _require(steps["sample"], "sample")
-        steps["pack"] = _step(
-            cap,
-            [
-                command_path("featdb"),
-                "pack",
-                str(root),
-                "--sample-set",
-                SAMPLE_SET,
-                "--host-cache",
-                str(p.host_cache),
-                "--memory-budget",
-                str(budget),
-                "--json",
-                "-q",
-            ],
-            root,
-            say,
-            "pack",
-        )
-        _require(steps["pack"], "pack")
-        marker.write_text(json.dumps(want))
-    else:
+    if not fresh and marker.exists() and json.loads(marker.read_text()) == want:
         say(f"reusing the dataset in {root} (--fresh rebuilds it)")
+        return {}
+    if root.exists():
+        shutil.rmtree(root)
+    commands = {
+        "synth": _featdb(
+            "synth",
+            root,
+            "--nodes",
+            p.nodes,
+            "--dim",
+            p.dim,
+            "--avg-degree",
+            p.avg_degree,
+            "--train-frac",
+            p.train_frac,
+            "--valid-frac",
+            p.valid_frac,
+            "--test-frac",
+            p.test_frac,
+            "--memory-budget",
+            min(budget, 512 << 20),
+        ),
+        "sample": _featdb(
+            "sample",
+            root,
+            "--name",
+            SAMPLE_SET,
+            "--fanouts",
+            p.fanouts,
+            "--batch-size",
+            p.batch_size,
+            "--epochs",
+            1,
+            "--memory-budget",
+            budget,
+        ),
+        "pack": _featdb(
+            "pack", root, "--sample-set", SAMPLE_SET, "--host-cache", p.host_cache, "--memory-budget", budget
+        ),
+    }
+    steps: dict[str, Any] = {}
+    for name, argv in commands.items():
+        steps[name] = _step(cap, argv, root.parent if name == "synth" else root, say, name)
+        _require(steps[name], name)
+    marker.write_text(json.dumps(want))
     return steps
 
 
