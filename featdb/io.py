@@ -14,8 +14,9 @@ import mmap
 import os
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,30 +64,42 @@ def drop_page_cache(path: Path | str) -> None:
         os.close(fd)
 
 
-def hold_dir(d: Path) -> int:
-    """Take a shared lock on ``d/pin`` (creating it); gc leaves ``d`` alone while it is held.
+def hold_dir(d: Path, create: bool = True) -> int:
+    """Take a shared lock on ``d/pin`` (creating it unless ``create`` is false); gc leaves ``d``
+    alone while it is held.
 
     Readers hold it on the generation they serve; the packer and the sampler on
     the directory they are still writing. The kernel drops it if the holder dies.
     """
-    fd = os.open(d / "pin", os.O_RDONLY | os.O_CREAT, 0o644)
+    fd = os.open(d / "pin", os.O_RDONLY | (os.O_CREAT if create else 0), 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
 
 
-def dir_unlocked(d: Path) -> bool:
-    """True if nobody holds ``d/pin``."""
+@contextmanager
+def exclusive(d: Path) -> Iterator[bool]:
+    """Hold ``d/pin`` exclusively for the block if nobody holds it: yields False when someone does
+    (True when there is no pin file). While held, nobody can take a new shared lock on ``d``."""
     try:
         fd = os.open(d / "pin", os.O_RDONLY)
     except FileNotFoundError:
-        return True
+        yield True
+        return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
+
+
+def dir_unlocked(d: Path) -> bool:
+    """True if nobody holds ``d/pin``."""
+    with exclusive(d) as free:
+        return bool(free)
 
 
 class ChecksumWriter:

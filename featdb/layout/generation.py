@@ -10,8 +10,6 @@ when it can take that lock exclusively.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import time
@@ -20,7 +18,7 @@ from typing import Any
 
 from ..catalog import Txn
 from ..errors import GenerationPinnedError, LayoutNotFoundError
-from ..io import dir_unlocked, fsync_dir, hold_dir
+from ..io import dir_unlocked, exclusive, fsync_dir, hold_dir
 from ..store import Store
 
 GENS = "gens"
@@ -71,10 +69,9 @@ class Pin:
         for _ in range(10):
             doc = current(store)
             try:
-                self.fd = os.open(store.root / GENS / doc["id"] / "pin", os.O_RDONLY)
+                self.fd = hold_dir(store.root / GENS / doc["id"], create=False)
             except FileNotFoundError:
                 continue  # collected between our catalog read and the open: look again
-            fcntl.flock(self.fd, fcntl.LOCK_SH)
             if store.catalog.get(f"generation/{doc['id']}") is not None:
                 self.doc = doc
                 return
@@ -113,13 +110,9 @@ def collect(store: Store, keep_current: bool = True) -> dict[str, list[str]]:
 
 def _remove_generation(store: Store, gen_id: str, doc: dict[str, Any]) -> None:
     d = store.root / GENS / gen_id
-    fd = os.open(d / "pin", os.O_RDONLY) if (d / "pin").exists() else -1
-    try:
-        if fd >= 0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise GenerationPinnedError(f"generation {gen_id} is pinned by a reader") from exc
+    with exclusive(d) as free:  # held through the removal: no reader can pin it meanwhile
+        if not free:
+            raise GenerationPinnedError(f"generation {gen_id} is pinned by a reader")
 
         def txn(t: Txn) -> None:
             for rel in doc.get("files", []):
@@ -130,7 +123,3 @@ def _remove_generation(store: Store, gen_id: str, doc: dict[str, Any]) -> None:
 
         store.catalog.write(txn)
         shutil.rmtree(d, ignore_errors=True)
-    finally:
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
