@@ -132,6 +132,17 @@ class ReadStats:
         }
 
 
+def id_dtype(num_nodes: int) -> np.dtype[Any]:
+    """How node ids are stored: little-endian int32 below 2**31 nodes, else int64."""
+    return np.dtype("<i4") if num_nodes < 2**31 else np.dtype("<i8")
+
+
+def check_index(i: int, n: int, what: str) -> None:
+    """:class:`IdsOutOfRangeError` unless ``0 <= i < n`` (a batch, an epoch, a row)."""
+    if not 0 <= i < n:
+        raise IdsOutOfRangeError(f"{what} {i} out of range [0, {n})")
+
+
 def check_ids(ids: Any, rows: int) -> NDArray[Any]:
     """Validate row ids: a 1-D integer array, every id in [0, rows)."""
     arr = np.asarray(ids)

@@ -32,7 +32,7 @@ from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
 from ..progress import Progress
 from ..sampling.sampleset import SampleSet
 from ..store import Store
-from ..tables import Schema, TableReader, TableWriter
+from ..tables import Schema, TableReader, TableWriter, id_dtype
 from . import generation
 from .plan import Budgets, Placement, Predictor, SegmentPlan, assign_segment, plan
 
@@ -157,7 +157,7 @@ def _write(
     acc: Predictor,
 ) -> dict[str, dict[str, Any]]:
     rb = schema.row_bytes
-    id_dt = np.dtype("<i4") if p.num_nodes < 2**31 else np.dtype("<i8")
+    id_dt = id_dtype(p.num_nodes)
     tier = p.tier_map()
     scratch = np.full(p.num_nodes, -1, dtype=np.int32)
     batches = np.zeros((p.num_batches, BATCH_COLS), dtype=np.int64)

@@ -35,6 +35,7 @@ from ..graph.model import SPLITS
 from ..io import ChecksumWriter, hold_dir, write_atomic
 from ..memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, MemoryBudget, children_peak_rss
 from ..store import Store
+from ..tables import id_dtype
 from .config import EVAL_SPLITS, NAME_RE, SampleConfig, parse_fanouts
 from .format import HEAD_PARTS, INDEX_COLUMNS, encode_parts
 from .mfg import Batch
@@ -81,7 +82,7 @@ def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None, seeds: dict[st
     import torch
 
     torch.set_num_threads(1)
-    dtype = np.int32 if graph.num_nodes() < 2**31 else np.int64
+    dtype = id_dtype(graph.num_nodes())
     _WORKER.update(
         graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=dtype), done=done, seeds=seeds or {}
     )
@@ -149,7 +150,7 @@ def _pieces(
 
 
 def _write_piece(
-    piece: _Piece, tmp: Path, id_dtype: np.dtype[Any], progress: Callable[[int], None] | None = None
+    piece: _Piece, tmp: Path, ids_dt: np.dtype[Any], progress: Callable[[int], None] | None = None
 ) -> _Written:
     import zlib
 
@@ -162,7 +163,7 @@ def _write_piece(
         for i in range(piece.lo, piece.hi):
             batch = _sample_one(piece.epoch, i, batches[i])
             offset, crc, head_crc = writer.size, 0, 0
-            for k, part in enumerate(encode_parts(batch, id_dtype)):
+            for k, part in enumerate(encode_parts(batch, ids_dt)):
                 writer.write(part)
                 crc = zlib.crc32(part.data, crc)
                 if k == HEAD_PARTS - 1:  # header, seeds, input ids: what the planner's trace reads
@@ -184,7 +185,7 @@ def _write_pieces(
     cfg: SampleConfig,
     pieces: list[_Piece],
     tmp: Path,
-    id_dtype: np.dtype[Any],
+    ids_dt: np.dtype[Any],
     progress: Callable[[int], None] | None,
     workers: int,
 ) -> Iterator[_Written]:
@@ -193,14 +194,14 @@ def _write_pieces(
         with _in_process(graph, cfg):
             _WORKER["seeds"] = seeds
             for piece in pieces:
-                yield _write_piece(piece, tmp, id_dtype, progress)
+                yield _write_piece(piece, tmp, ids_dt, progress)
         return
     import functools
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     done = ctx.Value("q", 0)
-    job = functools.partial(_write_piece, tmp=tmp, id_dtype=id_dtype)
+    job = functools.partial(_write_piece, tmp=tmp, ids_dt=ids_dt)
     # forked workers inherit the mapped graph and the seed arrays; nothing large is pickled
     with ctx.Pool(workers, initializer=_worker_init, initargs=(graph, cfg, done, seeds)) as pool:
         results = pool.imap(job, pieces)  # streamed in order: finished pieces are not all held at once
@@ -254,13 +255,13 @@ def sample(
     seeds = {cfg.split: split_ids[cfg.split]} | {s: split_ids[s] for s in cfg.evals if len(split_ids[s])}
     workers = max(1, workers)
     budget = charge_sampling(MemoryBudget(memory_budget, "sample"), g, cfg, workers)
-    id_dtype = np.dtype("<i8" if g.num_nodes >= 2**31 else "<i4")
+    ids_dt = id_dtype(g.num_nodes)
     rel = f"samples/{cfg.name}"
     tmp = store.root / (rel + f".partial-{time.time_ns():x}")
     tmp.mkdir(parents=True)
     lock = hold_dir(tmp)  # gc leaves a sample set that is still being written alone
     try:
-        doc = _write(store, tmp, rel, g, seeds, cfg, id_dtype, progress, workers)
+        doc = _write(store, tmp, rel, g, seeds, cfg, ids_dt, progress, workers)
         _publish(store, tmp, rel, doc)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -294,7 +295,7 @@ def _write(
     g: Any,
     seeds: dict[str, NDArray[Any]],
     cfg: SampleConfig,
-    id_dtype: np.dtype[Any],
+    ids_dt: np.dtype[Any],
     progress: Callable[[int], None] | None,
     workers: int,
 ) -> dict[str, Any]:
@@ -306,7 +307,7 @@ def _write(
     index: list[tuple[int, ...]] = []
     file_recs: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
-    for seg, w in enumerate(_write_pieces(graph, seeds, cfg, pieces, tmp, id_dtype, progress, workers)):
+    for seg, w in enumerate(_write_pieces(graph, seeds, cfg, pieces, tmp, ids_dt, progress, workers)):
         index += [(seg, *rec) for rec in w.records]
         counts += w.counts
         file_recs[f"{rel}/{w.piece.segment}"] = {"size": w.size, "crcs": w.crcs, "kind": "samples"}
@@ -328,7 +329,7 @@ def _write(
         "parts": parts,
         "batches_per_epoch": per_epoch,
         "num_nodes": g.num_nodes,
-        "id_dtype": id_dtype.str,
+        "id_dtype": ids_dt.str,
         "bytes": total,
         "bytes_per_batch": total // max(1, nbatches),
         "input_rows": int(idx[:, 4].sum()),

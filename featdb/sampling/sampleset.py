@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import CorruptDataError, IdsOutOfRangeError, SampleSetNotFoundError
+from ..errors import CorruptDataError, SampleSetNotFoundError
 from ..store import Store
+from ..tables import check_index
 from .format import RecordRef, SegmentFiles, decode, decode_inputs
 from .mfg import Batch
 
@@ -56,8 +57,7 @@ class SampleSet:
         return b // self.batches_per_epoch
 
     def epoch_batches(self, epoch: int) -> NDArray[Any]:
-        if not 0 <= epoch < self.epochs:
-            raise IdsOutOfRangeError(f"epoch {epoch} out of range [0, {self.epochs})")
+        check_index(epoch, self.epochs, "epoch")
         return np.arange(epoch * self.batches_per_epoch, (epoch + 1) * self.batches_per_epoch)
 
     @property
@@ -72,8 +72,7 @@ class SampleSet:
         return np.arange(lo, hi)
 
     def _ref(self, b: int) -> RecordRef:
-        if not 0 <= b < self.num_batches:
-            raise IdsOutOfRangeError(f"batch {b} out of range [0, {self.num_batches})")
+        check_index(b, self.num_batches, "batch")
         seg, off, length, crc, n_in = (int(x) for x in self.index[b, :5])
         return RecordRef(seg, off, length, crc, n_in)
 

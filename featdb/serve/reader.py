@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ConfigError, CorruptDataError, IdsOutOfRangeError
+from ..errors import ConfigError, CorruptDataError
 from ..io import (
     PAGE,
     PageFile,
@@ -40,7 +40,7 @@ from ..memory import MemoryBudget
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
 from ..store import Store
-from ..tables import TableReader, check_ids
+from ..tables import TableReader, check_ids, check_index, id_dtype
 from ..units import format_size
 from .batch import BatchRows, Fd, Once
 from .dynamic import RowCache
@@ -127,7 +127,7 @@ class LayoutReader:
         self.gen_dir = self.store.root / generation.GENS / doc["id"]
         self.dtype, self.dim, self.rb = np.dtype(doc["dtype"]), int(doc["dim"]), int(doc["row_bytes"])
         self.policy, self.packed = doc["policy"], doc["policy"] in ("full", "pack-only")
-        self.id_dt = np.dtype("<i4") if doc["num_nodes"] < 2**31 else np.dtype("<i8")
+        self.id_dt = id_dtype(int(doc["num_nodes"]))
         self.batches = self._index("batches.i64", 8, doc["num_batches"])
         self.segs = self._index("segments.i64", 5, None)
         self.l1_ids = np.fromfile(self.gen_dir / "l1_ids.i64", dtype="<i8")
@@ -228,8 +228,7 @@ class LayoutReader:
         """Batch ``b``'s input rows, in serving order (see :class:`BatchRows`)."""
         ticket = self.pool.ticket() if _ticket is None else _ticket
         try:
-            if not 0 <= b < self.num_batches:
-                raise IdsOutOfRangeError(f"batch {b} out of range [0, {self.num_batches})")
+            check_index(b, self.num_batches, "batch")
             n4, n3, n2, n1, l4_off, _crc, map_off, seg = (int(x) for x in self.batches[b])
             order, l3_rows, l2_slots, l1_slots = self._map(map_off, n4, n3, n2, n1)
         except BaseException:
@@ -289,7 +288,9 @@ class LayoutReader:
         if len(raw) != sum(sizes):
             raise CorruptDataError(f"{self.gen_dir / 'map.bin'}: short read at {off}")
         parts, pos = [], 0
-        for size, dt in zip(sizes, ("<i4", self.id_dt, "<i4", "<i4"), strict=True):
+        i4 = np.dtype("<i4")
+        dtypes: tuple[np.dtype[Any], ...] = (i4, self.id_dt, i4, i4)
+        for size, dt in zip(sizes, dtypes, strict=True):
             parts.append(np.frombuffer(raw, dtype=dt, count=size // np.dtype(dt).itemsize, offset=pos).astype(np.int64))
             pos += size
         return tuple(parts)
