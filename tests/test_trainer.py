@@ -88,7 +88,6 @@ def config(store: Path, ckpt_dir: Path, **kw: Any) -> TrainConfig:
     """A tiny, fast run: hidden 16, one epoch, checkpoints under ``ckpt_dir``."""
     kw.setdefault("hidden", 16)
     kw.setdefault("epochs", 1)
-    kw.setdefault("eval_batch_size", 512)
     kw.setdefault("checkpoint", str(ckpt_dir / "model.pt"))
     return TrainConfig(str(store), SET, **kw)
 
@@ -359,11 +358,30 @@ def test_train_featdb_summary_and_checkpoints(featdb_run: tuple[dict[str, Any], 
     assert set(ck_best["model"]) == set(ck_last["model"]) and ck_best["opt"]["state"]
 
 
-def test_train_default_checkpoint_path_is_in_the_store(store_dir: Path, tmp_path: Path) -> None:
+def test_train_default_checkpoint_path_is_outside_the_store(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training writes nothing into the store (it may be read-only): checkpoints go under ./checkpoints."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in store_dir.iterdir())
     s = train(config(store_dir, tmp_path, model="mlp", checkpoint=None, seed=7))
-    want = store_dir / "checkpoints" / f"{SET}-mlp-featdb-s7.pt"
-    assert Path(s["checkpoint"]) == want and want.is_file()
-    assert not list(want.parent.glob("*.partial"))
+    want = Path("checkpoints") / f"{store_dir.name}-{SET}-mlp-featdb-s7.pt"
+    assert Path(s["checkpoint"]) == want and (tmp_path / want).is_file()
+    assert not list((tmp_path / want).parent.glob("*.partial"))
+    assert sorted(p.name for p in store_dir.iterdir()) == before
+
+
+def test_a_set_without_evaluation_batches_is_refused_with_the_fix(store_dir: Path, tmp_path: Path) -> None:
+    from featdb.errors import ConfigError
+    from featdb.sampling import SampleConfig, sample
+
+    with featdb.open(store_dir, mode="a") as st:
+        if st.catalog.get("sampleset/noeval") is None:
+            sample(st, SampleConfig("noeval", (4, 4), BATCH, 1, eval_splits=()))
+    cfg = config(store_dir, tmp_path)
+    cfg.sample_set = "noeval"
+    with pytest.raises(ConfigError, match="--eval"):
+        train(cfg)
 
 
 def test_train_is_deterministic_for_a_seed(

@@ -36,7 +36,9 @@ from .loop import LOADERS, TrainConfig, train
     help="featdb, or a baseline: in-memory features / DGL over numpy.memmap, sampling in the loop.",
 )
 @click.option("--table", default="node/_/feat", show_default=True)
-@click.option("--checkpoint", help="Checkpoint path (default: <store>/checkpoints/...).")
+@click.option(
+    "--checkpoint", help="Checkpoint path (default: checkpoints/<store>-<set>-<model>-<loader>-s<seed>.pt here)."
+)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch intra-op threads (0: torch's default).")
 @click.option(

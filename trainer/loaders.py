@@ -53,10 +53,6 @@ class Loader(Protocol):
         """The sample set's stored evaluation batches of ``split`` (``None``: the set has none)."""
         ...
 
-    def fetch(self, ids: NDArray[Any]) -> Any:
-        """Feature rows for any node ids (evaluation sets stored apart from the sample set)."""
-        ...
-
     def serve_stats(self) -> dict[str, Any]:
         """The reader's per-tier statistics (empty for the baselines)."""
         ...
@@ -143,9 +139,6 @@ class FeatDBLoader:
             y = y.to(self.device)
             rows.release()  # the host buffer is free once copied
         return mfg, x, y, rows.release
-
-    def fetch(self, ids: NDArray[Any]) -> Any:
-        return self.reader.read(ids)
 
     def serve_stats(self) -> dict[str, Any]:
         return self.reader.stats.as_dict()
@@ -272,9 +265,6 @@ class DGLLoader:
         return stored_eval(
             self.ss, bids, lambda ids: self.gather(torch.from_numpy(ids)), self.labels, self.device, self.depth
         )
-
-    def fetch(self, ids: NDArray[Any]) -> Any:
-        return self.gather(torch.from_numpy(ids))
 
     def gather(self, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(self.feats, torch.Tensor):

@@ -35,10 +35,10 @@ from featdb import (
     write_atomic,
 )
 from featdb.errors import ConfigError
-from featdb.sampling import SampleConfig, SampleSet, sample
+from featdb.sampling import SampleSet
 
 from .allocator import retain_large_allocations, trim_threshold
-from .loaders import DGLLoader, Epoch, FeatDBLoader, Loader, stored_eval
+from .loaders import DGLLoader, Epoch, FeatDBLoader, Loader
 from .models import build_model
 
 LOADERS = ("featdb", "in-memory", "dgl-mmap")
@@ -59,7 +59,6 @@ class TrainConfig:
     queue_depth: int = 4
     loader: str = "featdb"
     table: str = "node/_/feat"
-    eval_batch_size: int = 4096
     checkpoint: str | None = None
     resume: bool = False
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -86,7 +85,7 @@ def _check(cfg: TrainConfig) -> None:
     """``ConfigError`` for settings no run could use, before anything is opened or written."""
     if cfg.loader not in LOADERS:
         raise ConfigError(f"loader {cfg.loader!r}: one of {', '.join(LOADERS)}")
-    for name in ("epochs", "hidden", "heads", "queue_depth", "eval_batch_size", "memory_budget"):
+    for name in ("epochs", "hidden", "heads", "queue_depth", "memory_budget"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.max_batches < 0:
@@ -102,15 +101,19 @@ def _check(cfg: TrainConfig) -> None:
 def _train(cfg: TrainConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
     memory = MemoryBudget(cfg.memory_budget, "featdb-train")
-    with featdb.open(cfg.store, mode="a") as store:
+    with featdb.open(cfg.store) as store:  # read-only: training writes nothing into the store
         with SampleSet(store, cfg.sample_set) as ss:
             fanouts, batch_size = list(ss.doc["fanouts"]), int(ss.doc["batch_size"])
-            stored_evals = all(len(ss.part_batches(s)) for s in ("valid", "test"))
+            missing = [s for s in ("valid", "test") if not len(ss.part_batches(s))]
             step = _step_bytes(ss, store.schema(cfg.table).dim, cfg)
             mfg = 4 * int(ss.index[:, 2].max(initial=0))  # decoded, then int64 tensors
+        if missing and not cfg.max_batches:
+            raise ConfigError(
+                f"sample set {cfg.sample_set!r} has no {' or '.join(missing)} batches to evaluate on "
+                "(sampled with --no-eval): sample it again with --eval, or train with --max-batches"
+            )
         num_classes = int(graph_info(store).get("num_classes", 0))
         if cfg.loader == "featdb":
-            graph = None
             labels = node_labels(store)
             _charge_training(memory, cfg, store.schema(cfg.table).dim, num_classes, len(fanouts), step, mfg)
             loader: Loader = FeatDBLoader(store, cfg.sample_set, device, cfg.queue_depth, labels, memory)
@@ -128,12 +131,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 SampleSet(store, cfg.sample_set),
                 cfg.queue_depth,
             )
-        evals = {
-            s: None if stored_evals else _eval_set(store, cfg.sample_set, s, fanouts, cfg.eval_batch_size)
-            for s in ("valid", "test")
-        }
         try:
-            ctx = _Run(store, cfg, loader, evals, labels, num_classes, len(fanouts), device)
+            ctx = _Run(store, cfg, loader, labels, num_classes, len(fanouts), device)
             return _run(ctx) | {"memory": memory.as_dict() | {"enforced": cfg.loader == "featdb"}}
         finally:
             loader.close()
@@ -162,21 +161,11 @@ def _charge_training(
     memory.charge(f"batches in flight ({3 * cfg.queue_depth} sampled MFGs)", 3 * cfg.queue_depth * mfg)
 
 
-def _eval_set(store: featdb.Store, train_set: str, split: str, fanouts: list[int], batch_size: int) -> str:
-    """For sample sets made without evaluation parts: a stored evaluation sample set for
-    ``split``, created once and shared by every loader."""
-    name = f"{train_set}.eval-{split}"
-    if store.catalog.get(f"sampleset/{name}") is None:
-        sample(store, SampleConfig(name, tuple(fanouts), batch_size, 1, seed=12345, split=split, eval_splits=()))
-    return name
-
-
 @dataclass
 class _Run:
     store: featdb.Store
     cfg: TrainConfig
     loader: Loader
-    evals: dict[str, str | None]  # split -> a separate evaluation sample set (None: the set's own part)
     labels: NDArray[Any]
     num_classes: int
     layers: int
@@ -189,7 +178,8 @@ def _run(r: _Run) -> dict[str, Any]:
     model = build_model(cfg.model, in_dim, cfg.hidden, r.num_classes, r.layers, cfg.dropout, cfg.heads).to(r.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckpt = Path(
-        cfg.checkpoint or store.root / "checkpoints" / f"{cfg.sample_set}-{cfg.model}-{cfg.loader}-s{cfg.seed}.pt"
+        cfg.checkpoint
+        or Path("checkpoints") / f"{store.root.name}-{cfg.sample_set}-{cfg.model}-{cfg.loader}-s{cfg.seed}.pt"
     )
     state: dict[str, Any] = (
         _resume(ckpt, model, opt) if cfg.resume else {"epoch": -1, "best_val": -1.0, "test_at_best": 0.0, "history": []}
@@ -280,16 +270,10 @@ def _train_epoch(
 def evaluate(r: _Run, model: torch.nn.Module, split: str) -> float:
     """Accuracy over the split's stored evaluation batches; rows come through the loader's source."""
     model.eval()
-    eval_set = r.evals[split]
-    if eval_set is None:
-        ep = r.loader.eval_epoch(split)
-        if ep is None:
-            raise ConfigError(f"sample set {r.cfg.sample_set!r} has no {split} batches")
-        return _accuracy(model, ep)
-    with SampleSet(r.store, eval_set) as ss:
-        fetch = r.loader.fetch
-        ep = stored_eval(ss, range(ss.num_batches), fetch, r.labels, r.device, r.cfg.queue_depth)
-        return _accuracy(model, ep)
+    ep = r.loader.eval_epoch(split)
+    if ep is None:
+        raise ConfigError(f"sample set {r.cfg.sample_set!r} has no {split} batches")
+    return _accuracy(model, ep)
 
 
 def _accuracy(model: torch.nn.Module, ep: Epoch) -> float:
