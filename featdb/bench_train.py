@@ -191,7 +191,7 @@ def train_argv(root: Path, loader: str, budget: int, max_batches: int = 0) -> li
         "--json",
         "-q",
         "--checkpoint",
-        str(root / f"bench-{loader}.pt"),
+        str(root.parent / f"{root.name}-{loader}.pt"),  # beside the store, not in it
     ]
     return argv + (["--max-batches", str(max_batches)] if max_batches else [])
 
