@@ -1,25 +1,35 @@
 """featdb: a storage engine for feature tables larger than memory.
 
-The public API — what the CLI and the trainer use; everything else is internal:
+The public API — what the CLI does, from Python (docs/api.md shows each entry point):
 
 - stores: :func:`open`, :func:`create`, :class:`Store` (tables: ``read``, ``read_all``, ``map``;
-  ``verify``), :func:`info` (what ``featdb info`` prints);
+  ``verify``), :func:`info` (what ``featdb info`` prints), :func:`gc`;
+- ingest: :func:`featdb.ingest.ingest` (feature tables; :mod:`featdb.ingest` is the sub-package),
+  :func:`ingest_graph`, :func:`ingest_ogb`, :func:`synth`;
 - the graph: :class:`Graph`, :func:`graph_info`, :func:`load_graph`, :func:`node_labels`;
-- memory: :class:`MemoryBudget`, :func:`peak_rss`, :func:`parse_size` and the runtime sizes;
-- files: :func:`write_atomic` (temp file, fsync, rename, fsync of the directory);
+- offline sampling: :class:`SampleConfig`, :func:`sample`, :class:`SampleSet`;
+- layout: :class:`Budgets`, :func:`pack` (``dry_run=True`` plans and predicts only);
+- serving: :func:`open_reader` (a :class:`LayoutReader`), :class:`BatchRows`;
+- memory: :class:`MemoryBudget`, :func:`peak_rss`, :func:`parse_size`, :func:`format_size` and the
+  runtime sizes; files: :func:`write_atomic`;
 - errors: :mod:`featdb.errors` (every error is a :class:`FeatDBError`).
 
-Ingest, sampling, layout (plan, pack, gc) and serving live in :mod:`featdb.ingest`,
-:mod:`featdb.sampling`, :mod:`featdb.layout` and :mod:`featdb.serve`, each with its own
-``__all__``; docs/api.md shows each entry point.
+Sub-packages (:mod:`featdb.ingest`, :mod:`featdb.sampling`, :mod:`featdb.layout`,
+:mod:`featdb.serve`) list more in their own ``__all__``; everything else is internal.
 """
 
 from . import errors
 from .errors import FeatDBError
 from .graph import Graph, graph_info, load_graph, node_labels
+from .ingest import ingest_graph, ingest_ogb, synth
 from .inspect import info
 from .io import write_atomic
+from .layout.gc import gc
+from .layout.pack import pack
+from .layout.plan import Budgets
 from .memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, RUNTIME_BYTES, TORCH_RUNTIME_BYTES, MemoryBudget, peak_rss
+from .sampling import SampleConfig, SampleSet, sample
+from .serve import BatchRows, LayoutReader, open_reader
 from .store import Store, create, open
 from .units import format_size, parse_size
 
@@ -28,20 +38,32 @@ __all__ = [
     "DGL_RUNTIME_BYTES",
     "RUNTIME_BYTES",
     "TORCH_RUNTIME_BYTES",
+    "BatchRows",
+    "Budgets",
     "FeatDBError",
     "Graph",
+    "LayoutReader",
     "MemoryBudget",
+    "SampleConfig",
+    "SampleSet",
     "Store",
     "create",
     "errors",
     "format_size",
+    "gc",
     "graph_info",
     "info",
+    "ingest_graph",
+    "ingest_ogb",
     "load_graph",
     "node_labels",
     "open",
+    "open_reader",
+    "pack",
     "parse_size",
     "peak_rss",
+    "sample",
+    "synth",
     "write_atomic",
 ]
 __version__ = "0.1.0"

@@ -24,7 +24,7 @@ def test_the_api_page_has_an_example_per_entry_point() -> None:
         "ingest(",
         "synth(",
         "sample(",
-        "pack.pack(",
+        "featdb.pack(",
         "open_reader(",
         "verify()",
         "gc(",
