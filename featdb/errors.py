@@ -24,6 +24,7 @@ also inherit the builtin a caller would naturally catch::
     ├── IdsOutOfRangeError        (IndexError)   negative or >= rows
     ├── CorruptDataError          (OSError)      checksum or header mismatch
     ├── GenerationPinnedError     (RuntimeError) gc of a generation a reader holds
+    ├── BusyError                 (BlockingIOError) another process is writing that named object
     └── ResourceExhaustedError    (RuntimeError) buffer pool or budget exhausted
 """
 
@@ -117,6 +118,10 @@ class GenerationPinnedError(FeatDBError, RuntimeError):
     """A generation cannot be removed while a reader holds it."""
 
 
+class BusyError(FeatDBError, BlockingIOError):
+    """Another process holds the writer lock of that sample set (or other named object)."""
+
+
 class ResourceExhaustedError(FeatDBError, RuntimeError):
     """A bounded resource (buffer pool, memory budget) ran out."""
 
@@ -124,6 +129,7 @@ class ResourceExhaustedError(FeatDBError, RuntimeError):
 __all__ = [
     "AlreadyExistsError",
     "BudgetExceededError",
+    "BusyError",
     "CatalogError",
     "ConfigError",
     "CorruptDataError",

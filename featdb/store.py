@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import os
-import re
+import shutil
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -27,19 +27,22 @@ from .errors import (
     StoreNotFoundError,
     TableNotFoundError,
 )
-from .io import round_up, verify_file
+from .io import hold_dir, round_up, verify_file
+from .names import RULE, is_name
 from .tables import HEADER_BYTES, Schema, TableReader, TableWriter
 
 FORMAT_VERSION = 1
 builtins_open = builtins.open  # this module's `open` opens stores
-KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
 RESERVED_DOMAINS = ("graph",)
 READ_THREADS = 16  # concurrent page-run reads per table: the queue depth random reads need
 
 
 def check_key(key: str, internal: bool = False) -> str:
-    if not isinstance(key, str) or not KEY_RE.match(key):
-        raise InvalidKeyError(f"table key {key!r} is not of the form domain/type/name (e.g. node/paper/feat)")
+    parts = key.split("/") if isinstance(key, str) else []
+    if len(parts) != 3 or not all(is_name(p) for p in parts):
+        raise InvalidKeyError(
+            f"table key {key!r} is not of the form domain/type/name (e.g. node/paper/feat), each part {RULE}"
+        )
     if not internal and key.split("/", 1)[0] in RESERVED_DOMAINS:
         raise InvalidKeyError(f"table key {key!r}: domain 'graph' is reserved for the stored graph")
     return key
@@ -140,15 +143,21 @@ class Store:
         _check_schema(schema)
         if self.has_table(key) and not replace:
             raise AlreadyExistsError(f"table {key!r} already exists")
-        rel = f"tables/{key.replace('/', '.')}.{time.time_ns():x}.tbl"
-        with TableWriter(self.root / rel, schema) as w:
-            yield w
-            rec = w.commit()
+        # one directory per table file, pinned while it is written, so gc never takes work in progress
+        folder = f"tables/{key.replace('/', '.')}.{time.time_ns():x}"
+        rel = f"{folder}/rows.tbl"
+        (self.root / folder).mkdir(parents=True)
+        pin = hold_dir(self.root / folder)
         try:
+            with TableWriter(self.root / rel, schema) as w:
+                yield w
+                rec = w.commit()
             self._record_table(key, schema, rel, rec, extra or {}, replace)
         except BaseException:
-            (self.root / rel).unlink(missing_ok=True)
+            remove_table_file(self.root, rel)
             raise
+        finally:
+            os.close(pin)
 
     def _record_table(
         self, key: str, schema: Schema, rel: str, rec: dict[str, Any], extra: dict[str, Any], replace: bool
@@ -178,7 +187,7 @@ class Store:
         old_rel = self.catalog.write(txn)
         self.forget_reader(key)
         if old_rel:
-            (self.root / old_rel).unlink(missing_ok=True)
+            remove_table_file(self.root, old_rel)
 
     def write_table(
         self,
@@ -288,6 +297,15 @@ class Store:
                         f"{rel}: extent {i} (bytes {row[off_col]}..{row[off_col] + length}) fails its checksum"
                     )
         return problems
+
+
+def remove_table_file(root: Path, rel: str) -> None:
+    """Delete a table's file, and its directory when it has one of its own (``tables/<name>/rows.tbl``)."""
+    path = root / rel
+    if path.parent != root / "tables" and path.parent.parent == root / "tables":
+        shutil.rmtree(path.parent, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _check_schema(schema: Schema) -> None:

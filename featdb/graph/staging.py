@@ -16,7 +16,7 @@ from ..errors import (
     AlreadyExistsError,
     InvalidInputError,
 )
-from ..store import Store, check_key
+from ..store import Store, check_key, remove_table_file
 from ..tables import Schema, TableWriter
 from .model import (
     GRAPH_DOC,
@@ -103,7 +103,7 @@ class GraphWriter:
         self.staged.clear()
         self._forget_readers([*staged, *staged.values()])
         for rel in old_files:
-            (self.store.root / rel).unlink(missing_ok=True)
+            remove_table_file(self.store.root, rel)
 
     def discard(self) -> None:
         """Delete every staged table (catalog entries and files)."""
@@ -122,7 +122,7 @@ class GraphWriter:
 
         self._forget_readers(staged)
         for rel in self.store.catalog.write(txn):
-            (self.store.root / rel).unlink(missing_ok=True)
+            remove_table_file(self.store.root, rel)
 
     def _forget_readers(self, keys: Iterable[str]) -> None:
         # Store caches one reader per key: a replaced or discarded table must not be read again.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
 from ..graph.model import SPLITS
+from ..names import check_name
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 EVAL_SPLITS = ("valid", "test")
 
 
@@ -28,8 +27,7 @@ class SampleConfig:
         return tuple(s for s in EVAL_SPLITS if s != self.split) if self.eval_splits is None else self.eval_splits
 
     def validate(self) -> None:
-        if not NAME_RE.match(self.name):
-            raise InvalidInputError(f"sample set name {self.name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+        check_name(self.name, "sample set name")
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
             raise InvalidInputError(f"fanouts {self.fanouts}: positive integers (or -1 for all neighbours)")
         if self.batch_size < 1:

@@ -33,10 +33,12 @@ from ..catalog import Txn
 from ..errors import AlreadyExistsError, NotFoundError
 from ..graph.model import SPLITS
 from ..io import ChecksumWriter, hold_dir, write_atomic
+from ..locks import writer_lock
 from ..memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, MemoryBudget, children_peak_rss
+from ..names import NAME_RE, child
 from ..store import Store
 from ..tables import id_dtype
-from .config import EVAL_SPLITS, NAME_RE, SampleConfig, parse_fanouts
+from .config import EVAL_SPLITS, SampleConfig, parse_fanouts
 from .format import HEAD_PARTS, INDEX_COLUMNS, encode_parts
 from .mfg import Batch
 from .sampler import blocks_to_batch, dgl_graph, epoch_batches, eval_batches, sample_batch
@@ -242,10 +244,17 @@ def sample(
     ``memory_budget`` first; :class:`~featdb.errors.BudgetExceededError` names
     the parts when they do not fit.
     """
-    from ..graph import load_graph
-
     store.require_writable()
     cfg.validate()
+    with writer_lock(store.root, "sampleset", cfg.name):  # a second writer of this name fails here
+        return _sample_locked(store, cfg, progress, workers, memory_budget)
+
+
+def _sample_locked(
+    store: Store, cfg: SampleConfig, progress: Callable[[int], None] | None, workers: int, memory_budget: int
+) -> dict[str, Any]:
+    from ..graph import load_graph
+
     if store.catalog.get(f"sampleset/{cfg.name}") is not None:
         raise AlreadyExistsError(f"sample set {cfg.name!r} already exists (remove it with featdb gc --sample-set)")
     g = load_graph(store, mmap=True)
@@ -256,7 +265,7 @@ def sample(
     workers = max(1, workers)
     budget = charge_sampling(MemoryBudget(memory_budget, "sample"), g, cfg, workers)
     ids_dt = id_dtype(g.num_nodes)
-    rel = f"samples/{cfg.name}"
+    rel = f"samples/{child(store.root / 'samples', cfg.name, 'sample set name').name}"
     tmp = store.root / (rel + f".partial-{time.time_ns():x}")
     tmp.mkdir(parents=True)
     lock = hold_dir(tmp)  # gc leaves a sample set that is still being written alone
@@ -346,8 +355,8 @@ def _write(
 def _publish(store: Store, tmp: Any, rel: str, doc: dict[str, Any]) -> None:
     final = store.root / rel
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        shutil.rmtree(final)  # an orphan from a crash: never recorded in the catalog
+    if final.exists():  # the writer lock is held and the catalog lacks the name: a crashed writer's orphan
+        shutil.rmtree(final)
     tmp.rename(final)
 
     def txn(t: Txn) -> None:
