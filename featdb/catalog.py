@@ -1,6 +1,8 @@
 """The LMDB catalog: metadata only, never feature rows. Every transaction lives here.
 
-Values are JSON documents keyed by ``<kind>/<name>`` strings. Writes run as a
+Values are JSON documents keyed by ``<kind>/<name>`` strings, each with a crc32
+of key and value and checked against its kind's schema when read
+(:mod:`featdb.records`). Writes run as a
 function inside one write transaction, retried after growing the map when LMDB
 reports ``MapFullError``. The environment is opened lazily and reopened after a
 fork, so each process has its own handle (DESIGN invariant 7).
@@ -9,7 +11,6 @@ fork, so each process has its own handle (DESIGN invariant 7).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from .errors import CatalogError, ReadOnlyError
+from . import records
+from .errors import CatalogError, CorruptCatalogError, ReadOnlyError
 
 T = TypeVar("T")
 INITIAL_MAP_SIZE = 64 << 20
@@ -33,10 +35,11 @@ class Txn:
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._txn.get(key.encode())
-        return default if raw is None else json.loads(bytes(raw))
+        return default if raw is None else records.decode(key, bytes(raw))
 
     def put(self, key: str, value: Any) -> None:
-        self._txn.put(key.encode(), json.dumps(value, separators=(",", ":")).encode())
+        records.check(key, value)
+        self._txn.put(key.encode(), records.encode(key, value))
 
     def delete(self, key: str) -> bool:
         return bool(self._txn.delete(key.encode()))
@@ -49,7 +52,25 @@ class Txn:
         for k, v in cur:
             if not bytes(k).startswith(p):
                 break
-            yield bytes(k).decode(), json.loads(bytes(v))
+            key = _key(k)
+            yield key, records.decode(key, bytes(v))
+
+    def every(self) -> Iterator[tuple[str, Any, str | None]]:
+        """(key, document, None) for every entry, or (key, None, problem) for one that fails its
+        checksum or its schema: ``verify``'s view of the catalog, which never stops at damage."""
+        for k, v in self._txn.cursor():
+            try:
+                key = _key(k)
+                yield key, records.decode(key, bytes(v)), None
+            except CorruptCatalogError as exc:
+                yield repr(bytes(k)), None, str(exc)
+
+
+def _key(raw: bytes | memoryview) -> str:
+    try:
+        return bytes(raw).decode()
+    except UnicodeDecodeError:
+        raise CorruptCatalogError(f"catalog key {bytes(raw)!r} is not text (the catalog is damaged)") from None
 
 
 class Catalog:
@@ -82,6 +103,9 @@ class Catalog:
 
     def scan(self, prefix: str) -> list[tuple[str, Any]]:
         return self.read(lambda t: list(t.scan(prefix)))
+
+    def every(self) -> list[tuple[str, Any, str | None]]:
+        return self.read(lambda t: list(t.every()))
 
     def write(self, fn: Callable[[Txn], T]) -> T:
         """Run ``fn`` in one write transaction, growing the map when it fills."""

@@ -23,6 +23,7 @@ also inherit the builtin a caller would naturally catch::
     │       └── BudgetExceededError   the parts a command must hold exceed --memory-budget
     ├── IdsOutOfRangeError        (IndexError)   negative or >= rows
     ├── CorruptDataError          (OSError)      checksum or header mismatch
+    │   └── CorruptCatalogError   a catalog entry fails its checksum or schema
     ├── GenerationPinnedError     (RuntimeError) gc of a generation a reader holds
     ├── BusyError                 (BlockingIOError) another process is writing that named object
     └── ResourceExhaustedError    (RuntimeError) buffer pool or budget exhausted
@@ -114,6 +115,10 @@ class CorruptDataError(FeatDBError, OSError):
     """Bytes on disk do not match their recorded checksum or header."""
 
 
+class CorruptCatalogError(CorruptDataError):
+    """A catalog entry fails its checksum or its schema; the message names its key."""
+
+
 class GenerationPinnedError(FeatDBError, RuntimeError):
     """A generation cannot be removed while a reader holds it."""
 
@@ -132,6 +137,7 @@ __all__ = [
     "BusyError",
     "CatalogError",
     "ConfigError",
+    "CorruptCatalogError",
     "CorruptDataError",
     "FeatDBError",
     "FormatVersionError",

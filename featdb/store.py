@@ -6,7 +6,6 @@ import builtins
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,6 @@ from numpy.typing import NDArray
 from .catalog import Catalog, Txn
 from .errors import (
     AlreadyExistsError,
-    CorruptDataError,
     FormatVersionError,
     InvalidInputError,
     InvalidKeyError,
@@ -27,7 +25,7 @@ from .errors import (
     StoreNotFoundError,
     TableNotFoundError,
 )
-from .io import hold_dir, round_up, verify_file
+from .io import hold_dir
 from .names import RULE, is_name
 from .tables import HEADER_BYTES, Schema, TableReader, TableWriter
 
@@ -260,43 +258,11 @@ class Store:
         return {k[len("file/") :]: v for k, v in self.catalog.scan("file/")}
 
     def verify(self) -> list[str]:
-        """Recompute every checksum; returns one readable line per problem found."""
-        problems: list[str] = []
-        for rel, rec in sorted(self.files().items()):
-            path = self.root / rel
-            if not path.exists():
-                problems.append(f"{rel}: missing")
-                continue
-            try:
-                if rec.get("kind") == "extents":
-                    problems += self._verify_extents(rel, rec)
-                    continue
-                bad = verify_file(path, rec["crcs"], rec["size"], rec.get("block", 1 << 20))
-            except CorruptDataError as exc:
-                problems.append(str(exc))
-                continue
-            problems += [f"{rel}: checksum mismatch in block {b} (bytes {b << 20}..{(b + 1) << 20})" for b in bad]
-        return problems
+        """Check the catalog (checksums, schemas, references) and recompute every file's checksums;
+        returns one readable line per problem found."""
+        from .integrity import verify
 
-    def _verify_extents(self, rel: str, rec: dict[str, Any]) -> list[str]:
-        """Check each extent of a layout data file against the crc in its index file."""
-        path = self.root / rel
-        index = np.fromfile(path.parent / rec["index"], dtype="<i8").reshape(-1, rec["width"])
-        off_col, rows_col, crc_col = rec["cols"]
-        rb = int(rec["row_bytes"])
-        problems = []
-        with builtins_open(path, "rb", buffering=0) as f:
-            for i, row in enumerate(index.tolist()):
-                if not row[rows_col]:
-                    continue
-                length = round_up(row[rows_col] * rb)
-                f.seek(row[off_col])
-                data = f.read(length)
-                if len(data) != length or zlib.crc32(data) != row[crc_col]:
-                    problems.append(
-                        f"{rel}: extent {i} (bytes {row[off_col]}..{row[off_col] + length}) fails its checksum"
-                    )
-        return problems
+        return verify(self)
 
 
 def remove_table_file(root: Path, rel: str) -> None:

@@ -69,7 +69,22 @@ def test_every_exported_name_exists(module: str) -> None:
 
 RANK = {  # the data flow: a module may import only modules of its own rank or lower
     **dict.fromkeys(
-        ("errors", "units", "io", "catalog", "tables", "store", "memory", "inspect", "progress", "names", "locks"), 0
+        (
+            "errors",
+            "units",
+            "io",
+            "catalog",
+            "tables",
+            "store",
+            "memory",
+            "inspect",
+            "progress",
+            "names",
+            "locks",
+            "records",
+            "integrity",
+        ),
+        0,
     ),
     "graph": 1,
     "ingest": 2,
