@@ -11,6 +11,7 @@ fork, so each process has its own handle (DESIGN invariant 7).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from . import records
-from .errors import CatalogError, CorruptCatalogError, ReadOnlyError
+from .errors import CatalogError, CorruptCatalogError, DiskFullError, ReadOnlyError
 
 T = TypeVar("T")
 INITIAL_MAP_SIZE = 64 << 20
@@ -118,6 +119,8 @@ class Catalog:
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as exc:
+                if os.strerror(errno.ENOSPC) in str(exc):
+                    raise DiskFullError(f"disk full while writing the catalog {self.path}: {exc}") from exc
                 raise CatalogError(f"catalog write failed: {exc}") from exc
 
     def _grow(self) -> None:

@@ -9,6 +9,8 @@ also inherit the builtin a caller would naturally catch::
     ├── ReadOnlyError             (PermissionError)
     ├── FormatVersionError        (ValueError)   store written by a newer featdb
     ├── CatalogError              (OSError)      LMDB failed underneath
+    ├── StorageError              (OSError)      the OS refused a read or write of the store's files
+    │   └── DiskFullError         no space (or quota) left on the device
     ├── NotFoundError             (KeyError)
     │   ├── TableNotFoundError
     │   ├── GraphNotFoundError
@@ -54,6 +56,28 @@ class FormatVersionError(FeatDBError, ValueError):
 
 class CatalogError(FeatDBError, OSError):
     """The LMDB catalog failed; the original error is chained."""
+
+
+class StorageError(FeatDBError, OSError):
+    """The operating system refused a read or write (permissions, I/O error, ...); the cause is chained."""
+
+
+class DiskFullError(StorageError):
+    """No space (or quota) left on the device being written; nothing half-written is kept."""
+
+
+def os_error(exc: OSError, doing: str) -> StorageError:
+    """``exc`` as one readable :class:`StorageError` saying what was being done and what ran out."""
+    import errno
+
+    if isinstance(exc, StorageError):
+        return exc
+    what = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in doing else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"disk full while {doing}{where}: {what}; free some space and run it again")
+    code = errno.errorcode.get(exc.errno or 0)
+    return StorageError(f"{what} while {doing}{where}" + (f" ({code})" if code else ""))
 
 
 class NotFoundError(FeatDBError, KeyError):
@@ -139,6 +163,7 @@ __all__ = [
     "ConfigError",
     "CorruptCatalogError",
     "CorruptDataError",
+    "DiskFullError",
     "FeatDBError",
     "FormatVersionError",
     "GenerationPinnedError",
@@ -153,6 +178,7 @@ __all__ = [
     "ResourceExhaustedError",
     "SampleSetNotFoundError",
     "SchemaMismatchError",
+    "StorageError",
     "StoreExistsError",
     "StoreNotFoundError",
     "TableNotFoundError",

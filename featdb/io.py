@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import CorruptDataError
+from .errors import CorruptDataError, os_error
 
 PAGE = 4096
 CHECKSUM_BLOCK = 1 << 20  # bytes covered by one crc32 in a file's checksum list
@@ -44,6 +44,15 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
 def crc32_blocks(data: memoryview | bytes, block: int = CHECKSUM_BLOCK) -> list[int]:
     mv = memoryview(data)
     return [zlib.crc32(mv[i : i + block]) for i in range(0, len(mv), block)]
+
+
+def reserve(fd: int, nbytes: int, doing: str) -> None:
+    """Allocate ``nbytes`` of an open file now, so a full disk is a :class:`DiskFullError` here rather
+    than a SIGBUS when the bytes are later written through a memory map."""
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        raise os_error(exc, doing) from exc
 
 
 def fsync_dir(path: Path) -> None:
@@ -113,8 +122,11 @@ class ChecksumWriter:
     def __init__(self, path: Path, block: int = CHECKSUM_BLOCK) -> None:
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.partial, "wb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.partial, "wb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        except OSError as exc:
+            raise os_error(exc, f"creating {self.partial}") from exc
         self._block = block
         self._pending = bytearray()
         self.crcs: list[int] = []
@@ -127,7 +139,10 @@ class ChecksumWriter:
                 return offset
             data = np.ascontiguousarray(data)
         mv = (data.data if isinstance(data, np.ndarray) else memoryview(data)).cast("B")
-        self._f.write(mv)
+        try:
+            self._f.write(mv)
+        except OSError as exc:
+            raise os_error(exc, f"writing {self.partial}") from exc
         self.size += len(mv)
         self._checksum(mv)
         return offset
@@ -155,11 +170,14 @@ class ChecksumWriter:
         if self._pending:
             self.crcs.append(zlib.crc32(self._pending))
             self._pending.clear()
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.partial, self.path)
-        fsync_dir(self.path.parent)
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self.partial, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise os_error(exc, f"writing {self.path}") from exc
 
     def abort(self) -> None:
         if not self._f.closed:

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from featdb.cli import memory_option
-from featdb.errors import FeatDBError
+from featdb.cli import memory_option, one_line_errors
 
 from .loop import LOADERS, TrainConfig, train
 
@@ -100,9 +99,8 @@ def main(
     if not (as_json or quiet):
         cfg.progress = bars
     try:
-        summary = train(cfg)
-    except FeatDBError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        with one_line_errors("featdb-train"):
+            summary = train(cfg)
     finally:
         bars.close()
     if as_json:

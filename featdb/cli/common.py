@@ -10,20 +10,39 @@ from typing import Any, TypeVar
 
 import click
 
-from ..errors import FeatDBError
+from ..errors import FeatDBError, os_error
 from ..units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class FeatDBGroup(click.Group):
-    """Turns library errors into one readable line and a non-zero exit."""
+    """Turns library errors, and the OS's (disk full, permissions, memory), into one readable line
+    and a non-zero exit."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with one_line_errors(lambda: f"featdb {ctx.invoked_subcommand or ''}".strip()):
             return super().invoke(ctx)
-        except FeatDBError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def one_line_errors(command: str | Callable[[], str]) -> Iterator[None]:
+    """Library and OS errors raised in the block as one :class:`click.ClickException` line."""
+
+    def name() -> str:
+        return command if isinstance(command, str) else command()
+
+    try:
+        yield
+    except FeatDBError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        err = os_error(exc, f"running {name()}")
+        raise click.ClickException(f"{type(err).__name__}: {err}") from exc
+    except MemoryError as exc:
+        raise click.ClickException(
+            f"MemoryError: {name()} ran out of memory; lower its --memory-budget or free memory"
+        ) from exc
 
 
 @click.group(cls=FeatDBGroup)

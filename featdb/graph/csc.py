@@ -17,6 +17,7 @@ from ..errors import (
     InvalidInputError,
     SchemaMismatchError,
 )
+from ..io import reserve
 from ..progress import Progress
 from ..store import Store
 from ..tables import Schema
@@ -290,7 +291,9 @@ def _scratch_array(store: Store, length: int) -> Iterator[NDArray[Any]]:
     tmp.mkdir(exist_ok=True)
     path = tmp / f"csc-{os.getpid()}-{time.time_ns():x}.i64"
     try:
-        mm = np.memmap(path, dtype=np.int64, mode="w+", shape=(length,))
+        with open(path, "wb") as f:  # allocated up front: a full disk fails here, not as a SIGBUS mid-build
+            reserve(f.fileno(), length * 8, f"allocating {length * 8} bytes of scratch space for the CSC build")
+        mm = np.memmap(path, dtype=np.int64, mode="r+", shape=(length,))
     finally:
         path.unlink(missing_ok=True)
     try:
