@@ -27,7 +27,7 @@ from .errors import (
 )
 from .io import hold_dir
 from .names import RULE, is_name
-from .tables import HEADER_BYTES, Schema, TableReader, TableWriter
+from .tables import HEADER_BYTES, Schema, TableReader, TableWriter, parse_dtype
 
 FORMAT_VERSION = 1
 builtins_open = builtins.open  # this module's `open` opens stores
@@ -275,11 +275,6 @@ def remove_table_file(root: Path, rel: str) -> None:
 
 
 def _check_schema(schema: Schema) -> None:
-    try:
-        dt = np.dtype(schema.dtype)
-    except TypeError as exc:
-        raise InvalidInputError(f"unknown dtype {schema.dtype!r}") from exc
-    if dt.kind not in "iufb" or dt.hasobject:
-        raise InvalidInputError(f"dtype {schema.dtype!r} is not a fixed-width numeric type")
+    parse_dtype(schema.dtype)
     if schema.rows < 0 or schema.dim < 1:
         raise InvalidInputError(f"shape ({schema.rows}, {schema.dim}) is not a valid table shape")

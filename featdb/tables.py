@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import CorruptDataError, FormatVersionError, IdsOutOfRangeError, InvalidIdsError, SchemaMismatchError
+from .errors import (
+    CorruptDataError,
+    FormatVersionError,
+    IdsOutOfRangeError,
+    InvalidIdsError,
+    InvalidInputError,
+    SchemaMismatchError,
+)
 from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered, take_rows
 
 MAGIC = b"FEATDBT\x01"
@@ -130,6 +137,17 @@ class ReadStats:
             "read_amplification": round(self.amplification, 4),
             "calls": self.calls,
         }
+
+
+def parse_dtype(text: Any, what: str = "dtype") -> np.dtype[Any]:
+    """A fixed-width numeric dtype from a name such as ``float32``; :class:`InvalidInputError` otherwise."""
+    try:
+        dt = np.dtype(text)
+    except (TypeError, ValueError, SyntaxError):
+        raise InvalidInputError(f"{what} {text!r} is not a dtype (use float32, float16, int8, ...)") from None
+    if dt.kind not in "iufb" or dt.hasobject or dt.shape or dt.names:
+        raise InvalidInputError(f"{what} {text!r} is not a fixed-width numeric type (use float32, float16, int8, ...)")
+    return dt
 
 
 def id_dtype(num_nodes: int) -> np.dtype[Any]:

@@ -83,6 +83,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
             "locks",
             "records",
             "integrity",
+            "runs",
         ),
         0,
     ),

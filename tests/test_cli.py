@@ -312,7 +312,7 @@ def test_sample_name_clash_and_pack_errors(synth_store: Path, tmp_path: Path) ->
     shutil.copytree(synth_store, store)
     run("sample", store, "--name", "t", "--fanouts", "3", "--batch-size", 512, "-q")
     assert_one_error_line(run("sample", store, "--name", "t", code=1), "AlreadyExistsError", "'t'")
-    assert_one_error_line(run("pack", store, "--sample-set", "t", "--max-blowup", "0.5", code=1), "ConfigError")
+    assert_one_error_line(run("pack", store, "--sample-set", "t", "--max-blowup", "0.5", code=2), "--max-blowup")
     assert_one_error_line(
         run("pack", store, "--sample-set", "t", "--memory-budget", "1MiB", code=1),
         "BudgetExceededError",

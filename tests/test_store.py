@@ -33,7 +33,7 @@ def _roundtrip_dir(direct: bool) -> Path:
 @given(data=st.data())
 def test_ingest_read_roundtrip(direct: bool, data: st.DataObject) -> None:
     dtype = data.draw(st.sampled_from(DTYPES))
-    rows = data.draw(st.integers(0, 3000))
+    rows = data.draw(st.integers(1, 3000))  # an empty source is refused (test_validation)
     dim = data.draw(st.integers(1, 300))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     arr = (rng.standard_normal((rows, dim)) * 100).astype(dtype)

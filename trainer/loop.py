@@ -96,6 +96,24 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    check_device(cfg.device)
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device ``name`` names, if this machine has it; ``ConfigError`` before anything runs otherwise."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r}: use cpu or cuda[:N]")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: torch sees no CUDA device on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return dev
 
 
 def _train(cfg: TrainConfig) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..errors import FeatDBError, os_error
+from ..errors import FeatDBError, IdsOutOfRangeError, os_error
 from ..units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,13 +127,26 @@ def parse_shape(text: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def parse_ids(text: str) -> list[int]:
-    """``1,2,5-9`` -> [1, 2, 5, 6, 7, 8, 9]."""
+def finite_at_least(low: float, value: float | None, name: str) -> float | None:
+    """``value`` (None passes) if it is a finite number of at least ``low``; click's usage error otherwise."""
+    if value is not None and not (math.isfinite(value) and value >= low):
+        raise click.BadParameter(f"{value} is not a finite number of at least {low:g}", param_hint=name)
+    return value
+
+
+def parse_ids(text: str, rows: int | None = None) -> list[int]:
+    """``1,2,5-9`` -> [1, 2, 5, 6, 7, 8, 9]; with ``rows``, every id must be below it."""
     ids: list[int] = []
     for part in filter(None, text.split(",")):
         lo, sep, hi = part.partition("-")
         try:
-            ids += list(range(int(lo), int(hi) + 1)) if sep and lo else [int(part)]
+            first, last = (int(lo), int(hi)) if sep and lo else (int(part), int(part))
         except ValueError as exc:
             raise click.BadParameter(f"ids {text!r}: use e.g. 1,2,5-9") from exc
+        if first > last:
+            raise click.BadParameter(f"ids {text!r}: range {part} runs backwards")
+        if rows is not None and not 0 <= first <= last < rows:
+            bad = first if not 0 <= first < rows else last
+            raise IdsOutOfRangeError(f"row id {bad} out of range [0, {rows})")
+        ids += range(first, last + 1)
     return ids

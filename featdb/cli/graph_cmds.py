@@ -75,6 +75,7 @@ def ingest_graph(
 @click.option("--feat-key", default="node/_/feat", show_default=True)
 @click.option("--memory-budget", type=SIZE, default=graph_mod.DEFAULT_BUDGET, show_default=True)
 @click.option("--replace", is_flag=True)
+@click.option("--allow-nonfinite", is_flag=True, help="Accept feature rows holding NaN or infinity.")
 @output_options
 def ingest_ogb(
     store: str,
@@ -83,6 +84,7 @@ def ingest_ogb(
     feat_key: str,
     memory_budget: int,
     replace: bool,
+    allow_nonfinite: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -93,7 +95,13 @@ def ingest_ogb(
     t = time.perf_counter()
     with open_or_create(store) as st, progress(0, "ingest-ogb", True):
         doc = ingest_mod.ingest_ogb(
-            st, folder, memory_budget=memory_budget, split=split_name, feat_key=feat_key, replace=replace
+            st,
+            folder,
+            memory_budget=memory_budget,
+            split=split_name,
+            feat_key=feat_key,
+            replace=replace,
+            allow_nonfinite=allow_nonfinite,
         )
     s = _summary(doc, t)
     emit(as_json, s, None if quiet else f"graph: {s['num_nodes']:,} nodes, {s['num_edges']:,} edges")

@@ -11,7 +11,7 @@ from ..memory import peak_rss
 from ..sampling.offline import SampleConfig, default_workers, parse_fanouts
 from ..sampling.offline import sample as run_sample
 from ..units import format_size
-from .common import SIZE, cli, emit, memory_option, output_options, progress
+from .common import SIZE, cli, emit, finite_at_least, memory_option, output_options, progress
 
 
 @cli.command()
@@ -106,7 +106,12 @@ def sample(
 @click.option("--table", default="node/_/feat", show_default=True, help="The feature table to pack.")
 @click.option("--host-cache", type=SIZE, default="0", show_default=True, help="L2 host-memory budget.")
 @click.option("--device-cache", type=SIZE, default="0", show_default=True, help="L1 device-memory budget.")
-@click.option("--max-blowup", type=float, help="Cap on disk rows stored / nodes (adds L3 shared extents).")
+@click.option(
+    "--max-blowup",
+    type=float,
+    callback=lambda ctx, param, v: finite_at_least(1.0, v, "--max-blowup"),
+    help="Cap on disk rows stored / nodes, at least 1 (adds L3 shared extents).",
+)
 @memory_option
 @click.option("--policy", type=click.Choice(POLICIES), default="full", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

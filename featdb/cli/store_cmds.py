@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -16,11 +19,24 @@ from ..inspect import render
 from .common import SIZE, cli, emit, output_options, parse_ids, parse_shape, progress
 
 
-def open_or_create(path: str) -> store_mod.Store:
+@contextmanager
+def open_or_create(path: str) -> Iterator[store_mod.Store]:
+    """The store at ``path`` for writing, created if there is none; one this command created is removed
+    again if the command fails, so a failed first ingest leaves no empty store behind."""
     p = Path(path)
     if (p / "catalog" / "data.mdb").exists():
-        return store_mod.open(p, mode="a")
-    return store_mod.create(p)
+        with store_mod.open(p, mode="a") as st:
+            yield st
+        return
+    existed = p.exists()
+    st = store_mod.create(p)
+    try:
+        with st:
+            yield st
+    except BaseException:
+        for child in p.iterdir() if existed else [p]:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
 
 
 @cli.command()
@@ -38,6 +54,7 @@ def open_or_create(path: str) -> store_mod.Store:
     help="Bound on the working set (e.g. 256MiB).",
 )
 @click.option("--replace", is_flag=True, help="Replace an existing table of that key.")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept rows holding NaN or infinity (refused by default).")
 @output_options
 def ingest(
     store: str,
@@ -48,6 +65,7 @@ def ingest(
     as_dtype: str | None,
     memory_budget: int,
     replace: bool,
+    allow_nonfinite: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -56,7 +74,8 @@ def ingest(
     Example: featdb ingest ./store node/paper/feat feats.npy
     """
     shp = parse_shape(shape)
-    rows = shp[0] if shp else npy_layout(Path(source))[1][0] if source.endswith(".npy") else 0
+    npy_shape = npy_layout(Path(source))[1] if source.endswith(".npy") and not shp else ()
+    rows = shp[0] if shp else npy_shape[0] if npy_shape else 0
     with open_or_create(store) as st, progress(rows, f"ingest {key}", as_json or quiet) as bar:
         schema = ingest_table(
             st,
@@ -68,6 +87,7 @@ def ingest(
             progress=bar,
             replace=replace,
             as_dtype=as_dtype,
+            allow_nonfinite=allow_nonfinite,
         )
     emit(
         as_json,
@@ -122,13 +142,13 @@ def read(store: str, key: str, ids: str, as_json: bool, quiet: bool) -> None:
     Example: featdb read ./store node/_/feat 0,1,2
     """
     with store_mod.open(store) as st:
-        rows = st.read(key, np.array(parse_ids(ids), dtype=np.int64))
+        wanted = parse_ids(ids, st.schema(key).rows)
+        rows = st.read(key, np.array(wanted, dtype=np.int64))
         mode = st.io_mode(key)
     emit(
         as_json,
-        {"key": key, "ids": parse_ids(ids), "rows": rows.tolist(), "io": mode},
+        {"key": key, "ids": wanted, "rows": rows.tolist(), "io": mode},
         "\n".join(
-            f"{i}: {np.array2string(r, precision=4, max_line_width=120)}"
-            for i, r in zip(parse_ids(ids), rows, strict=True)
+            f"{i}: {np.array2string(r, precision=4, max_line_width=120)}" for i, r in zip(wanted, rows, strict=True)
         ),
     )

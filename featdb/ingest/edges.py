@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +153,14 @@ def load_splits(path: str | Path, num_nodes: int) -> dict[str, NDArray[Any]]:
     if not p.exists():
         raise InvalidInputError(f"{p}: no such file")
     try:
-        with np.load(p, allow_pickle=False) as z:
+        with open(p, "rb") as fh:  # ours to close: np.load leaks the file when the zip is unreadable
+            z = np.load(fh, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise InvalidInputError(f"{p}: a single array; --split takes an .npz with train, valid and test arrays")
             arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (ValueError, OSError) as exc:
+    except InvalidInputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InvalidInputError(f"{p}: not a readable .npz file ({exc})") from exc
     if "valid" not in arrays and "val" in arrays:
         arrays["valid"] = arrays["val"]
@@ -163,7 +169,23 @@ def load_splits(path: str | Path, num_nodes: int) -> dict[str, NDArray[Any]]:
         raise InvalidInputError(
             f"{p}: missing split key(s) {', '.join(missing)} (found {', '.join(sorted(arrays)) or 'none'})"
         )
-    return {k: check_split(arrays[k], num_nodes, f"{p}[{k}]") for k in SPLITS}
+    return check_disjoint({k: check_split(arrays[k], num_nodes, f"{p}[{k}]") for k in SPLITS}, str(p))
+
+
+def check_disjoint(splits: dict[str, NDArray[Any]], where: str) -> dict[str, NDArray[Any]]:
+    """``splits`` if no node id is listed twice in one split or in two splits; :class:`InvalidInputError`
+    naming the first such id otherwise (a node in train and test would leak labels into evaluation)."""
+    for name, ids in splits.items():
+        uniq, counts = np.unique(ids, return_counts=True)
+        if len(uniq) < len(ids):
+            raise InvalidInputError(f"{where}: split {name} lists node {int(uniq[np.argmax(counts > 1)])} twice")
+    every = np.concatenate([np.asarray(v, dtype=np.int64) for v in splits.values()] + [np.empty(0, np.int64)])
+    uniq, counts = np.unique(every, return_counts=True)
+    if len(uniq) < len(every):
+        node = int(uniq[np.argmax(counts > 1)])
+        names = [n for n, ids in splits.items() if node in ids]
+        raise InvalidInputError(f"{where}: node {node} is in splits {' and '.join(names)}; splits must not overlap")
+    return splits
 
 
 def check_split(ids: Any, num_nodes: int, where: str) -> NDArray[Any]:

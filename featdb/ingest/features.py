@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from ..errors import InvalidInputError, SchemaMismatchError
 from ..progress import Progress
 from ..store import Store
-from ..tables import Schema
+from ..tables import Schema, parse_dtype
 
 DEFAULT_BUDGET = 256 << 20
 
@@ -72,12 +72,16 @@ def ingest_npy(
     dtype: str | None = None,
     progress: Progress = None,
     replace: bool = False,
+    allow_nonfinite: bool = False,
 ) -> Schema:
     src_dtype, shape, fortran, offset = npy_layout(path)
     if len(shape) not in (1, 2):
         raise SchemaMismatchError(f"{path}: expected a 1-D or 2-D array, got shape {shape}")
     rows, dim = shape[0], (shape[1] if len(shape) == 2 else 1)
-    schema = Schema(np.dtype(dtype or src_dtype).name, rows, dim)
+    if rows == 0 or dim == 0:
+        raise SchemaMismatchError(f"{path}: the array is empty (shape {shape}); a table needs rows and columns")
+    parse_dtype(src_dtype, f"{path}: element type")
+    schema = Schema(parse_dtype(dtype or src_dtype, "--as-dtype").name, rows, dim)
     per = chunk_rows(src_dtype.itemsize * dim, memory_budget)
     if fortran:
         mm = np.load(path, mmap_mode="r")
@@ -86,7 +90,7 @@ def ingest_npy(
         )
     else:
         chunks = _stream(path, offset, src_dtype, rows, dim, per)
-    return _write(store, key, schema, chunks, progress, replace)
+    return _write(store, key, schema, chunks, progress, replace, allow_nonfinite, path)
 
 
 def ingest_raw(
@@ -99,12 +103,12 @@ def ingest_raw(
     progress: Progress = None,
     replace: bool = False,
     as_dtype: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> Schema:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise InvalidInputError(f"unknown dtype {dtype!r}") from exc
+    dt = parse_dtype(dtype, "--dtype")
     rows, dim = shape
+    if rows < 1 or dim < 1:
+        raise SchemaMismatchError(f"{path}: shape {rows}x{dim} is empty; a table needs rows and columns")
     size = Path(path).stat().st_size if Path(path).exists() else None
     if size is None:
         raise InvalidInputError(f"{path}: no such file")
@@ -112,9 +116,9 @@ def ingest_raw(
         raise SchemaMismatchError(
             f"{path}: {size} bytes, but shape {rows}x{dim} of {dt.name} needs {rows * dim * dt.itemsize}"
         )
-    schema = Schema(np.dtype(as_dtype or dt).name, rows, dim)
+    schema = Schema(parse_dtype(as_dtype or dt, "--as-dtype").name, rows, dim)
     chunks = _stream(Path(path), 0, dt, rows, dim, chunk_rows(dt.itemsize * dim, memory_budget))
-    return _write(store, key, schema, chunks, progress, replace)
+    return _write(store, key, schema, chunks, progress, replace, allow_nonfinite, Path(path))
 
 
 def ingest(
@@ -127,26 +131,53 @@ def ingest(
     progress: Progress = None,
     replace: bool = False,
     as_dtype: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> Schema:
     """Ingest ``source`` as table ``key``.
 
     A ``.npy`` file describes itself; raw row-major binary needs its element
     ``dtype`` and ``shape`` (rows, dim). ``as_dtype`` converts while ingesting.
+    Rows holding NaN or infinity are refused (nothing is written) unless
+    ``allow_nonfinite``.
     """
     path = Path(source)
     if path.suffix == ".npy" and shape is None and dtype is None:
-        return ingest_npy(store, key, path, memory_budget, as_dtype, progress, replace)
+        return ingest_npy(store, key, path, memory_budget, as_dtype, progress, replace, allow_nonfinite)
     if dtype is None or shape is None:
         raise InvalidInputError(f"{path}: raw binary needs both --dtype and --shape ROWS,DIM")
-    return ingest_raw(store, key, path, dtype, shape, memory_budget, progress, replace, as_dtype)
+    return ingest_raw(store, key, path, dtype, shape, memory_budget, progress, replace, as_dtype, allow_nonfinite)
 
 
 def _write(
-    store: Store, key: str, schema: Schema, chunks: Iterator[NDArray[Any]], progress: Progress, replace: bool
+    store: Store,
+    key: str,
+    schema: Schema,
+    chunks: Iterator[NDArray[Any]],
+    progress: Progress,
+    replace: bool,
+    allow_nonfinite: bool,
+    source: Path,
 ) -> Schema:
     with store.table_writer(key, schema, replace=replace) as w:
+        done = 0
         for chunk in chunks:
+            if not allow_nonfinite:
+                check_finite(chunk, done, source)
             w.write(chunk)
+            done += len(chunk)
             if progress:
                 progress(len(chunk))
     return schema
+
+
+def check_finite(rows: NDArray[Any], first_row: int, source: Path | str) -> None:
+    """:class:`InvalidInputError` naming the first row of ``rows`` (a chunk starting at row ``first_row``
+    of ``source``) that holds a NaN or an infinity; integer rows always pass."""
+    if rows.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(rows).reshape(len(rows), -1).all(axis=1)
+    if not finite.all():
+        bad = first_row + int(np.argmin(finite))
+        raise InvalidInputError(
+            f"{source}: row {bad} holds NaN or infinite values; fix the data or pass --allow-nonfinite to accept it"
+        )

@@ -39,8 +39,10 @@ from .edges import (
     _unlabeled_chunks,
     _with_reverse,
     _write_labels,
+    check_disjoint,
     check_split,
 )
+from .features import check_finite
 
 # --------------------------------------------------------------------------- OGB folders
 CSV_BLOCK = 8 << 20  # decompressed bytes parsed at a time
@@ -190,10 +192,12 @@ def _ogb_splits(f: OgbFolder, n: int) -> dict[str, NDArray[Any]]:
         parts = [a.reshape(-1) for a in iter_csv(p, np.int64)]
         ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
         out[name] = check_split(ids, n, str(p))
-    return out
+    return check_disjoint(out, str(f.split_dir))
 
 
-def _ogb_features(gw: GraphWriter, path: Path, n: int, feat_key: str, progress: Progress) -> int:
+def _ogb_features(
+    gw: GraphWriter, path: Path, n: int, feat_key: str, progress: Progress, allow_nonfinite: bool = False
+) -> int:
     """Stream node-feat.csv.gz into a float32 table; returns the feature dimension."""
     chunks = iter_csv(path, np.float32)
     first = next(chunks, None)
@@ -207,6 +211,8 @@ def _ogb_features(gw: GraphWriter, path: Path, n: int, feat_key: str, progress: 
                 raise SchemaMismatchError(f"{path}: line {rows + 1} has {a.shape[1]} values, expected {dim}")
             if rows + len(a) > n:
                 raise SchemaMismatchError(f"{path}: more feature rows than nodes ({n})")
+            if not allow_nonfinite:
+                check_finite(a, rows, path)
             w.write(a)
             rows += len(a)
             if progress:
@@ -236,6 +242,7 @@ def ingest_ogb(
     feat_key: str = "node/_/feat",
     dedup: bool = False,
     replace: bool = False,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Ingest an OGB node-property-prediction folder (``raw/*.csv.gz``, ``split/<name>/*.csv.gz``).
 
@@ -244,6 +251,7 @@ def ingest_ogb(
     ``raw/num-node-list.csv.gz`` and the splits of ``split/<split>`` (the only
     one when ``split`` is None). Everything is streamed. ``progress`` gets CSV
     lines parsed: label and feature lines once, edge lines twice (once per CSC pass).
+    Feature rows holding NaN or infinity are refused unless ``allow_nonfinite``.
     """
     store.require_writable()
     f = OgbFolder.find(folder, split)
@@ -259,7 +267,7 @@ def ingest_ogb(
             num_classes, num_labeled = _write_labels(gw, _unlabeled_chunks(n, 1 << 20), n, None)
         for name in SPLITS:
             gw.write(SPLIT_KEYS[name], splits[name])
-        dim = _ogb_features(gw, f.feat, n, feat_key, progress) if f.feat is not None else None
+        dim = _ogb_features(gw, f.feat, n, feat_key, progress, allow_nonfinite) if f.feat is not None else None
         stored = build_csc(
             _csv_edges(f.edges, symmetric, n, progress), n, store, memory_budget, dedup=dedup, table_writer=gw.writer
         )

@@ -52,7 +52,7 @@ from ..graph import (
 )
 from ..progress import Progress
 from ..store import Store, check_key
-from ..tables import Schema
+from ..tables import Schema, parse_dtype
 
 EDGE_BLOCK = 1 << 14  # nodes per edge-generation block (fixed: part of the output's definition)
 FEAT_BLOCK_ELEMS = 1 << 21  # feature values per feature block
@@ -248,7 +248,7 @@ def synth(
     fracs = (float(train_frac), float(valid_frac), float(test_frac))
     _check(nodes, avg_degree, dim, classes, homophily, noise, fracs, label_noise)
     check_key(feat_key)
-    np_dtype = np.dtype(dtype)
+    np_dtype = parse_dtype(dtype, "feature dtype")
     if np_dtype.kind != "f":
         raise InvalidInputError(f"feature dtype must be a float type, got {dtype!r}")
     started = time.perf_counter()

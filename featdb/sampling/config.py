@@ -9,6 +9,8 @@ from ..graph.model import SPLITS
 from ..names import check_name
 
 EVAL_SPLITS = ("valid", "test")
+MAX_COUNT = 2**31 - 1  # fanouts and batch sizes index int32 arrays
+MAX_EPOCHS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +30,16 @@ class SampleConfig:
 
     def validate(self) -> None:
         check_name(self.name, "sample set name")
-        if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
-            raise InvalidInputError(f"fanouts {self.fanouts}: positive integers (or -1 for all neighbours)")
-        if self.batch_size < 1:
-            raise InvalidInputError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.epochs < 1:
-            raise InvalidInputError(f"epochs must be at least 1, got {self.epochs}")
+        if not self.fanouts or any(f == 0 or f < -1 or f > MAX_COUNT for f in self.fanouts):
+            raise InvalidInputError(
+                f"fanouts {','.join(map(str, self.fanouts))}: integers from 1 to {MAX_COUNT} (or -1 for all neighbours)"
+            )
+        if not 1 <= self.batch_size <= MAX_COUNT:
+            raise InvalidInputError(f"batch size must be from 1 to {MAX_COUNT}, got {self.batch_size}")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise InvalidInputError(f"epochs must be from 1 to {MAX_EPOCHS}, got {self.epochs}")
+        if not 0 <= self.seed < 2**63:
+            raise InvalidInputError(f"seed must be from 0 to 2**63 - 1, got {self.seed}")
         if self.split not in SPLITS:
             raise InvalidInputError(f"split {self.split!r}: one of {', '.join(SPLITS)}")
         if any(s not in SPLITS or s == self.split for s in self.evals) or len(set(self.evals)) != len(self.evals):
