@@ -22,7 +22,8 @@ also inherit the builtin a caller would naturally catch::
     │   ├── InvalidIdsError       (also TypeError) ids not a 1-D integer array
     │   ├── SchemaMismatchError   dtype/shape disagree with the table
     │   └── ConfigError           a tier/plan/budget combination that cannot work
-    │       └── BudgetExceededError   the parts a command must hold exceed --memory-budget
+    │       ├── BudgetExceededError   the parts a command must hold exceed --memory-budget
+    │       └── StaleDataError        derived data (a sample set) built on a graph since replaced
     ├── IdsOutOfRangeError        (IndexError)   negative or >= rows
     ├── CorruptDataError          (OSError)      checksum or header mismatch
     │   └── CorruptCatalogError   a catalog entry fails its checksum or schema
@@ -131,6 +132,11 @@ class BudgetExceededError(ConfigError):
     """What a command must hold does not fit its memory budget; the message names the parts."""
 
 
+class StaleDataError(ConfigError):
+    """A sample set (or other derived data) was built on a graph or table that has since been replaced;
+    the message gives the command that rebuilds it."""
+
+
 class IdsOutOfRangeError(FeatDBError, IndexError):
     """A row id is negative or not below the table's row count."""
 
@@ -178,6 +184,7 @@ __all__ = [
     "ResourceExhaustedError",
     "SampleSetNotFoundError",
     "SchemaMismatchError",
+    "StaleDataError",
     "StorageError",
     "StoreExistsError",
     "StoreNotFoundError",

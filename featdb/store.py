@@ -6,6 +6,7 @@ import builtins
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,6 +175,7 @@ class Store:
                     "dim": schema.dim,
                     "file": rel,
                     "created": time.time(),
+                    "uid": uuid.uuid4().hex,  # content id: derived data records it, a replaced table gets a new one
                     **extra,
                 },
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -188,6 +189,7 @@ def make_graph_doc(
         "features": features,
         "feat_dim": feat_dim,
         "created": time.time(),
+        "uid": uuid.uuid4().hex,  # content id: what a sample set records of the graph it was sampled from
     }
 
 

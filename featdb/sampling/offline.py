@@ -21,6 +21,7 @@ import itertools
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -349,6 +350,8 @@ def _write(
         "workers": workers,
         "index_columns": INDEX_COLUMNS,
         "created": time.time(),
+        "uid": uuid.uuid4().hex,  # this set's content id (a layout or reader checks it is this very set)
+        "graph_uid": g.info.get("uid"),  # the graph it was sampled from: a replaced graph makes the set stale
     }
 
 

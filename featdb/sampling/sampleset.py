@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import CorruptDataError, SampleSetNotFoundError
+from ..errors import CorruptDataError, SampleSetNotFoundError, StaleDataError
 from ..store import Store
 from ..tables import check_index
 from .format import RecordRef, SegmentFiles, decode, decode_inputs
@@ -17,12 +18,18 @@ from .mfg import Batch
 
 
 class SampleSet:
-    """A named, immutable set of offline-sampled batches (``epochs * batches_per_epoch``)."""
+    """A named, immutable set of offline-sampled batches (``epochs * batches_per_epoch``).
 
-    def __init__(self, store: Store, name: str) -> None:
+    Opening a set sampled from a graph that has since been replaced raises :class:`StaleDataError`
+    (``check_fresh=False`` opens it anyway, to inspect it).
+    """
+
+    def __init__(self, store: Store, name: str, check_fresh: bool = True) -> None:
         doc = store.catalog.get(f"sampleset/{name}")
         if doc is None:
             raise SampleSetNotFoundError(f"no sample set {name!r} in {store.root}")
+        if check_fresh:
+            check_fresh_set(store, doc)
         self.doc: dict[str, Any] = doc
         self.name = name
         self.root = store.root
@@ -35,6 +42,21 @@ class SampleSet:
             )
         self.index = idx.reshape(-1, cols)
         self._files = SegmentFiles(store.root / doc["path"], doc["segments"])
+
+    @property
+    def uid(self) -> str | None:
+        """This set's content id (None for sets written before sets had one)."""
+        return self.doc.get("uid")
+
+    def same_as(self, store: Store) -> bool:
+        """True if this is the set that ``store`` holds under this name (not another store's, not a
+        set since removed and sampled again under the same name)."""
+        doc = store.catalog.get(f"sampleset/{self.name}")
+        return (
+            doc is not None
+            and os.path.realpath(self.root) == os.path.realpath(store.root)
+            and doc.get("uid") == self.uid
+        )
 
     @property
     def num_batches(self) -> int:
@@ -123,3 +145,23 @@ class SampleSet:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def check_fresh_set(store: Store, doc: dict[str, Any]) -> None:
+    """:class:`StaleDataError` if the sample set ``doc`` was sampled from a graph other than the stored one
+    (compared by content id; by node count for sets and graphs written before content ids)."""
+    graph = store.catalog.get("graph")
+    name = doc["name"]
+    if graph is None:
+        why = "the store no longer holds a graph"
+    elif doc.get("graph_uid") and graph.get("uid"):
+        why = "" if doc["graph_uid"] == graph["uid"] else "its graph has been replaced since it was sampled"
+    else:
+        why = "" if int(doc["num_nodes"]) == int(graph["num_nodes"]) else "the graph now has a different node count"
+    if why:
+        fanouts = ",".join(map(str, doc["fanouts"]))
+        raise StaleDataError(
+            f"sample set {name!r} is stale: {why}; sample it again: featdb gc {store.root} --sample-set {name} --force "
+            f"&& featdb sample {store.root} --name {name} --fanouts {fanouts} --batch-size {doc['batch_size']} "
+            f"--epochs {doc['epochs']}"
+        )

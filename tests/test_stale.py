@@ -1,0 +1,80 @@
+"""Stale derived data is refused by content id: a sample set sampled from a graph since replaced, another
+store's sample set of the same name."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from helpers import FEAT, assert_one_error_line, make_layout, make_sample_set, make_synth_store
+
+import featdb
+from featdb import errors
+from featdb.cli import cli
+from featdb.ingest.synth import synth
+from featdb.sampling import SampleSet
+
+pytest.importorskip("dgl")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("stale") / "store"
+    with make_synth_store(path, nodes=900) as st:
+        make_sample_set(st, "tr", epochs=1)
+        make_layout(st, "tr")
+    return path
+
+
+def replace_graph(path: Path) -> None:
+    """The same node count, a different graph and labels (what `ingest-graph --replace` does)."""
+    with featdb.open(path, "a") as st:
+        synth(st, 900, 6.0, 16, 4, seed=7, train_frac=0.3, community_size=200, replace=True)
+
+
+def test_a_set_sampled_from_a_replaced_graph_is_refused(base: Path, tmp_path: Path) -> None:
+    """After `ingest-graph --replace`, training on the old graph's sample set ran to exit 0 against the new
+    labels."""
+    store = tmp_path / "store"
+    shutil.copytree(base, store)
+    with featdb.open(store) as st:
+        uid = st.catalog.get("sampleset/tr")["graph_uid"]
+        assert uid and uid == st.catalog.get("graph")["uid"]
+    replace_graph(store)
+    with featdb.open(store) as st:
+        with pytest.raises(errors.StaleDataError, match=r"featdb sample .* --name tr --fanouts 4,4"):
+            SampleSet(st, "tr")
+        assert SampleSet(st, "tr", check_fresh=False).num_batches > 0  # still inspectable
+    from trainer.cli import main
+
+    res = CliRunner().invoke(main, [str(store), "--sample-set", "tr", "--epochs", "1", "-q"])
+    assert_one_error_line(res, "StaleDataError", "graph has been replaced")
+    assert_one_error_line(CliRunner().invoke(cli, ["pack", str(store), "--sample-set", "tr"]), "StaleDataError")
+    # the fix the message gives works
+    assert CliRunner().invoke(cli, ["gc", str(store), "--sample-set", "tr", "--force", "-q"]).exit_code == 0
+    with featdb.open(store, "a") as st:
+        make_sample_set(st, "tr", epochs=1)
+        assert SampleSet(st, "tr").num_batches > 0
+
+
+def test_a_table_gets_a_new_content_id_when_replaced(base: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(base, store)
+    with featdb.open(store, "a") as st:
+        before = st.table_info(FEAT)["uid"]
+        st.write_table(FEAT, st.read_all(FEAT), replace=True)
+        assert st.table_info(FEAT)["uid"] != before
+
+
+def test_a_reader_refuses_another_stores_set_of_the_same_name(base: Path, tmp_path: Path) -> None:
+    """`LayoutReader.attach()` took another store's sample set of the same name."""
+    other = tmp_path / "other"
+    with make_synth_store(other, nodes=900) as st:
+        make_sample_set(st, "tr", epochs=1)
+    with featdb.open(base) as a, featdb.open(other) as b, featdb.open_reader(a) as reader:
+        with SampleSet(b, "tr") as theirs, pytest.raises(errors.ConfigError, match="not the sample set"):
+            reader.attach(theirs)
+        with SampleSet(a, "tr") as ours:
+            reader.attach(ours)
