@@ -175,17 +175,23 @@ def _release(path: Path) -> None:
 
 
 def _open_env(path: Path, create: bool) -> lmdb.Environment:
-    """Open read-write where the directory allows it (writes are still guarded per Catalog)."""
+    """Open read-write where the directory allows it (writes are still guarded per Catalog).
+
+    Where it does not (read-only media, read-only files), the environment is opened read-only and
+    without LMDB's lock file, which could not be written: nobody can write such a store, so its
+    readers need no lock among themselves.
+    """
+    writable = create or (os.access(path, os.W_OK) and os.access(path / "data.mdb", os.W_OK))
     try:
         map_size = max(INITIAL_MAP_SIZE, _file_size(path / "data.mdb") * 2)
         return lmdb.open(
             str(path),
             map_size=map_size,
             subdir=True,
-            readonly=not (create or os.access(path, os.W_OK)),
+            readonly=not writable,
             create=create,
             max_readers=512,
-            lock=True,
+            lock=bool(writable),
             readahead=False,
         )
     except lmdb.Error as exc:

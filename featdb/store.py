@@ -72,6 +72,11 @@ class Store:
             raise InvalidInputError(f"mode must be 'r' or 'a', got {mode!r}")
         if not (root / "catalog" / "data.mdb").exists():
             raise StoreNotFoundError(f"no featdb store at {root}")
+        if mode == "a" and not os.access(root / "catalog", os.W_OK):
+            raise ReadOnlyError(
+                f"store at {root} is on read-only media or its files are read-only: it can be inspected, "
+                "verified, read and trained from, not written"
+            )
         self.root = root
         self.mode = mode
         self.catalog = Catalog(root / "catalog", readonly=(mode == "r"))

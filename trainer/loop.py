@@ -12,6 +12,7 @@ the stored evaluation batches through the same layout as training.
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -199,6 +200,7 @@ def _run(r: _Run) -> dict[str, Any]:
         cfg.checkpoint
         or Path("checkpoints") / f"{store.root.name}-{cfg.sample_set}-{cfg.model}-{cfg.loader}-s{cfg.seed}.pt"
     )
+    check_writable(ckpt)
     state: dict[str, Any] = (
         _resume(ckpt, model, opt) if cfg.resume else {"epoch": -1, "best_val": -1.0, "test_at_best": 0.0, "history": []}
     )
@@ -307,6 +309,15 @@ def _accuracy(model: torch.nn.Module, ep: Epoch) -> float:
     finally:
         ep.close()
     return round(correct / max(1, total), 4)
+
+
+def check_writable(ckpt: Path) -> None:
+    """``ConfigError`` before training if the checkpoint's folder cannot be created or written."""
+    d = ckpt.absolute().parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if not (d.is_dir() and os.access(d, os.W_OK | os.X_OK)):
+        raise ConfigError(f"checkpoint {ckpt}: {d} is not writable; pass --checkpoint PATH on a writable disk")
 
 
 def _save(
