@@ -1,0 +1,219 @@
+"""Crash harness: SIGKILL at a random instant of ingest, ingest-graph, sample, pack and gc.
+
+Each trial copies a prepared store, starts the command in a driver process that has already imported
+everything (so the kill lands in the command's work, not in Python's start-up), kills the whole
+process group after a random delay drawn from [0, 1.1 x the command's measured run time], and then
+checks that the store opens, verifies clean, reads back identical rows, holds either the old or the
+new state of what the command was writing (complete), and that gc and a rerun recover.
+
+A few trials per command run by default; ``-m slow`` runs ``SLOW_TRIALS`` per command.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import FEAT, assert_rows_equal, make_layout, make_sample_set, make_synth_store
+
+import featdb
+from featdb.graph import load_graph
+from featdb.layout.gc import gc
+from featdb.sampling import SampleSet
+
+pytest.importorskip("dgl")
+
+NODES = 4000
+DEFAULT_TRIALS = 2
+SLOW_TRIALS = 50
+DRIVER = """
+import sys, time
+from featdb.cli import cli
+if sys.argv[1] == "sample":
+    import dgl, torch  # noqa: F401 - imported before the clock starts
+print("ready", flush=True)
+sys.stdin.readline()
+t = time.perf_counter()
+try:
+    cli.main(sys.argv[1:], standalone_mode=False)
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+print("done", code, time.perf_counter() - t, flush=True)
+"""
+
+
+class Fixture:
+    """The prepared store and what it holds before any command runs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.store = root / "base"
+        rng = np.random.default_rng(0)
+        self.new_rows = rng.standard_normal((200_000, 16)).astype("float32")
+        np.save(root / "rows.npy", self.new_rows)
+        np.save(root / "edges.npy", rng.integers(0, NODES, size=(2, 300_000)))
+        with make_synth_store(self.store, nodes=NODES) as st:
+            make_sample_set(st, "tr", epochs=2)
+            make_sample_set(st, "old", epochs=1)
+            self.first_gen = make_layout(st, "tr")["id"]
+            self.gen = make_layout(st, "tr", policy="pack-only")["id"]  # the first is now collectable
+            self.rows = st.read_all(FEAT)
+            self.edges = load_graph(st).num_edges
+        self.durations: dict[str, float] = {}
+
+    def argv(self, name: str, store: Path) -> list[str]:
+        s = str(store)
+        return {
+            "ingest": ["ingest", s, "node/c/feat", str(self.root / "rows.npy"), "--memory-budget", "1MiB", "-q"],
+            "ingest-graph": [
+                "ingest-graph",
+                s,
+                str(self.root / "edges.npy"),
+                "--num-nodes",
+                str(NODES),
+                "--replace",
+                "-q",
+            ],
+            "sample": ["sample", s, "--name", "c", "--fanouts", "5,5", "--epochs", "3", "--workers", "2", "-q"],
+            "pack": ["pack", s, "--sample-set", "tr", "--host-cache", "16KiB", "--max-blowup", "2", "-q"],
+            "gc": ["gc", s, "--sample-set", "old", "-q"],
+        }[name]
+
+
+def run_and_kill(argv: list[str], delay: float | None) -> tuple[bool, float]:
+    """Run ``featdb argv`` in a ready driver; SIGKILL its process group ``delay`` s after it starts
+    (None: let it finish). Returns (finished before the kill, seconds it ran)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "ready"
+    started = time.perf_counter()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    if delay is not None:
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    last = (out.strip().splitlines() or [""])[-1].split()
+    finished = last[:1] == ["done"]
+    if finished:
+        assert last[1] == "0", err
+    elif delay is None:
+        raise AssertionError(err)
+    return finished, time.perf_counter() - started
+
+
+def check_store(fx: Fixture, name: str, store: Path) -> None:
+    """What must hold after a kill at any instant of command ``name``."""
+    with featdb.open(store) as st:
+        assert st.verify() == []
+        assert_rows_equal(st.read_all(FEAT), fx.rows)
+        CHECKS[name](fx, st)
+    with featdb.open(store, "a") as st:  # recovery: gc takes the debris, and the store stays whole
+        gc(st)
+        assert st.verify() == []
+    leftovers = [p.name for d in ("tables", "samples", "gens") if (store / d).exists() for p in (store / d).iterdir()]
+    assert not [p for p in leftovers if ".partial" in p], leftovers
+
+
+def _ingest(fx: Fixture, st: featdb.Store) -> None:
+    if st.has_table("node/c/feat"):
+        assert_rows_equal(st.read_all("node/c/feat"), fx.new_rows)
+
+
+def _ingest_graph(fx: Fixture, st: featdb.Store) -> None:
+    g = load_graph(st)
+    assert g.num_nodes == NODES
+    if g.num_edges != fx.edges:  # the new graph, complete
+        assert int(g.indptr[-1]) == g.num_edges == len(g.indices)
+
+
+def _sample(fx: Fixture, st: featdb.Store) -> None:
+    if st.catalog.get("sampleset/c") is not None:
+        with SampleSet(st, "c") as ss:
+            for b in range(ss.num_batches):
+                ss.batch(b)
+
+
+def _pack(fx: Fixture, st: featdb.Store) -> None:
+    with featdb.open_reader(st) as r, SampleSet(st, "tr") as ss:
+        r.attach(ss)
+        for b in range(0, r.num_batches, 3):
+            with r.read_batch(b) as br:
+                assert_rows_equal(br.rows, fx.rows[ss.input_ids(b)[br.order]])
+
+
+def _gc(fx: Fixture, st: featdb.Store) -> None:
+    assert st.catalog.get("layout/current") == fx.gen
+    if st.catalog.get("sampleset/old") is not None:
+        with SampleSet(st, "old") as ss:
+            for b in range(ss.num_batches):
+                ss.batch(b)
+    _pack(fx, st)
+
+
+CHECKS: dict[str, Callable[[Fixture, featdb.Store], None]] = {
+    "ingest": _ingest,
+    "ingest-graph": _ingest_graph,
+    "sample": _sample,
+    "pack": _pack,
+    "gc": _gc,
+}
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
+    return Fixture(tmp_path_factory.mktemp("crash"))
+
+
+def trials(fx: Fixture, name: str, n: int, seed: int, work: Path) -> dict[str, Any]:
+    if name not in fx.durations:  # one full run measures the window the kills are drawn from
+        shutil.copytree(fx.store, work / "measure")
+        fx.durations[name] = run_and_kill(fx.argv(name, work / "measure"), None)[1]
+        check_store(fx, name, work / "measure")
+        shutil.rmtree(work / "measure")
+    rng = random.Random(seed)
+    killed = 0
+    for t in range(n):
+        store = work / f"t{t}"
+        shutil.copytree(fx.store, store)
+        finished, _ = run_and_kill(fx.argv(name, store), rng.uniform(0, 1.1 * fx.durations[name]))
+        killed += not finished
+        check_store(fx, name, store)
+        shutil.rmtree(store)
+    return {"command": name, "trials": n, "killed mid-run": killed, "run_s": round(fx.durations[name], 2)}
+
+
+COMMANDS = list(CHECKS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_kill_at_a_random_instant_leaves_the_store_whole(fx: Fixture, name: str, tmp_path: Path) -> None:
+    trials(fx, name, DEFAULT_TRIALS, seed=COMMANDS.index(name), work=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMMANDS)
+def test_many_kills_leave_the_store_whole(fx: Fixture, name: str, tmp_path: Path) -> None:
+    res = trials(fx, name, SLOW_TRIALS, seed=1000 + COMMANDS.index(name), work=tmp_path)
+    print("crash trials:", res)
+    assert res["killed mid-run"] > 0
