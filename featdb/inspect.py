@@ -77,7 +77,16 @@ def render(info: dict[str, Any]) -> str:
         lines.append("layout: none (serving reads the base table)")
     else:
         lines.append(f"layout: generation {lay['id']} policy={lay['policy']} sample_set={lay['sample_set']}")
-        for k in ("l1_rows", "l2_rows", "l3_rows", "l4_rows", "blowup", "predicted_amplification"):
+        for k in (
+            "l1_rows",
+            "l2_rows",
+            "l3_rows",
+            "l4_rows",
+            "segments",
+            "blocks_segments",
+            "blowup",
+            "predicted_amplification",
+        ):
             if k in lay:
                 lines.append(f"  {k}: {lay[k]}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import numpy as np
 import featdb
 from featdb.ingest.synth import synth
 from featdb.inspect import info as describe
+from featdb.layout.document import SEG_COLS
 from featdb.layout.pack import pack
 from featdb.layout.plan import Budgets
 from featdb.sampling.offline import SampleConfig, sample
@@ -161,7 +162,7 @@ def catalog_state(st: Store) -> dict[str, Any]:
 
 def realised_blowup(gdir: Path, num_nodes: int) -> float:
     batches = np.fromfile(gdir / "batches.i64", dtype="<i8").reshape(-1, 8)
-    segs = np.fromfile(gdir / "segments.i64", dtype="<i8").reshape(-1, 5)
+    segs = np.fromfile(gdir / "segments.i64", dtype="<i8").reshape(-1, SEG_COLS)
     return float(batches[:, 0].sum() + segs[:, 3].sum()) / num_nodes
 
 

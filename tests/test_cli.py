@@ -119,10 +119,26 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
     text = run("read", store, FEAT, "1,2").output
     assert [ln.split(":")[0] for ln in text.splitlines() if re.match(r"^\d+:", ln)] == ["1", "2"]
 
+    blocks = run_json("pack", store, "--sample-set", "tr", "--max-blowup", 0, "--segment-cache", "64KiB")
+    assert blocks["blowup"] == 0.0 and blocks["blocks_segments"] == blocks["segments"] > 1
+    assert [c["kind"] for c in blocks["predictions"]["candidates"]] == ["blocks"]
+    served = run_json("verify", store)
+    assert served["ok"] is True
+    gens = [packed["id"], blocks["id"]]
+    # a plan predicted to read more than --max-amplification: a warning, or with --strict nothing written
+    before = tree(store)
+    args = ("pack", store, "--sample-set", "tr", "--policy", "blocks", "--segment-cache", "8KiB")
+    refused = run(*args, "--max-amplification", 1, "--strict", code=1)
+    assert_one_error_line(refused, "read amplification", "--max-blowup", "--segment-cache", "--strict")
+    assert tree(store) == before
+    warned = run(*args, "--max-amplification", 1, "--dry-run")
+    assert "warning: the plan predicts read amplification" in warned.output
+    assert run_json(*args, "--max-amplification", 1, "--dry-run")["warnings"]
+
     again = run_json("pack", store, "--sample-set", "tr", "--policy", "pack-only")
-    assert again["id"] != packed["id"]
+    assert again["id"] not in gens
     res = run_json("gc", store)
-    assert res["removed"] == [packed["id"]] and res["pinned"] == [] and res["sample_sets"] == []
+    assert sorted(res["removed"]) == sorted(gens) and res["pinned"] == [] and res["sample_sets"] == []
     assert run_json("info", store)["generations"] == [again["id"]]
     assert run_json("gc", store)["removed"] == []
 
@@ -312,7 +328,7 @@ def test_sample_name_clash_and_pack_errors(synth_store: Path, tmp_path: Path) ->
     shutil.copytree(synth_store, store)
     run("sample", store, "--name", "t", "--fanouts", "3", "--batch-size", 512, "-q")
     assert_one_error_line(run("sample", store, "--name", "t", code=1), "AlreadyExistsError", "'t'")
-    assert_one_error_line(run("pack", store, "--sample-set", "t", "--max-blowup", "0.5", code=2), "--max-blowup")
+    assert_one_error_line(run("pack", store, "--sample-set", "t", "--max-blowup", "-0.5", code=2), "--max-blowup")
     assert_one_error_line(
         run("pack", store, "--sample-set", "t", "--memory-budget", "1MiB", code=1),
         "BudgetExceededError",

@@ -49,8 +49,10 @@ from featdb.errors import (
 )
 from featdb.layout import generation
 from featdb.layout import pack as pack_mod
+from featdb.layout.budget import plan, segment_rows, uniform_bounds
+from featdb.layout.document import SEG_COLS
 from featdb.layout.pack import pack
-from featdb.layout.plan import L1, L2, L4, Budgets, hot_sets, plan, stored_rows
+from featdb.layout.plan import L1, L2, L4, Budgets, hot_sets
 from featdb.sampling.sampleset import SampleSet
 from featdb.serve.reader import open_reader
 from featdb.store import Store
@@ -196,7 +198,9 @@ def _random_trace(seed: int, n: int = 500, nb: int = 12) -> tuple[np.ndarray, li
         (Budgets(policy="fastest"), InvalidInputError),
         (Budgets(host_cache=-1), InvalidInputError),
         (Budgets(device_cache=-4096), InvalidInputError),
-        (Budgets(max_blowup=0.99), ConfigError),
+        (Budgets(max_blowup=-0.5), ConfigError),
+        (Budgets(max_blowup=float("nan")), ConfigError),
+        (Budgets(segment_cache=-1), InvalidInputError),
     ],
 )
 def test_planner_rejects_bad_budgets(budgets: Budgets, error: type) -> None:
@@ -235,12 +239,19 @@ def test_plan_meets_the_blowup_cap() -> None:
     p0 = plan(counts, tr, len(batches), 32, Budgets())
     assert p0.segment_len == 1 and p0.predictions["rows_per_tier"]["l3"] == 0
     assert p0.predictions["stored_rows"] == sum(len(b) for b in batches)
-    for cap in (1.0, 1.5, 2.0, 3.0):
-        p = plan(counts, tr, len(batches), 32, Budgets(max_blowup=cap))
+    for cap in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0):
+        p = plan(counts, tr, len(batches), 32, Budgets(max_blowup=cap, segment_cache=2 * 32 * 120))
         assert p.predictions["blowup"] <= cap
-        tier = p.tier_map()
-        assert stored_rows(tr, len(batches), tier, p.segment_len) == p.predictions["stored_rows"]
-        assert p.predictions["segment_blowups_tried"][str(p.segment_len)] <= cap or p.segment_len == 1
+        cands = p.predictions["candidates"]
+        chosen = [c for c in cands if c["chosen"]]
+        assert len(chosen) == 1 and chosen[0]["disk_bytes_per_pass"] == min(c["disk_bytes_per_pass"] for c in cands)
+        assert p.predictions["largest_segment_bytes"] <= 32 * 120 or p.segment_len == 1
+        if p.blocks is None:
+            bounds = p.bounds if p.bounds is not None else uniform_bounds([(0, len(batches))], 1, len(batches))
+            assert segment_rows(tr, bounds, p.tier_map(), len(batches))[0] == p.predictions["stored_rows"]
+        else:
+            assert chosen[0]["kind"] in ("mixed", "blocks")
+    assert plan(counts, tr, len(batches), 32, Budgets(max_blowup=0.0)).predictions["blowup"] == 0.0
 
 
 def test_tier_map_marks_hot_rows() -> None:
@@ -267,8 +278,8 @@ ROW_SHAPES = [
     ("float32", 16),
     ("uint8", 100),
 ]
-POLICY = st.sampled_from(["full", "pack-only", "hot-only", "none"])
-CAP = st.sampled_from([None, 1.0, 1.2, 1.5, 2.0, 3.0, 6.0])
+POLICY = st.sampled_from(["full", "pack-only", "blocks", "hot-only", "none"])
+CAP = st.sampled_from([None, 0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 3.0, 6.0])
 
 
 def _tmp_store_dir() -> Path:
@@ -409,7 +420,7 @@ def test_dry_run_writes_nothing(store: Store) -> None:
         (dict(table="node/_/nope"), TableNotFoundError),
         (dict(table="node/y/feat"), SchemaMismatchError),
         (dict(memory_budget=(8 << 20) - 1), ConfigError),
-        (dict(budgets=Budgets(max_blowup=0.5)), ConfigError),
+        (dict(budgets=Budgets(max_blowup=-0.5)), ConfigError),
         (dict(budgets=Budgets(policy="fast")), InvalidInputError),
     ],
 )
@@ -579,9 +590,9 @@ def test_verify_catches_a_flipped_byte_in_an_l4_extent(store: Store) -> None:
 
 
 def test_verify_catches_a_flipped_byte_in_the_l3_file(store: Store) -> None:
-    doc = make_layout(store, "tr", max_blowup=1.2)
+    doc = make_layout(store, "tr", max_blowup=3.0)  # shared L3 extents are the cheapest here
     gdir = gen_dir(store, doc["id"])
-    segs = np.fromfile(gdir / "segments.i64", dtype="<i8").reshape(-1, 5)
+    segs = np.fromfile(gdir / "segments.i64", dtype="<i8").reshape(-1, SEG_COLS)
     s = int(np.flatnonzero(segs[:, 3] > 0)[0])
     flip_byte(gdir / "l3.dat", int(segs[s, 2]) + int(segs[s, 3]) * 96 - 1)  # the extent's last row byte
     problems = store.verify()

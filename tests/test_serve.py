@@ -239,11 +239,39 @@ class ReaderConformance:
 
 
 class TestFullWithL3Cap(ReaderConformance):
-    budgets = Budgets(device_cache=40 * RB, host_cache=150 * RB, max_blowup=1.5, policy="full")
+    budgets = Budgets(device_cache=40 * RB, host_cache=150 * RB, max_blowup=3.0, policy="full")
 
     def test_layout_uses_every_tier(self, env: Env) -> None:
         d = env.reader.doc
         assert d["segment_len"] > 1 and min(d["l1_rows"], d["l2_rows"], d["l3_rows"], d["l4_rows"]) > 0
+
+
+class TestMixedPackedAndBlocks(ReaderConformance):
+    budgets = Budgets(host_cache=150 * RB, max_blowup=0.5, policy="full", segment_cache=64 * RB * 8)
+
+    def test_some_batches_packed_the_rest_read_as_blocks(self, env: Env) -> None:
+        d = env.reader.doc
+        assert 0 < d["blocks_segments"] < d["segments"] and d["l4_rows"] > 0 and d["blowup"] <= 0.5
+        r = env.reader
+        for seg in range(len(r.segs)):  # a segment over the limit is a single batch
+            assert r.seg_reader.nbytes(seg) <= 64 * RB * 4 or r.segs[seg, 1] == 1
+
+
+class TestBlocks(ReaderConformance):
+    budgets = Budgets(host_cache=150 * RB, policy="blocks", segment_cache=64 * RB * 64)
+
+    def test_nothing_stored_every_segment_blocks(self, env: Env) -> None:
+        d = env.reader.doc
+        assert d["blowup"] == 0.0 and d["blocks_segments"] == d["segments"] > 1
+        assert d["l3_rows"] == d["l4_rows"] == 0
+
+    def test_the_next_segment_is_read_ahead(self, env: Env) -> None:
+        r = env.reader
+        r.stats.reset()
+        for b in r.epoch_order(range(r.num_batches), np.random.default_rng(0)):
+            r.read_batch(b).release()
+        seg = r.stats.as_dict()["caches"]["segments"]
+        assert seg["prefetched"] > 0 and seg["too_large"] == 0
 
 
 class TestFullFloat16Rows(ReaderConformance):
@@ -562,12 +590,41 @@ def test_segment_cache_counts_hits_misses_evictions_and_extents_too_large() -> N
         return np.full(100, seg, dtype=np.uint8)
 
     cache = SegmentCache(250)
-    assert cache.get(1, 100, load)[1] == 100 and cache.get(1, 100, load)[1] == 0  # read once, then a hit
+    cache.get(1, 100, load)
+    cache.get(1, 100, load)  # read once, then a hit
     cache.get(2, 100, load)
-    cache.get(3, 100, load)  # 300 bytes > 250: the oldest (1) goes
-    extent, nbytes = cache.get(1, 100, load)
-    assert int(extent[0]) == 1 and nbytes == 100 and loads == [1, 2, 3, 1]
-    assert cache.get(9, 300, load) == (None, 0)  # larger than the cache: its batches read pages
+    cache.get(3, 100, load)  # 300 bytes > 250: the oldest (1) goes before 3 is read
+    extent = cache.get(1, 100, load)
+    assert extent is not None and int(extent[0]) == 1 and loads == [1, 2, 3, 1]
+    assert cache.get(9, 300, load) is None  # larger than the cache: its batches read pages
     d = cache.as_dict()
     assert d["hits"] == 1 and d["misses"] == 4 and d["evictions"] == 2 and d["too_large"] == 1
+    assert d["bytes"] <= 250
+
+
+def test_segment_cache_reads_ahead_without_evicting_the_segment_being_served() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featdb.serve.segments import SegmentCache
+
+    gate = threading.Event()
+
+    def load(seg: int) -> np.ndarray:
+        if seg == 2:
+            gate.wait(5)
+        return np.full(100, seg, dtype=np.uint8)
+
+    cache = SegmentCache(200)
+    with ThreadPoolExecutor(1) as pool:
+        cache.get(0, 100, load)
+        cache.get(1, 100, load)
+        assert cache.prefetch(2, 100, load, pool, keep=1)  # evicts 0, never 1
+        assert not cache.prefetch(2, 100, load, pool, keep=1)  # already on its way
+        assert not cache.prefetch(3, 150, load, pool, keep=1)  # would not fit beside 1
+        gate.set()
+        got = cache.get(2, 100, load)  # waits for the read ahead rather than reading again
+        assert got is not None and int(got[0]) == 2
+        assert cache.get(1, 100, load) is not None
+    d = cache.as_dict()
+    assert d["prefetched"] == 1 and d["misses"] == 2 and d["hits"] + d["waited_for_prefetch"] == 2
     assert d["bytes"] <= 250

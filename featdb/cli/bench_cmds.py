@@ -185,3 +185,59 @@ def render_train(res: dict) -> str:  # type: ignore[type-arg]
         f"{r['featdb_over_inmemory']}; eval featdb / in-memory = {r['featdb_eval_over_inmemory_eval']}"
     )
     return "\n".join(lines)
+
+
+@bench.command("caps")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--sample-set", required=True, help="The sample set to pack and train on.")
+@click.option("--caps", default="none,5,3,2,0", show_default=True, help="--max-blowup values; 0 stores nothing.")
+@click.option("--host-cache", type=SIZE, default="100MiB", show_default=True)
+@click.option("--segment-cache", type=SIZE, default="512MiB", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--memory-budget", type=SIZE, default="1.5GiB", show_default=True, help="For pack and featdb-train.")
+@click.option("--cap", type=SIZE, help="Also run every step under a cgroup memory cap of this size.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True, help="Run the in-memory baseline.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write a PNG plot here (matplotlib).")
+@output_options
+def bench_caps(
+    store: str,
+    sample_set: str,
+    caps: str,
+    host_cache: int,
+    segment_cache: int,
+    epochs: int,
+    memory_budget: int,
+    cap: int | None,
+    baseline: bool,
+    plot_dir: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Epoch time, bytes on disk and read amplification against the disk cap, in one run.
+
+    Repacks STORE for each cap (the last layout packed stays current), drops the
+    page cache, trains EPOCHS epochs with featdb-train, and runs the in-memory
+    baseline once beside them.
+
+    Example: featdb bench caps ./store --sample-set train --caps none,5,3,2,0 --json
+    """
+    from pathlib import Path
+
+    from .. import bench_caps as bc
+
+    say = (lambda m: None) if (as_json or quiet) else (lambda m: click.echo(m, err=True))
+    res = bc.run(
+        Path(store),
+        sample_set,
+        bc.parse_caps(caps),
+        host_cache,
+        segment_cache,
+        epochs,
+        memory_budget,
+        cap,
+        baseline,
+        say,
+    )
+    if plot_dir:
+        res["plots"] = bc.plot(res, Path(plot_dir))
+    emit(as_json, res, None if quiet else bc.render(res))

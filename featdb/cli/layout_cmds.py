@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import store as store_mod
+from ..layout.document import DEFAULT_MAX_AMPLIFICATION
 from ..layout.pack import pack as pack_layout
 from ..layout.plan import POLICIES, Budgets
 from ..memory import peak_rss
@@ -109,12 +110,34 @@ def sample(
 @click.option(
     "--max-blowup",
     type=float,
-    callback=lambda ctx, param, v: finite_at_least(1.0, v, "--max-blowup"),
-    help="Cap on disk rows stored / nodes, at least 1 (adds L3 shared extents).",
+    callback=lambda ctx, param, v: finite_at_least(0.0, v, "--max-blowup"),
+    help="Cap on rows stored on disk / nodes, over the whole sample set (0: store none, read blocks).",
+)
+@click.option(
+    "--segment-cache",
+    type=SIZE,
+    default="512MiB",
+    show_default=True,
+    help="Memory serving holds whole segments in (one served, one read ahead); each fits in half.",
 )
 @memory_option
-@click.option("--policy", type=click.Choice(POLICIES), default="full", show_default=True)
+@click.option(
+    "--policy",
+    type=click.Choice(POLICIES),
+    default="full",
+    show_default=True,
+    help="full: hot tiers + packed extents, blocks where the cap requires; blocks: no copies at all.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--max-amplification",
+    type=float,
+    default=DEFAULT_MAX_AMPLIFICATION,
+    show_default=True,
+    callback=lambda ctx, param, v: finite_at_least(1.0, v, "--max-amplification"),
+    help="Warn when the plan predicts reading more than this many bytes per byte needed.",
+)
+@click.option("--strict", is_flag=True, help="Refuse (write nothing) instead of warning.")
 @click.option("--dry-run", is_flag=True, help="Print the plan's predictions; write nothing.")
 @output_options
 def pack(
@@ -124,9 +147,12 @@ def pack(
     host_cache: int,
     device_cache: int,
     max_blowup: float | None,
+    segment_cache: int,
     memory_budget: int,
     policy: str,
     seed: int,
+    max_amplification: float,
+    strict: bool,
     dry_run: bool,
     as_json: bool,
     quiet: bool,
@@ -135,14 +161,14 @@ def pack(
 
     Example: featdb pack ./store --sample-set train --host-cache 256MiB --max-blowup 3
     """
-    budgets = Budgets(device_cache, host_cache, max_blowup, policy, seed)
+    budgets = Budgets(device_cache, host_cache, max_blowup, policy, seed, segment_cache)
     with store_mod.open(store, mode="r" if dry_run else "a") as st:
         from ..sampling import SampleSet
 
         with SampleSet(st, sample_set) as ss:
             total = ss.num_batches
         with progress(total, "pack", as_json or quiet or dry_run) as bar:
-            doc = pack_layout(st, sample_set, table, budgets, memory_budget, dry_run, bar)
+            doc = pack_layout(st, sample_set, table, budgets, memory_budget, dry_run, bar, max_amplification, strict)
     summary = {
         k: doc.get(k)
         for k in (
@@ -151,6 +177,8 @@ def pack(
             "policy",
             "sample_set",
             "segment_len",
+            "segments",
+            "blocks_segments",
             "l1_rows",
             "l2_rows",
             "l3_rows",
@@ -162,13 +190,22 @@ def pack(
         )
     }
     summary["predictions"] = doc["predictions"]
+    warnings: list[str] = doc.get("warnings") or []
+    summary["warnings"] = warnings
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
     summary["memory"] = {"budget_bytes": memory_budget, "peak_rss_bytes": peak_rss()}
     text = (
         f"{'plan' if dry_run else 'packed generation ' + str(doc.get('id'))}: policy={doc['policy']} "
         f"blowup={doc['blowup']} predicted amplification={doc['predicted_amplification']} "
         f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "
-        f"segment={doc['segment_len']}"
+        f"segments={doc['segments']} (blocks {doc['blocks_segments']}, longest {doc['segment_len']})"
     )
+    for c in doc["predictions"].get("candidates", []):
+        text += (
+            f"\n  {'*' if c['chosen'] else ' '} {c['kind']:<7} blowup {c['blowup']:<7} "
+            f"amplification {c['predicted_amplification']:<7} {format_size(c['disk_bytes_per_pass'])} per pass"
+        )
     emit(as_json, summary, None if quiet else text)
 
 

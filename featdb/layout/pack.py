@@ -7,7 +7,9 @@ go to every extent that needs them: L4 rows with one positioned write per
 chunk's share of it is contiguous — with the extent's crc32 carried along;
 L3 rows into a staging buffer written whole per segment. When the work for all
 batches does not fit the budget, batches are packed in groups, one sequential
-pass of the base table per group.
+pass of the base table per group. A blocks segment stores no rows, only the
+sorted ids of its cold rows (``blocks.i64``), which the reader fetches from the
+base table.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import SchemaMismatchError
+from ..errors import ConfigError, SchemaMismatchError
 from ..io import PAGE, ChecksumWriter, aligned_buffer, round_up, write_atomic
 from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
 from ..progress import Progress
@@ -34,10 +36,11 @@ from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter, id_dtype
 from . import generation
-from .plan import Budgets, Placement, Predictor, SegmentPlan, assign_segment, plan
+from .budget import plan
+from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, serving_groups
+from .plan import Budgets, Placement, Predictor, SegmentPlan, assign_segment
 
 BATCH_COLS = 8  # n4, n3, n2, n1, l4_offset, l4_crc, map_offset, segment
-SEG_COLS = 5  # first_batch, n_batches, l3_offset, l3_rows, l3_crc
 
 
 @dataclass
@@ -64,8 +67,14 @@ def pack(
     memory_budget: int = DEFAULT_BUDGET,
     dry_run: bool = False,
     progress: Progress = None,
+    max_amplification: float = DEFAULT_MAX_AMPLIFICATION,
+    strict: bool = False,
 ) -> dict[str, Any]:
-    """Plan and (unless ``dry_run``) write a new generation; returns its document."""
+    """Plan and (unless ``dry_run``) write a new generation; returns its document.
+
+    When the plan predicts a read amplification above ``max_amplification`` the
+    document carries a warning naming the budgets to raise; ``strict`` refuses
+    instead (:class:`~featdb.errors.ConfigError`, nothing written)."""
     if not dry_run:
         store.require_writable()
     schema = store.schema(table)
@@ -76,19 +85,26 @@ def pack(
             )
         work = working_budget(memory_budget, ss.num_nodes, schema.row_bytes)
         started = time.perf_counter()
-        placement = plan(ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets, predict_costs=dry_run)
+        placement = plan(
+            ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets, serving_groups(ss), dry_run
+        )
         plan_s = time.perf_counter() - started
+        warnings = plan_warnings(placement, budgets, max_amplification)
+        if strict and warnings:
+            raise ConfigError(f"{warnings[0]} (--strict: nothing written)")
         if dry_run:
-            return _doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s) | {"dry_run": True}
+            doc = layout_doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
+            return doc | {"dry_run": True, "warnings": warnings}
         gen_id = generation.new_id()
         tmp, lock = generation.partial_dir(store, gen_id)
         try:
             acc = Predictor(placement)
             files = _write(store, ss, placement, schema, table, tmp, work, progress, acc)
             placement = replace(placement, predictions=placement.predictions | acc.result())
-            doc = _doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
+            doc = layout_doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
             doc["table_file"] = store.table_info(table)["file"]
             doc["pack_s"] = round(time.perf_counter() - started, 3)
+            doc["warnings"] = warnings
             generation.publish(store, gen_id, tmp, doc, files)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -98,7 +114,7 @@ def pack(
     return doc | {"id": gen_id}
 
 
-PER_NODE_BYTES = 4 + 1 + 4 + 4  # read counts, tier map, L3 position scratch, trace-pass marks
+PER_NODE_BYTES = 4 + 1 + 4 + 4 + 4  # read counts, tier map, L3 position scratch, two trace-pass marks
 MIN_WORK = 8 << 20
 
 
@@ -109,40 +125,6 @@ def working_budget(memory_budget: int, num_nodes: int, row_bytes: int) -> int:
     m.charge("runtime", RUNTIME_BYTES)
     m.charge(f"per-node arrays ({PER_NODE_BYTES} B/node)", num_nodes * PER_NODE_BYTES)
     return m.fit("chunks, gathered slices and scatter lists", memory_budget, minimum=max(MIN_WORK, 16 * row_bytes))
-
-
-def _doc(
-    p: Placement, sample_set: str, table: str, schema: Schema, b: Budgets, memory_budget: int, plan_s: float
-) -> dict[str, Any]:
-    pr = p.predictions
-    return {
-        "sample_set": sample_set,
-        "table": table,
-        "policy": p.policy,
-        "dtype": schema.dtype,
-        "dim": schema.dim,
-        "row_bytes": schema.row_bytes,
-        "num_nodes": p.num_nodes,
-        "num_batches": p.num_batches,
-        "segment_len": p.segment_len,
-        "l1_rows": len(p.l1_ids),
-        "l2_rows": len(p.l2_ids),
-        "l3_rows": pr["stored_rows"] - pr["rows_per_tier"]["l4"] if p.packs else 0,
-        "l4_rows": pr["rows_per_tier"]["l4"],
-        "blowup": pr["blowup"],
-        "predicted_amplification": pr["predicted_amplification"],
-        "predictions": pr,
-        "budgets": {
-            "device_cache": b.device_cache,
-            "host_cache": b.host_cache,
-            "max_blowup": b.max_blowup,
-            "seed": b.seed,
-        },
-        "table_file": "",
-        "memory_budget": memory_budget,
-        "plan_s": round(plan_s, 3),
-        "created": time.time(),
-    }
 
 
 def _write(
@@ -168,13 +150,16 @@ def _write(
     files: dict[str, dict[str, Any]] = {}
     hot_all = _HotWriters(tmp, p, schema)
     try:
-        with ChecksumWriter(tmp / "map.bin") as mapw:
+        with ChecksumWriter(tmp / "map.bin") as mapw, ChecksumWriter(tmp / "blocks.i64") as blocksw:
             cursor = {"l4": 0, "l3": 0}
             group = _Group()
             hot: _HotWriters | None = hot_all
             for si, (lo, hi) in enumerate(p.segments()):
-                sp = assign_segment(p, lo, list(ss.inputs_of(range(lo, hi))), tier, scratch)
+                sp = assign_segment(p, lo, list(ss.inputs_of(range(lo, hi))), tier, scratch, p.is_blocks(si))
                 acc.add(sp)
+                if sp.blocks:
+                    segs[si, 5:7] = (blocksw.size // 8, len(sp.l3_ids))
+                    blocksw.write(sp.l3_ids.astype("<i8").tobytes())
                 _record_segment(sp, si, batches, segs, mapw, group, cursor, rb, id_dt)
                 if progress:
                     progress(hi - lo)
@@ -184,7 +169,9 @@ def _write(
             if not group.empty() or hot is not None:
                 _base_pass(reader, group, hot, fd4, fd3, batches, segs, memory_budget, progress)
             mapw.commit()
+            blocksw.commit()
             files["map.bin"] = {"size": mapw.size, "crcs": mapw.crcs, "kind": "layout"}
+            files["blocks.i64"] = {"size": blocksw.size, "crcs": blocksw.crcs, "kind": "layout"}
         for fd, name, total in ((fd4, "l4.dat", cursor["l4"]), (fd3, "l3.dat", cursor["l3"])):
             os.ftruncate(fd, total)
             os.fsync(fd)
@@ -230,8 +217,8 @@ def _record_segment(
     rb: int,
     id_dt: np.dtype[Any],
 ) -> None:
-    n3 = len(sp.l3_ids)
-    segs[si] = (sp.first_batch, len(sp.batches), cursor["l3"], n3, 0)
+    n3 = 0 if sp.blocks else len(sp.l3_ids)
+    segs[si, :5] = (sp.first_batch, len(sp.batches), cursor["l3"], n3, 0)
     if n3:
         group.l3_ids.append(sp.l3_ids)
         group.l3_seg.append(si)

@@ -1,13 +1,14 @@
-"""The layout planner: a pure function of a trace and budgets (nothing here touches a disk).
+"""The layout planner's types and per-segment work: pure functions of a trace (no disk).
 
-Given how often each node is read and, per batch, which nodes it reads, the
-planner decides:
+Given how often each node is read and, per batch, which nodes it reads:
 
 * the hot set, by access count: the hottest rows in L1 (device), the next in
-  L2 (host), as far as each budget allows;
-* the segment length: the smallest number of consecutive batches whose shared
-  extent (L3: cold rows read by >= 2 batches of the segment, stored once)
-  keeps disk blowup under the cap; length 1 means no L3;
+  L2 (host), as far as each budget allows (:func:`hot_sets`);
+* the segments (chosen under the disk and memory budgets by
+  :mod:`featdb.layout.budget`): runs of consecutive batches that are either
+  packed (a shared L3 extent of the cold rows read by >= 2 of their batches,
+  stored once, and one L4 extent per batch) or *blocks* (nothing stored: the
+  segment's cold rows are read from the base table as one sorted set);
 * for each batch (computed on demand by :func:`assign_segment`), the serving
   order of its input rows: L4 rows first (sorted by node id, exactly the bytes
   of its batch extent), then L3 rows, then L2, then L1 — so the extent can be
@@ -19,8 +20,9 @@ segment's batches that read them, so rows read together share pages.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,11 +30,13 @@ from numpy.typing import NDArray
 
 from ..errors import ConfigError, InvalidInputError
 from ..io import PAGE, round_up
+from ..runs import bytes_read
+from ..tables import HEADER_BYTES
 
-POLICIES = ("full", "pack-only", "hot-only", "none")
+POLICIES = ("full", "pack-only", "blocks", "hot-only", "none")
 L4, L3, L2, L1 = 0, 1, 2, 3
 MINHASH_K = 3
-SEGMENT_CACHE_BYTES = 512 << 20  # the reader's default budget for whole L3 extents in memory
+SEGMENT_CACHE_BYTES = 512 << 20  # default memory for whole segments while serving (two: one read ahead)
 _PRIME = (1 << 31) - 1  # a * batch index stays inside int64
 
 Trace = Callable[[Sequence[int]], Iterable[NDArray[Any]]]  # batch ids -> their input ids, in order
@@ -45,16 +49,21 @@ class Budgets:
     max_blowup: float | None = None
     policy: str = "full"
     seed: int = 0
+    segment_cache: int = SEGMENT_CACHE_BYTES
 
     def validate(self) -> None:
         if self.policy not in POLICIES:
             raise InvalidInputError(f"policy {self.policy!r}: one of {', '.join(POLICIES)}")
-        if self.device_cache < 0 or self.host_cache < 0:
+        if self.device_cache < 0 or self.host_cache < 0 or self.segment_cache < 0:
             raise InvalidInputError("cache sizes must not be negative")
-        if self.max_blowup is not None and self.max_blowup < 1.0:
-            raise ConfigError(
-                f"--max-blowup {self.max_blowup}: every cold row must be stored once, so the cap must be at least 1"
-            )
+        if self.max_blowup is not None and not self.max_blowup >= 0.0:  # NaN fails too
+            raise ConfigError(f"--max-blowup {self.max_blowup}: a number of table copies, 0 or more")
+
+    @property
+    def segment_limit(self) -> int:
+        """The largest segment held whole in memory: half the segment cache, so the next one
+        can be read ahead while it is served."""
+        return self.segment_cache // 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +76,25 @@ class Placement:
     policy: str
     l1_ids: NDArray[Any]  # sorted node ids held in device memory
     l2_ids: NDArray[Any]  # sorted node ids held in host memory
-    segment_len: int  # consecutive batches sharing one L3 extent (1: no L3)
+    segment_len: int  # consecutive batches sharing one L3 extent (1: no L3); the longest when bounds are set
     seed: int
     predictions: dict[str, Any] = field(default_factory=dict)
+    bounds: NDArray[Any] | None = None  # first batch of each segment, then num_batches (None: segment_len apart)
+    blocks: NDArray[Any] | None = None  # per segment: True where its rows are read from the base table
+    segment_cache: int = SEGMENT_CACHE_BYTES
 
     @property
     def packs(self) -> bool:
+        """Whether cold rows are copied into extents (some segments may still be blocks)."""
         return self.policy in ("full", "pack-only")
+
+    @property
+    def segmented(self) -> bool:
+        """Whether cold rows are served through segments (packed extents or blocks of the base table)."""
+        return self.packs or self.policy == "blocks"
+
+    def is_blocks(self, si: int) -> bool:
+        return self.policy == "blocks" or (self.blocks is not None and bool(self.blocks[si]))
 
     def tier_map(self) -> NDArray[Any]:
         """int8 per node: L1, L2, else L4 (cold; L3 membership is per segment)."""
@@ -83,6 +104,9 @@ class Placement:
         return tier
 
     def segments(self) -> list[tuple[int, int]]:
+        if self.bounds is not None:
+            b = self.bounds.tolist()
+            return list(itertools.pairwise(b))
         s = max(1, self.segment_len)
         return [(lo, min(self.num_batches, lo + s)) for lo in range(0, self.num_batches, s)]
 
@@ -103,8 +127,9 @@ class BatchPlan:
 @dataclass(frozen=True, slots=True)
 class SegmentPlan:
     first_batch: int
-    l3_ids: NDArray[Any]  # node ids of the shared extent, in stored (MinHash) order
+    l3_ids: NDArray[Any]  # node ids of the shared extent, in stored (MinHash) order; blocks: sorted
     batches: tuple[BatchPlan, ...]
+    blocks: bool = False  # the segment's rows are read from the base table, not stored
 
 
 def hot_sets(counts: NDArray[Any], row_bytes: int, budgets: Budgets) -> tuple[NDArray[Any], NDArray[Any]]:
@@ -120,72 +145,6 @@ def hot_sets(counts: NDArray[Any], row_bytes: int, budgets: Budgets) -> tuple[ND
     return np.sort(rank[:n1]), np.sort(rank[n1 : n1 + n2])
 
 
-def stored_rows(trace: Trace, num_batches: int, tier: NDArray[Any], seg_len: int) -> int:
-    """Rows stored in L3 + L4 for a segment length: each segment stores its distinct cold rows once."""
-    last = np.full(len(tier), -1, dtype=np.int32)  # per node: the last segment that stored it
-    total = 0
-    for b, ids in enumerate(trace(range(num_batches))):
-        cold = ids[tier[ids] == L4]
-        seg = b // seg_len
-        fresh = cold[last[cold] != seg]
-        last[fresh] = seg
-        total += len(fresh)
-    return total
-
-
-def choose_segment_len(
-    trace: Trace, num_batches: int, tier: NDArray[Any], cap: float | None, num_nodes: int
-) -> tuple[int, dict[int, float]]:
-    """The smallest segment length whose blowup is within ``cap`` (doubling, then bisection)."""
-    tried: dict[int, float] = {}
-
-    def blowup(s: int) -> float:
-        if s not in tried:
-            tried[s] = stored_rows(trace, num_batches, tier, s) / num_nodes
-        return tried[s]
-
-    if cap is None or blowup(1) <= cap:
-        return 1, tried
-    hi = 2
-    while hi < num_batches and blowup(hi) > cap:
-        hi *= 2
-    hi = min(hi, num_batches)
-    if blowup(hi) > cap:
-        raise ConfigError(
-            f"no segment length keeps blowup within {cap} (best {blowup(hi):.2f} "
-            f"with all {num_batches} batches in one segment)"
-        )
-    lo = hi // 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if blowup(mid) <= cap:
-            hi = mid
-        else:
-            lo = mid
-    return hi, tried
-
-
-def plan(
-    counts: NDArray[Any], trace: Trace, num_batches: int, row_bytes: int, budgets: Budgets, predict_costs: bool = True
-) -> Placement:
-    """Plan a layout and (unless ``predict_costs`` is false) predict what serving it will cost.
-
-    The packer passes ``predict_costs=False`` and accumulates the same
-    predictions with a :class:`Predictor` during its own pass over the segments.
-    """
-    budgets.validate()
-    num_nodes = len(counts)
-    l1, l2 = hot_sets(counts, row_bytes, budgets)
-    placement = Placement(num_nodes, row_bytes, num_batches, budgets.policy, l1, l2, 1, budgets.seed)
-    tried: dict[int, float] = {}
-    if placement.packs:
-        seg_len, tried = choose_segment_len(trace, num_batches, placement.tier_map(), budgets.max_blowup, num_nodes)
-        placement = replace(placement, segment_len=seg_len)
-    preds = predict(placement, trace) if predict_costs else {}
-    preds["segment_blowups_tried"] = {str(k): round(v, 4) for k, v in sorted(tried.items())}
-    return replace(placement, predictions=preds)
-
-
 def _minhash(n_rows: int, batch_rows: Sequence[NDArray[Any]], seed: int) -> NDArray[Any]:
     """Per row (0..n_rows-1), MINHASH_K minima of hashed indices of the batches that read it."""
     rng = np.random.default_rng([seed, 7])
@@ -199,16 +158,27 @@ def _minhash(n_rows: int, batch_rows: Sequence[NDArray[Any]], seed: int) -> NDAr
 
 
 def assign_segment(
-    p: Placement, first_batch: int, inputs: Sequence[NDArray[Any]], tier: NDArray[Any], scratch: NDArray[Any]
+    p: Placement,
+    first_batch: int,
+    inputs: Sequence[NDArray[Any]],
+    tier: NDArray[Any],
+    scratch: NDArray[Any],
+    blocks: bool = False,
 ) -> SegmentPlan:
     """Per batch serving order and tier positions for one segment of consecutive batches.
 
     ``tier`` is :meth:`Placement.tier_map`; ``scratch`` an int64 array of
-    ``num_nodes`` entries, all -1, returned to all -1.
+    ``num_nodes`` entries, all -1, returned to all -1. A ``blocks`` segment
+    stores nothing: all its cold rows, sorted, are read from the base table
+    as one set and its batches gather from that (their "L3" rows).
     """
-    cold = [ids[tier[ids] == L4] for ids in inputs] if p.packs else [ids[:0] for ids in inputs]
-    l3_ids = _shared_rows(cold) if len(inputs) > 1 else np.zeros(0, dtype=np.int64)
-    if len(l3_ids):
+    cold = [ids[tier[ids] == L4] for ids in inputs] if p.segmented else [ids[:0] for ids in inputs]
+    if blocks:
+        l3_ids = np.unique(np.concatenate(cold)) if cold else np.zeros(0, dtype=np.int64)
+        scratch[l3_ids] = np.arange(len(l3_ids))
+    else:
+        l3_ids = _shared_rows(cold) if len(inputs) > 1 else np.zeros(0, dtype=np.int64)
+    if len(l3_ids) and not blocks:
         scratch[l3_ids] = np.arange(len(l3_ids))
         sig = _minhash(len(l3_ids), [scratch[c[scratch[c] >= 0]] for c in cold], p.seed)
         l3_ids = l3_ids[np.lexsort(sig[::-1])]
@@ -216,7 +186,7 @@ def assign_segment(
     plans = tuple(_assign_batch(p, ids, tier, scratch) for ids in inputs)
     if len(l3_ids):
         scratch[l3_ids] = -1
-    return SegmentPlan(first_batch, l3_ids, plans)
+    return SegmentPlan(first_batch, l3_ids, plans, blocks)
 
 
 def _shared_rows(cold: Sequence[NDArray[Any]]) -> NDArray[Any]:
@@ -232,11 +202,11 @@ def _shared_rows(cold: Sequence[NDArray[Any]]) -> NDArray[Any]:
 def _assign_batch(p: Placement, ids: NDArray[Any], tier: NDArray[Any], l3pos: NDArray[Any]) -> BatchPlan:
     t = tier[ids]
     pos = np.arange(len(ids), dtype=np.int64)
-    in3 = (t == L4) & (l3pos[ids] >= 0) if p.packs else np.zeros(len(ids), dtype=bool)
+    in3 = (t == L4) & (l3pos[ids] >= 0) if p.segmented else np.zeros(len(ids), dtype=bool)
     m4 = (t == L4) & ~in3
     p4 = pos[m4][np.argsort(ids[m4], kind="stable")]
     p3, p2, p1 = pos[in3], pos[t == L2], pos[t == L1]
-    if not p.packs:  # hot-only and none: cold rows come from the base table
+    if not p.segmented:  # hot-only and none: cold rows come from the base table
         p4, p3 = pos[:0], pos[m4]
     order = np.concatenate([p4, p3, p2, p1])
     return BatchPlan(
@@ -246,7 +216,7 @@ def _assign_batch(p: Placement, ids: NDArray[Any], tier: NDArray[Any], l3pos: ND
         len(p2),
         len(p1),
         ids[p4],
-        l3pos[ids[p3]] if p.packs else ids[p3],
+        l3pos[ids[p3]] if p.segmented else ids[p3],
         np.searchsorted(p.l2_ids, ids[p2]),
         np.searchsorted(p.l1_ids, ids[p1]),
     )
@@ -255,29 +225,40 @@ def _assign_batch(p: Placement, ids: NDArray[Any], tier: NDArray[Any], l3pos: ND
 class Predictor:
     """Accumulates blowup, rows per tier and disk bytes over segment plans as they are made.
 
-    L3 cost follows the reader: a segment's whole shared extent is read once
-    when it fits the reader's segment cache, else each batch reads its pages.
+    Segment costs follow the reader: a segment held whole in memory (its shared
+    extent, or a blocks segment's rows) is read once, when it fits the segment
+    cache; else each batch reads its own pages.
     """
 
-    def __init__(self, p: Placement, segment_cache_bytes: int = SEGMENT_CACHE_BYTES) -> None:
+    def __init__(self, p: Placement) -> None:
         self.p = p
-        self.segment_cache_bytes = segment_cache_bytes
         self.stored = self.disk_rows = self.l4_bytes = self.l3_bytes = self.l3_page_bytes = 0
+        self.segments = self.blocks_segments = self.largest_segment = 0
         self.rows = {"l1": 0, "l2": 0, "l3": 0, "l4": 0}
 
     def add(self, seg: SegmentPlan) -> None:
-        rb = self.p.row_bytes
-        self.stored += len(seg.l3_ids) + sum(bp.n4 for bp in seg.batches)
+        p, rb = self.p, self.p.row_bytes
+        self.stored += (0 if seg.blocks else len(seg.l3_ids)) + sum(bp.n4 for bp in seg.batches)
+        in_extent = p.packs and not seg.blocks  # positions into a packed extent, else base-table rows
         pages = 0
         for bp in seg.batches:
             for tier, n in (("l1", bp.n1), ("l2", bp.n2), ("l3", bp.n3), ("l4", bp.n4)):
                 self.rows[tier] += n
             self.disk_rows += bp.n3 + bp.n4
             self.l4_bytes += round_up(bp.n4 * rb)
-            pages += _pages_touched(bp.l3_rows, rb, self.p.packs) * PAGE
-        extent = round_up(len(seg.l3_ids) * rb)
+            if seg.blocks:  # the reader fetches just these rows when the segment is too large to hold
+                pages += bytes_read(HEADER_BYTES + np.unique(seg.l3_ids[bp.l3_rows]) * rb, rb)
+            else:
+                pages += _pages_touched(bp.l3_rows, rb, in_extent) * PAGE
+        held = len(seg.l3_ids) * rb if seg.blocks else round_up(len(seg.l3_ids) * rb)
+        self.segments += 1
+        self.blocks_segments += seg.blocks
+        self.largest_segment = max(self.largest_segment, held)
         self.l3_page_bytes += pages
-        self.l3_bytes += extent if self.p.packs and 0 < extent <= self.segment_cache_bytes else pages
+        if p.segmented and 0 < held <= p.segment_cache:
+            self.l3_bytes += bytes_read(HEADER_BYTES + seg.l3_ids * rb, rb) if seg.blocks else held
+        else:
+            self.l3_bytes += pages
 
     def result(self) -> dict[str, Any]:
         p, total = self.p, sum(self.rows.values())
@@ -295,6 +276,10 @@ class Predictor:
             "predicted_amplification_l3_by_page": round((self.l4_bytes + self.l3_page_bytes) / need, 4)
             if need
             else 0.0,
+            "segments": self.segments,
+            "blocks_segments": self.blocks_segments,
+            "largest_segment_bytes": self.largest_segment,
+            "segment_cache_bytes": p.segment_cache,
         }
 
 
@@ -303,8 +288,8 @@ def predict(p: Placement, trace: Trace) -> dict[str, Any]:
     tier = p.tier_map()
     scratch = np.full(p.num_nodes, -1, dtype=np.int32)
     acc = Predictor(p)
-    for lo, hi in p.segments():
-        acc.add(assign_segment(p, lo, list(trace(range(lo, hi))), tier, scratch))
+    for si, (lo, hi) in enumerate(p.segments()):
+        acc.add(assign_segment(p, lo, list(trace(range(lo, hi))), tier, scratch, p.is_blocks(si)))
     return acc.result()
 
 

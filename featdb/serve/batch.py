@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import CorruptDataError
 from ..sampling.sampleset import SampleSet
 
 
@@ -66,3 +67,21 @@ class Once:
             if self._fn is not None:
                 self._fn(self._arg)
                 self._fn = None
+
+
+def read_map(
+    fd: int, path: Any, off: int, counts: tuple[int, int, int, int], id_dt: np.dtype[Any]
+) -> tuple[NDArray[Any], ...]:
+    """One batch's map record: serving order, L3 rows, L2 slots, L1 slots (each as int64)."""
+    n4, n3, n2, n1 = counts
+    n = n4 + n3 + n2 + n1
+    sizes = [4 * n, id_dt.itemsize * n3, 4 * n2, 4 * n1]
+    raw = os.pread(fd, sum(sizes), off)
+    if len(raw) != sum(sizes):
+        raise CorruptDataError(f"{path}: short read at {off}")
+    parts, pos = [], 0
+    i4 = np.dtype("<i4")
+    for size, dt in zip(sizes, (i4, id_dt, i4, i4), strict=True):
+        parts.append(np.frombuffer(raw, dtype=dt, count=size // dt.itemsize, offset=pos).astype(np.int64))
+        pos += size
+    return tuple(parts)

@@ -12,6 +12,7 @@ their segment extent; hot rows are gathered from memory into their slices.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 import weakref
@@ -28,8 +29,6 @@ from ..io import (
     PageFile,
     ScratchBuffers,
     aligned_buffer,
-    read_pieces,
-    read_scattered,
     round_up,
     start_pieces,
     take_rows,
@@ -42,10 +41,11 @@ from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import TableReader, check_ids, check_index, id_dtype
 from ..units import format_size
-from .batch import BatchRows, Fd, Once
+from .batch import BatchRows, Fd, Once, read_map
 from .dynamic import RowCache
 from .pool import BufferPool
-from .segments import SegmentCache
+from .segments import segment_cache_for
+from .segread import SegmentReader, segment_bytes, segment_index
 from .stats import ServeStats
 from .tiers import check_budget, lookup, resolve_device
 
@@ -69,7 +69,7 @@ class LayoutReader:
         cache_bytes: int = 0,
         cache_policy: str = "lru",
         buffer_timeout: float = 120.0,
-        segment_cache_bytes: int = 512 << 20,
+        segment_cache_bytes: int | None = None,
         memory_budget: int | MemoryBudget | None = None,
     ) -> None:
         self.store = store
@@ -94,7 +94,7 @@ class LayoutReader:
                 segment_cache_bytes,
             )
         except BaseException:
-            for pool in (getattr(self, "_exec", None), getattr(self, "_io", None)):
+            for pool in (getattr(self, "_exec", None), getattr(self, "_io", None), getattr(self, "_ahead", None)):
                 if pool is not None:
                     pool.shutdown(wait=False)
             LayoutReader._cleanup(self._pin, self._files)
@@ -113,7 +113,7 @@ class LayoutReader:
         cache_bytes: int,
         cache_policy: str,
         buffer_timeout: float,
-        segment_cache_bytes: int,
+        segment_cache_bytes: int | None,
     ) -> None:
         doc = self.doc = self._pin.doc
         if sample_set is not None and sample_set != doc["sample_set"]:
@@ -126,18 +126,22 @@ class LayoutReader:
             raise ConfigError(f"table {doc['table']!r} was replaced after the layout was packed: repack")
         self.gen_dir = self.store.root / generation.GENS / doc["id"]
         self.dtype, self.dim, self.rb = np.dtype(doc["dtype"]), int(doc["dim"]), int(doc["row_bytes"])
-        self.policy, self.packed = doc["policy"], doc["policy"] in ("full", "pack-only")
+        self.policy = doc["policy"]
+        self.segmented = doc["policy"] in ("full", "pack-only", "blocks")
         self.id_dt = id_dtype(int(doc["num_nodes"]))
         self.batches = self._index("batches.i64", 8, doc["num_batches"])
-        self.segs = self._index("segments.i64", 5, None)
+        self.segs = segment_index(np.fromfile(self.gen_dir / "segments.i64", dtype="<i8"), doc.get("segment_cols", 5))
         self.l1_ids = np.fromfile(self.gen_dir / "l1_ids.i64", dtype="<i8")
         self.l2_ids = np.fromfile(self.gen_dir / "l2_ids.i64", dtype="<i8")
         check_budget("host", len(self.l2_ids) * self.rb, host_cache)
         check_budget("device", len(self.l1_ids) * self.rb, device_cache)
         nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
-        queue_depth = self._charge(device, cache_bytes, round_up(nmax * self.rb) + PAGE, queue_depth)
-        largest = round_up(int(self.segs[:, 3].max(initial=0)) * self.rb) if self.packed else 0
-        self.segments = SegmentCache(self.memory.fit("L3 segment cache", min(segment_cache_bytes, largest)))
+        largest = segment_bytes(self.segs, self.rb).max(initial=0) if self.segmented else 0
+        seg_want = min(
+            int(self.doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes,
+            2 * int(largest),
+        )
+        queue_depth = self._charge(device, cache_bytes, round_up(nmax * self.rb) + PAGE, queue_depth, seg_want)
         self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
         self.host = self._load_rows("host.tbl")
         self.device, self.l1 = self._load_device(device)
@@ -147,6 +151,16 @@ class LayoutReader:
         self._map_fd = os.open(self.gen_dir / "map.bin", os.O_RDONLY)
         self._files.append(Fd(self._map_fd))
         self.stats = ServeStats(self.rb)
+        self._io = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="featdb-io")
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-read-ahead")
+        self.seg_reader = self._add(
+            SegmentReader(
+                self.segs, self.rb, self.l3, self.base, self.gen_dir / "blocks.i64", self._io, threads, self.stats
+            )
+        )
+        want = int(doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes
+        self.segments = segment_cache_for(self.memory, self.seg_reader.largest() if self.segmented else 0, want)
+        self._next: dict[int, int] = {}
         self.stats.caches["segments"] = self.segments
         if self.cache is not None:
             self.stats.caches["rows"] = self.cache
@@ -155,15 +169,14 @@ class LayoutReader:
         self._exec = ThreadPoolExecutor(max_workers=max(1, queue_depth), thread_name_prefix="featdb-batch")
         self._threads = threads
         self._scratch = ScratchBuffers()
-        self._io = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="featdb-io")
         self._sample_set: SampleSet | None = None
 
-    def _charge(self, device: str, cache_bytes: int, buffer_bytes: int, queue_depth: int) -> int:
+    def _charge(self, device: str, cache_bytes: int, buffer_bytes: int, queue_depth: int, segments: int) -> int:
         """Charge what serving holds to the memory budget; returns the queue depth that fits.
 
         Fixed: the index arrays, the host tier (and the device tier when it stays on the
         host), the row cache, one page-read scratch buffer per batch in flight. Flexible:
-        the queue depth (read buffers are depth + 2) and, from what is left, the L3 cache.
+        the queue depth (read buffers are depth + 2) from what the segment cache leaves.
         """
         m = self.memory
         m.charge("reader index", sum(a.nbytes for a in (self.batches, self.segs, self.l1_ids, self.l2_ids)))
@@ -172,7 +185,8 @@ class LayoutReader:
             m.charge("device tier (L1), on the host", len(self.l1_ids) * self.rb)
         if cache_bytes:
             m.charge("row cache", cache_bytes)
-        depth = max(1, min(queue_depth, (m.left() - 2 * buffer_bytes) // (buffer_bytes + PAGE_SCRATCH_BYTES)))
+        room = m.left() - 2 * buffer_bytes - segments  # whole segments come first: they save the most reads
+        depth = max(1, min(queue_depth, room // (buffer_bytes + PAGE_SCRATCH_BYTES)))
         m.charge(f"read buffers ({depth + 2} x {format_size(buffer_bytes)})", (depth + 2) * buffer_bytes)
         m.charge("page-read scratch", depth * PAGE_SCRATCH_BYTES)
         m.check()
@@ -222,7 +236,24 @@ class LayoutReader:
         rank = np.empty(int(segs.max(initial=0)) + 1, dtype=np.int64)
         rank[segs] = rng.permutation(len(segs))
         order: list[int] = ids[np.lexsort((rng.random(len(ids)), rank[seg]))].tolist()
+        self.expect(order)
         return order
+
+    def expect(self, batch_ids: Sequence[int]) -> None:
+        """Tell the reader the order batches will be asked for, so that while one segment is
+        served the next one held whole (skipping packed batches, which need none) is read
+        ahead. :meth:`epoch_order` does; without it, segments in id order are assumed."""
+        segs = self.batches[np.asarray(batch_ids, dtype=np.int64), 7]
+        keep = np.ones(len(segs), dtype=bool)
+        keep[1:] = segs[1:] != segs[:-1]
+        run = [s for s in segs[keep].tolist() if self._held_whole(s)]
+        self._next.update(itertools.pairwise(run))
+        if run:
+            self._next[run[-1]] = -1
+            self.segments.prefetch(run[0], self.seg_reader.nbytes(run[0]), self.seg_reader.load, self._ahead, keep=-1)
+
+    def _held_whole(self, seg: int) -> bool:
+        return self.segmented and bool(self.segs[seg, 3] or self.segs[seg, 6])
 
     def read_batch(self, b: int, _ticket: int | None = None) -> BatchRows:
         """Batch ``b``'s input rows, in serving order (see :class:`BatchRows`)."""
@@ -286,18 +317,7 @@ class LayoutReader:
         return self._sample_set.batch(b).reordered(order)
 
     def _map(self, off: int, n4: int, n3: int, n2: int, n1: int) -> tuple[NDArray[Any], ...]:
-        n = n4 + n3 + n2 + n1
-        sizes = [4 * n, self.id_dt.itemsize * n3, 4 * n2, 4 * n1]
-        raw = os.pread(self._map_fd, sum(sizes), off)
-        if len(raw) != sum(sizes):
-            raise CorruptDataError(f"{self.gen_dir / 'map.bin'}: short read at {off}")
-        parts, pos = [], 0
-        i4 = np.dtype("<i4")
-        dtypes: tuple[np.dtype[Any], ...] = (i4, self.id_dt, i4, i4)
-        for size, dt in zip(sizes, dtypes, strict=True):
-            parts.append(np.frombuffer(raw, dtype=dt, count=size // np.dtype(dt).itemsize, offset=pos).astype(np.int64))
-            pos += size
-        return tuple(parts)
+        return read_map(self._map_fd, self.gen_dir / "map.bin", off, (n4, n3, n2, n1), self.id_dt)
 
     def _start_l4(self, buf: Any, n4: int, off: int) -> Callable[[], None]:
         """Start reading the batch extent straight into the head of ``buf``: one sequential
@@ -330,37 +350,27 @@ class LayoutReader:
         if not len(rows):
             return
         t = time.perf_counter()
-        if not self.packed:
+        if not self.segmented:
             nbytes = self.base.read_counted(rows, out.view(self.dtype).reshape(len(rows), self.dim))
             self.stats.add("base", len(rows), nbytes, time.perf_counter() - t)
             return
-        extent, nbytes = self.segments.get(seg, self._segment_bytes(seg), self._load_segment)
-        if extent is not None:  # the whole shared extent is in memory: a gather
-            take_rows(extent, rows, out)
-            self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
+        sr = self.seg_reader
+        extent = self.segments.get(seg, sr.nbytes(seg), sr.load)
+        self._read_ahead(seg)
+        if extent is None:  # too large to hold: only this batch's pages
+            sr.read_rows(seg, rows, out)
             return
-        uniq, inv = np.unique(rows, return_inverse=True)
-        nbytes = read_scattered(
-            self.l3,
-            self._io,
-            self._threads,
-            self._scratch,
-            int(self.segs[seg, 2]) + uniq * self.rb,
-            self.rb,
-            out,
-            order=inv,
-        )
-        self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
+        t = time.perf_counter()
+        take_rows(extent, rows, out)
+        self.stats.add("base" if sr.is_blocks(seg) else "l3", len(rows), 0, time.perf_counter() - t)
 
-    def _segment_bytes(self, seg: int) -> int:
-        return round_up(int(self.segs[seg, 3]) * self.rb)
-
-    def _load_segment(self, seg: int) -> NDArray[Any]:
-        """One sequential read of a segment's whole shared extent (kept while its batches are served)."""
-        buf = aligned_buffer(self._segment_bytes(seg))
-        read_pieces(self.l3, self._io, memoryview(buf), int(self.segs[seg, 2]), L4_PIECE)
-        n = int(self.segs[seg, 3])
-        return np.frombuffer(buf, dtype=np.uint8, count=n * self.rb).reshape(n, self.rb)
+    def _read_ahead(self, seg: int) -> None:
+        nxt = self._next.get(seg)
+        if nxt is None:  # no order given: the next segment in id order that is held whole
+            nxt = next((s for s in range(seg + 1, min(len(self.segs), seg + 64)) if self._held_whole(s)), -1)
+        if nxt >= 0:
+            sr = self.seg_reader
+            self.segments.prefetch(nxt, sr.nbytes(nxt), sr.load, self._ahead, keep=seg)
 
     def _gather(self, tier: str, src: NDArray[Any], slots: NDArray[Any], out: NDArray[Any]) -> None:
         if not len(slots):
@@ -414,6 +424,7 @@ class LayoutReader:
 
     def close(self) -> None:
         self._exec.shutdown(wait=True)
+        self._ahead.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self._finalizer()
 

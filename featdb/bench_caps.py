@@ -1,0 +1,195 @@
+"""``featdb bench caps``: epoch time and disk bytes against the disk budget, in one run.
+
+For each cap (uncapped, then each ``--max-blowup``; 0 is the blocks policy,
+nothing stored) the store is packed, the page cache dropped, and
+``featdb-train`` run for a few epochs; the in-memory baseline runs once beside
+them. Every step is a separate process, optionally under one cgroup memory cap.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .bench_train import _featdb, _step
+from .cgroup import MemoryCap, command_path
+from .errors import ConfigError
+
+Say = Callable[[str], None]
+
+
+def parse_caps(text: str) -> list[float | None]:
+    """``none,5,3,2,0`` -> [None, 5.0, 3.0, 2.0, 0.0]."""
+    caps: list[float | None] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part.lower() in ("none", "uncapped"):
+            caps.append(None)
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise ConfigError(f"--caps {text!r}: numbers (table copies) or 'none'") from None
+        if not v >= 0 or v == float("inf"):
+            raise ConfigError(f"--caps {text!r}: {part} is not a finite number of at least 0")
+        caps.append(v)
+    if not caps:
+        raise ConfigError("--caps: give at least one cap")
+    return caps
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run(
+    store: Path,
+    sample_set: str,
+    caps: Sequence[float | None],
+    host_cache: int,
+    segment_cache: int,
+    epochs: int,
+    memory_budget: int,
+    memory_cap: int | None,
+    baseline: bool,
+    say: Say,
+) -> dict[str, Any]:
+    cap = MemoryCap(memory_cap, "featdb-bench-caps")
+    runs: list[dict[str, Any]] = []
+    try:
+        for c in caps:
+            label = "uncapped" if c is None else f"cap {c:g}"
+            argv = _featdb("pack", store, "--sample-set", sample_set, "--host-cache", host_cache)
+            argv += ["--segment-cache", str(segment_cache), "--memory-budget", str(memory_budget)]
+            if c is not None:
+                argv += ["--max-blowup", f"{c:g}"]
+            packed = _step(cap, argv, store, say, f"{label}: pack")
+            doc = packed["summary"] or {}
+            train = _step(
+                cap, _train(store, sample_set, "featdb", epochs, memory_budget), store, say, f"{label}: train"
+            )
+            runs.append(_result(c, packed, doc, train, store))
+        base = None
+        if baseline:
+            step = _step(cap, _train(store, sample_set, "in-memory", epochs, 0), store, say, "in-memory")
+            base = _train_result(step)
+    finally:
+        cap.close()
+    ref = next((r for r in runs if r["cap"] is None and r["epoch_s"]), None)
+    for r in runs:
+        r["epoch_over_uncapped"] = _ratio(r["epoch_s"], ref["epoch_s"]) if ref else None
+        r["epoch_over_inmemory"] = _ratio(r["epoch_s"], base["epoch_s"]) if base else None
+    return {
+        "store": str(store),
+        "sample_set": sample_set,
+        "host_cache": host_cache,
+        "segment_cache": segment_cache,
+        "epochs": epochs,
+        "memory_budget": memory_budget,
+        "capped": cap.capped,
+        "cap_bytes": cap.limit if cap.capped else None,
+        "runs": runs,
+        "in_memory": base,
+    }
+
+
+def _train(store: Path, sample_set: str, loader: str, epochs: int, budget: int) -> list[str]:
+    argv = [command_path("featdb-train"), str(store), "--sample-set", sample_set, "--loader", loader]
+    argv += ["--epochs", str(epochs), "--json", "-q", "--checkpoint", str(store.parent / f"{store.name}-caps.pt")]
+    return argv + (["--memory-budget", str(budget)] if budget else [])
+
+
+def _train_result(step: dict[str, Any]) -> dict[str, Any]:
+    s = step["summary"] or {}
+    epochs = s.get("epoch_s") or []
+    return {
+        "completed": step["completed"],
+        "error": step.get("error"),
+        "epoch_s": round(statistics.mean(epochs), 3) if epochs else None,
+        "epochs_s": epochs,
+        "eval_s": round(statistics.mean(s["eval_s"]), 3) if s.get("eval_s") else None,
+        "measured_amplification": s.get("epoch_read_amplification"),
+        "io_read_bytes_per_epoch": s.get("epoch_io_read_bytes"),
+        "test_acc": s.get("test_acc"),
+        "peak_rss_bytes": step["peak_rss_bytes"],
+    }
+
+
+def _result(
+    c: float | None, packed: dict[str, Any], doc: dict[str, Any], train: dict[str, Any], store: Path
+) -> dict[str, Any]:
+    gen = store / "gens" / str(doc.get("id", ""))
+    pred = doc.get("predictions") or {}
+    res = {
+        "cap": c,
+        "packed": packed["completed"],
+        "pack_s": doc.get("pack_s"),
+        "pack_peak_rss_bytes": packed["peak_rss_bytes"],
+        "blowup": doc.get("blowup"),
+        "layout_disk_bytes": _dir_bytes(gen) if doc.get("id") and gen.is_dir() else None,
+        "segments": doc.get("segments"),
+        "blocks_segments": doc.get("blocks_segments"),
+        "predicted_amplification": doc.get("predicted_amplification"),
+        "predicted_disk_bytes_per_pass": pred.get("disk_bytes_per_pass"),
+        "candidates": pred.get("candidates"),
+        "warnings": doc.get("warnings"),
+    } | _train_result(train)
+    amp = res["measured_amplification"]
+    if amp and res["predicted_amplification"]:
+        res["measured_over_predicted"] = _ratio(statistics.mean(amp), res["predicted_amplification"])
+    return res
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def render(res: dict[str, Any]) -> str:
+    lines = [
+        f"{res['store']} / {res['sample_set']}: host cache {res['host_cache'] >> 20} MiB, segment cache "
+        f"{res['segment_cache'] >> 20} MiB, {res['epochs']} epochs"
+        + (f", cap {res['cap_bytes'] >> 20} MiB" if res["capped"] else ""),
+        f"{'cap':>8} {'blowup':>7} {'layout GB':>9} {'epoch s':>8} {'x uncap':>7} {'x in-mem':>8} "
+        f"{'amp pred':>8} {'amp meas':>8} {'test acc':>8}",
+    ]
+    for r in res["runs"]:
+        amp = r["measured_amplification"]
+        lines.append(
+            f"{'none' if r['cap'] is None else format(r['cap'], 'g'):>8} {r['blowup'] or 0:>7} "
+            f"{(r['layout_disk_bytes'] or 0) / 1e9:>9.2f} {r['epoch_s'] or float('nan'):>8} "
+            f"{r['epoch_over_uncapped'] or float('nan'):>7} {r['epoch_over_inmemory'] or float('nan'):>8} "
+            f"{r['predicted_amplification'] or float('nan'):>8} "
+            f"{statistics.mean(amp) if amp else float('nan'):>8.3f} {r['test_acc'] or float('nan'):>8}"
+        )
+    if res["in_memory"]:
+        b = res["in_memory"]
+        lines.append(f"in-memory baseline: {b['epoch_s']} s per epoch, test acc {b['test_acc']}")
+    return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], out_dir: Path) -> list[str]:
+    """epoch time and layout bytes against the cap (one PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in res["runs"] if r["epoch_s"]]
+    labels = ["none" if r["cap"] is None else f"{r['cap']:g}x" + (" (blocks)" if r["cap"] == 0 else "") for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(labels, [r["epoch_s"] for r in runs], color="tab:blue", label="featdb epoch")
+    if res["in_memory"] and res["in_memory"]["epoch_s"]:
+        ax.axhline(res["in_memory"]["epoch_s"], color="tab:red", ls="--", label="in-memory epoch")
+    ax.set_xlabel("disk cap (--max-blowup)")
+    ax.set_ylabel("seconds per epoch")
+    ax2 = ax.twinx()
+    ax2.plot(labels, [(r["layout_disk_bytes"] or 0) / 1e9 for r in runs], "o-", color="tab:green", label="layout GB")
+    ax2.set_ylabel("layout on disk (GB)")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "epoch_vs_disk_cap.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [str(path)]
