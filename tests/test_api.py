@@ -83,6 +83,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
             "locks",
             "records",
             "integrity",
+            "pagesums",
             "runs",
         ),
         0,
@@ -92,7 +93,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
     "sampling": 3,
     "layout": 4,
     "serve": 5,
-    **dict.fromkeys(("bench", "bench_train", "bench_plots", "cgroup", "cli"), 6),
+    **dict.fromkeys(("bench", "bench_train", "bench_caps", "bench_plots", "cgroup", "cli"), 6),
 }
 
 
