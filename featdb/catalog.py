@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,7 +120,7 @@ class Catalog:
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as exc:
-                if os.strerror(errno.ENOSPC) in str(exc):
+                if os.strerror(errno.ENOSPC) in str(exc) or _nearly_full(self.path):  # LMDB may say EIO
                     raise DiskFullError(f"disk full while writing the catalog {self.path}: {exc}") from exc
                 raise CatalogError(f"catalog write failed: {exc}") from exc
 
@@ -196,6 +197,13 @@ def _open_env(path: Path, create: bool) -> lmdb.Environment:
         )
     except lmdb.Error as exc:
         raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def _file_size(path: Path) -> int:

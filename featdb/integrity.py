@@ -40,7 +40,7 @@ def _references(docs: dict[str, Any]) -> list[str]:
     for key, doc in docs.items():
         named: list[str] = []
         if key.startswith("table/"):
-            named = [doc["file"]]
+            named = [doc["file"], *([doc["page_crcs"]] if doc.get("page_crcs") else [])]
         elif key.startswith("sampleset/"):
             named = list(doc["files"])
         elif key.startswith("generation/"):

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import mmap
 import os
+import shutil
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import CorruptDataError, os_error
+from .errors import CorruptDataError, DiskFullError, os_error
 
 PAGE = 4096
 CHECKSUM_BLOCK = 1 << 20  # bytes covered by one crc32 in a file's checksum list
@@ -53,6 +54,12 @@ def reserve(fd: int, nbytes: int, doing: str) -> None:
         os.posix_fallocate(fd, 0, nbytes)
     except OSError as exc:
         raise os_error(exc, doing) from exc
+
+
+def require_space(path: Path, nbytes: int, doing: str) -> None:
+    """:class:`DiskFullError` before ``doing`` writes anything if the device of ``path`` lacks ``nbytes``."""
+    if (free := shutil.disk_usage(path).free) < nbytes:
+        raise DiskFullError(f"{doing} needs about {nbytes >> 20} MiB free on the disk of {path}, {free >> 20} MiB are")
 
 
 def fsync_dir(path: Path) -> None:
@@ -387,13 +394,14 @@ def read_scattered(
     row_bytes: int,
     out: NDArray[Any],
     order: NDArray[Any] | None = None,
+    check: Callable[[memoryview, PageRuns], None] | None = None,
 ) -> int:
     """Read rows starting at sorted, distinct byte offsets of ``f``; returns the bytes read.
 
     Their pages are coalesced into runs, the runs read on ``threads`` workers of
     ``pool`` into a scratch buffer, and the rows gathered into ``out`` (uint8,
     one row per line): ``out[i]`` gets the row at ``sorted_starts[order[i]]``,
-    or at ``sorted_starts[i]`` when ``order`` is None.
+    or at ``sorted_starts[i]`` when ``order`` is None. ``check`` may refuse the pages read.
     """
     runs, pos = page_runs(sorted_starts, row_bytes)
     buf = scratch.get(runs.total_bytes)
@@ -404,6 +412,8 @@ def read_scattered(
     ]
     for fut in futures:
         fut.result()
+    if check is not None:
+        check(mv, runs)
     gather_rows(buf, pos if order is None else pos[order], row_bytes, out)
     return runs.total_bytes
 

@@ -89,6 +89,7 @@ class Store:
         self._pid = os.getpid()
         self.direct = True
         self.read_threads = READ_THREADS
+        self.verify_reads = True  # check every page read against the table's page checksums (set before reading)
 
     # -- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> Store:
@@ -153,7 +154,7 @@ class Store:
         (self.root / folder).mkdir(parents=True)
         pin = hold_dir(self.root / folder)
         try:
-            with TableWriter(self.root / rel, schema) as w:
+            with TableWriter(self.root / rel, schema, page_crcs=True) as w:
                 yield w
                 rec = w.commit()
             self._record_table(key, schema, rel, rec, extra or {}, replace)
@@ -171,6 +172,10 @@ class Store:
             if old is not None and not replace:
                 raise AlreadyExistsError(f"table {key!r} already exists")
             t.put(f"file/{rel}", {"size": rec["size"], "crcs": rec["crcs"], "kind": "table"})
+            pages = {}
+            if "pages" in rec:
+                pages["page_crcs"] = rel.removesuffix(".tbl") + ".crc"
+                t.put(f"file/{pages['page_crcs']}", {**rec["pages"], "kind": "table"})
             t.put(
                 f"table/{key}",
                 {
@@ -181,11 +186,13 @@ class Store:
                     "file": rel,
                     "created": time.time(),
                     "uid": uuid.uuid4().hex,  # content id: derived data records it, a replaced table gets a new one
+                    **pages,
                     **extra,
                 },
             )
             if old is not None:
-                t.delete(f"file/{old['file']}")
+                for f in table_files(old):
+                    t.delete(f"file/{f}")
                 return str(old["file"])
             return None
 
@@ -220,7 +227,13 @@ class Store:
         r = self._readers.get(key)
         if r is None:
             info = self.table_info(key)
-            r = TableReader(self.root / info["file"], direct=self.direct, threads=self.read_threads)
+            crc = info.get("page_crcs") if self.verify_reads else None
+            r = TableReader(
+                self.root / info["file"],
+                direct=self.direct,
+                threads=self.read_threads,
+                page_crcs=self.root / crc if crc else None,
+            )
             self._readers[key] = r
         return r
 
@@ -270,6 +283,11 @@ class Store:
         from .integrity import verify
 
         return verify(self)
+
+
+def table_files(doc: dict[str, Any]) -> list[str]:
+    """The files a table document names: its rows and, for tables written with them, its page checksums."""
+    return [doc["file"], *([doc["page_crcs"]] if doc.get("page_crcs") else [])]
 
 
 def remove_table_file(root: Path, rel: str) -> None:

@@ -2,7 +2,9 @@
 
 File layout: one header page (magic, format version, dtype, shape as JSON),
 then rows back to back from byte 4096, zero-padded to a page multiple. A crc32
-per 1 MiB block of the whole file goes to the catalog.
+per 1 MiB block of the whole file goes to the catalog, and (for base tables) a
+crc32 per page to ``<name>.crc`` beside it (:mod:`featdb.pagesums`), which
+every read checks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .errors import (
     InvalidInputError,
     SchemaMismatchError,
 )
-from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered, take_rows
+from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered, take_rows, write_atomic
+from .pagesums import PageChecksums, PageCrcs
 
 MAGIC = b"FEATDBT\x01"
 FILE_FORMAT = 1
@@ -75,25 +78,41 @@ def decode_header(raw: bytes, path: Path) -> Schema:
 class TableWriter:
     """Streams rows into a new table file; :meth:`commit` publishes it atomically."""
 
-    def __init__(self, path: Path, schema: Schema) -> None:
+    def __init__(self, path: Path, schema: Schema, page_crcs: bool = False) -> None:
+        """``page_crcs``: also write ``<name>.crc``, the crc32 of every page (what readers check)."""
         self.schema = schema
+        self.path = path
         self._w = ChecksumWriter(path)
-        self._w.write(encode_header(schema))
+        self._pages = PageCrcs() if page_crcs else None
+        self._write(memoryview(encode_header(schema)))
         self.rows_written = 0
 
+    def _write(self, mv: memoryview) -> None:
+        self._w.write(mv)
+        if self._pages is not None:
+            self._pages.update(mv)
+
     def write(self, rows: NDArray[Any]) -> None:
-        rows = np.asarray(rows, dtype=self.schema.dtype).reshape(-1, self.schema.dim)
+        rows = np.ascontiguousarray(np.asarray(rows, dtype=self.schema.dtype).reshape(-1, self.schema.dim))
         if self.rows_written + len(rows) > self.schema.rows:
             raise SchemaMismatchError("more rows written than the schema declares")
-        self._w.write(rows)
+        if rows.size:
+            self._write(rows.data.cast("B"))
         self.rows_written += len(rows)
 
     def commit(self) -> dict[str, Any]:
+        """Publish the file and its page checksums (``<name>.crc`` beside it); returns both records."""
         if self.rows_written != self.schema.rows:
             raise SchemaMismatchError(f"wrote {self.rows_written} rows, schema declares {self.schema.rows}")
-        self._w.pad_to(PAGE)
+        pad = -self._w.size % PAGE
+        if pad:
+            self._write(memoryview(bytes(pad)))
+        rec: dict[str, Any] = {}
+        if self._pages is not None:
+            size, crcs = write_atomic(self.path.with_suffix(".crc"), self._pages.finish())
+            rec["pages"] = {"size": size, "crcs": crcs}
         self._w.commit()
-        return {"size": self._w.size, "crcs": self._w.crcs}
+        return {"size": self._w.size, "crcs": self._w.crcs, **rec}
 
     def abort(self) -> None:
         self._w.abort()
@@ -176,10 +195,14 @@ def check_ids(ids: Any, rows: int) -> NDArray[Any]:
 class TableReader:
     """Reads rows of one table file: coalesced page runs, O_DIRECT, a small thread pool."""
 
-    def __init__(self, path: Path, direct: bool = True, threads: int = 8) -> None:
+    def __init__(self, path: Path, direct: bool = True, threads: int = 8, page_crcs: Path | None = None) -> None:
+        """``page_crcs``: the table's ``rows.crc``; every page read is then checked against it."""
         self.file = PageFile(path, direct=direct)
+        self.pages = PageChecksums(page_crcs, path, self.file.size) if page_crcs is not None else None
         head = aligned_buffer(HEADER_BYTES)
         self.file.read_into(memoryview(head), 0)
+        if self.pages is not None:
+            self.pages.check(memoryview(head)[:HEADER_BYTES], 0)
         self.schema = decode_header(bytes(head[:HEADER_BYTES]), path)
         self.stats = ReadStats(row_bytes=self.schema.row_bytes)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featdb-read")
@@ -219,6 +242,7 @@ class TableReader:
                 HEADER_BYTES + uniq[lo : lo + per_chunk] * s.row_bytes,
                 s.row_bytes,
                 rows[lo : lo + per_chunk],
+                check=self.pages.check_runs if self.pages is not None else None,
             )
         take_rows(rows.view(s.dtype).reshape(len(uniq), s.dim), inverse, out)
         self.stats.add(len(ids), len(uniq), nbytes)
@@ -232,6 +256,8 @@ class TableReader:
         length = (stop - start) * s.row_bytes
         need = lo - first + length
         n = self.file.read_into(memoryview(buf)[: -(-need // PAGE) * PAGE], first)
+        if self.pages is not None:
+            self.pages.check(memoryview(buf)[:n], first // PAGE)
         self.stats.add(stop - start, stop - start, n)
         u = np.frombuffer(buf, dtype=np.uint8)[lo - first : lo - first + length]
         return u.reshape(stop - start, s.row_bytes)

@@ -296,8 +296,8 @@ def test_existing_graph_needs_replace(tmp_path: Path, store: Any) -> None:
     g = load_graph(store)
     assert g.num_nodes == 5 and g.num_edges == 2
     assert not old_files & set(store.files())
-    on_disk = {p.relative_to(store.root).as_posix() for p in (store.root / "tables").rglob("*.tbl")}
-    assert len(list((store.root / "tables").iterdir())) == len(on_disk)  # old tables' folders are gone
+    on_disk = {p.relative_to(store.root).as_posix() for p in (store.root / "tables").rglob("rows.*")}
+    assert 2 * len(list((store.root / "tables").iterdir())) == len(on_disk)  # old tables' folders are gone
     assert on_disk == set(store.files())
     assert store.verify() == []
 

@@ -17,7 +17,7 @@ from ..errors import (
     AlreadyExistsError,
     InvalidInputError,
 )
-from ..store import Store, check_key, remove_table_file
+from ..store import Store, check_key, remove_table_file, table_files
 from ..tables import Schema, TableWriter
 from .model import (
     GRAPH_DOC,
@@ -93,7 +93,8 @@ class GraphWriter:
                 if old is not None:
                     if not self.replace:
                         raise AlreadyExistsError(f"table {final!r} already exists")
-                    t.delete(f"file/{old['file']}")
+                    for f in table_files(old):
+                        t.delete(f"file/{f}")
                     old_files.append(str(old["file"]))
                 t.delete(f"table/{tmp}")
                 t.put(f"table/{final}", {**rec, "key": final})
@@ -117,7 +118,8 @@ class GraphWriter:
                 rec = t.get(f"table/{key}")
                 if rec is not None:
                     t.delete(f"table/{key}")
-                    t.delete(f"file/{rec['file']}")
+                    for f in table_files(rec):
+                        t.delete(f"file/{f}")
                     files.append(str(rec["file"]))
             return files
 

@@ -32,6 +32,7 @@ from ..graph.model import (
     EdgeChunks,
 )
 from ..graph.staging import GraphWriter, make_graph_doc, write_rows
+from ..io import require_space
 from ..progress import Progress
 from ..store import Store
 from ..tables import Schema
@@ -281,6 +282,8 @@ def ingest_graph(
     if labels is not None and len(labels) != n:
         raise SchemaMismatchError(f"{labels_path}: {len(labels)} labels, but the graph has {n} nodes")
     splits = load_splits(split_path, n) if split_path is not None else _no_splits()
+    edge_rows = edges.num_edges * (2 if symmetric else 1)  # the CSC indices and their scratch file, 8 bytes each
+    require_space(store.root, 16 * edge_rows + 8 * n * 3 + (1 << 20), "ingest-graph")
     with GraphWriter(store, replace=replace) as gw:
         step = max(MIN_STEP, memory_budget // 32)
         if labels is not None:
