@@ -25,6 +25,7 @@ from featdb.locks import writer_lock
 from featdb.names import check_name, child
 from featdb.sampling import SampleSet
 from featdb.sampling.offline import SampleConfig, sample
+from featdb.tables import Schema
 
 pytest.importorskip("dgl")  # sampling needs DGL
 
@@ -156,3 +157,18 @@ def test_gc_still_removes_a_dead_writers_leftovers(store_copy: Path) -> None:
     with featdb.open(store_copy, "a") as st:
         assert sorted(gc(st)["orphans"]) == ["tables/node.x.feat.1.partial", "tables/node.x.feat.2"]
         assert st.verify() == [] and st.read(FEAT, [0]).shape == (1, 16)
+
+
+def test_two_writers_of_one_table_fail_cleanly(store_copy: Path) -> None:
+    """The second writer to publish a table name gets AlreadyExistsError and removes only its own files."""
+    a_rows, b_rows = np.zeros((50, 3), "float32"), np.ones((50, 3), "float32")
+    with featdb.open(store_copy, "a") as st, featdb.open(store_copy, "a") as other:
+        with (
+            pytest.raises(errors.AlreadyExistsError),
+            st.table_writer("node/t/x", Schema("float32", 50, 3)) as w,
+        ):
+            w.write(a_rows)
+            other.write_table("node/t/x", b_rows)  # the other writer publishes first
+        np.testing.assert_array_equal(st.read_all("node/t/x"), b_rows)
+        assert st.verify() == []
+        assert gc(st)["orphans"] == []  # the loser left nothing behind
