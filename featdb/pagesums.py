@@ -51,14 +51,19 @@ class PageChecksums:
 
     def check(self, mv: memoryview, first_page: int) -> None:
         """``mv`` holds whole pages of the table from ``first_page`` on."""
-        want = self.crcs[first_page : first_page + len(mv) // PAGE].tolist()
-        for i, crc in enumerate(want):
-            if zlib.crc32(mv[i * PAGE : (i + 1) * PAGE]) != crc:
-                p = first_page + i
-                raise CorruptDataError(
-                    f"{self.table}: page {p} (bytes {p * PAGE}..{(p + 1) * PAGE}) fails its checksum; run featdb verify"
-                )
+        self._check(mv, np.arange(first_page, first_page + len(mv) // PAGE))
 
     def check_runs(self, mv: memoryview, runs: PageRuns) -> None:
-        for start, n, off in zip(runs.start.tolist(), runs.npages.tolist(), runs.buf_offset.tolist(), strict=True):
-            self.check(mv[off : off + n * PAGE], start)
+        """``mv`` holds the runs' pages back to back (as :func:`~featdb.io.read_scattered` reads them)."""
+        total = int(runs.npages.sum())
+        before = np.cumsum(runs.npages) - runs.npages
+        self._check(mv, np.repeat(runs.start - before, runs.npages) + np.arange(total))
+
+    def _check(self, mv: memoryview, pages: Any) -> None:
+        want = self.crcs[pages].tolist()
+        got = [zlib.crc32(mv[o : o + PAGE]) for o in range(0, len(want) * PAGE, PAGE)]
+        if got != want:
+            p = int(pages[next(i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w)])
+            raise CorruptDataError(
+                f"{self.table}: page {p} (bytes {p * PAGE}..{(p + 1) * PAGE}) fails its checksum; run featdb verify"
+            )

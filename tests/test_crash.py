@@ -11,6 +11,7 @@ A few trials per command run by default; ``-m slow`` runs ``SLOW_TRIALS`` per co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -65,9 +66,11 @@ class Fixture:
         np.save(root / "edges.npy", rng.integers(0, NODES, size=(2, 300_000)))
         with make_synth_store(self.store, nodes=NODES) as st:
             make_sample_set(st, "tr", epochs=2)
-            make_sample_set(st, "old", epochs=1)
-            self.first_gen = make_layout(st, "tr")["id"]
-            self.gen = make_layout(st, "tr", policy="pack-only")["id"]  # the first is now collectable
+            make_sample_set(st, "old", epochs=2)
+            make_sample_set(st, "old2", epochs=2)
+            for policy in ("full", "pack-only", "full"):  # non-current generations: gc's work
+                make_layout(st, "tr", policy=policy)
+            self.gen = make_layout(st, "tr", policy="pack-only")["id"]
             self.rows = st.read_all(FEAT)
             self.edges = load_graph(st).num_edges
         self.durations: dict[str, float] = {}
@@ -87,7 +90,7 @@ class Fixture:
             ],
             "sample": ["sample", s, "--name", "c", "--fanouts", "5,5", "--epochs", "3", "--workers", "2", "-q"],
             "pack": ["pack", s, "--sample-set", "tr", "--host-cache", "16KiB", "--max-blowup", "2", "-q"],
-            "gc": ["gc", s, "--sample-set", "old", "-q"],
+            "gc": ["gc", s, "--sample-set", "old", "--sample-set", "old2", "-q"],
         }[name]
 
 
@@ -108,10 +111,9 @@ def run_and_kill(argv: list[str], delay: float | None) -> tuple[bool, float]:
     proc.stdin.write("go\n")
     proc.stdin.flush()
     if delay is not None:
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(delay)  # (Popen.wait(timeout) polls in steps of up to 50 ms: too coarse here)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the unreaped driver keeps its group alive until then
     out, err = proc.communicate(timeout=600)
     last = (out.strip().splitlines() or [""])[-1].split()
     finished = last[:1] == ["done"]
@@ -164,10 +166,11 @@ def _pack(fx: Fixture, st: featdb.Store) -> None:
 
 def _gc(fx: Fixture, st: featdb.Store) -> None:
     assert st.catalog.get("layout/current") == fx.gen
-    if st.catalog.get("sampleset/old") is not None:
-        with SampleSet(st, "old") as ss:
-            for b in range(ss.num_batches):
-                ss.batch(b)
+    for name in ("old", "old2"):
+        if st.catalog.get(f"sampleset/{name}") is not None:
+            with SampleSet(st, name) as ss:
+                for b in range(ss.num_batches):
+                    ss.batch(b)
     _pack(fx, st)
 
 
