@@ -187,3 +187,17 @@ def test_random_catalog_flips_never_crash_verify_many(base: Path, tmp_path: Path
     tally = _flip_trials(base, tmp_path, 200, seed=1)
     print("catalog flips:", tally)
     assert tally["missed"] == 0, tally
+
+
+@pytest.mark.parametrize("name", ["index.i64", "counts.i32"])
+def test_a_sample_sets_index_and_counts_are_checked_when_read(store_copy: Path, name: str) -> None:
+    """Index files are read whole, so they are checked whole: a flipped byte is an error, not a wrong batch."""
+    from helpers import flip_byte
+
+    flip_byte(store_copy / "samples" / "tr" / name, 3)
+    with (
+        featdb.open(store_copy) as st,
+        pytest.raises(errors.CorruptDataError, match=f"samples/tr/{name}"),
+        SampleSet(st, "tr") as ss,
+    ):
+        ss.counts()

@@ -35,6 +35,7 @@ from featdb.errors import (
 )
 from featdb.graph import load_graph
 from featdb.ingest import ingest_graph
+from featdb.io import crc32_blocks
 from featdb.sampling.mfg import Batch
 from featdb.sampling.offline import (
     SampleConfig,
@@ -543,9 +544,16 @@ def test_sample_sets_without_head_checksums_still_read(small: Any) -> None:
     with SampleSet(small, "taken") as ss:
         want = [ss.input_ids(b) for b in range(ss.num_batches)]
         first = ss.batch(0)
-    path.write_bytes(np.fromfile(path, dtype=np.int64).reshape(-1, 6)[:, :5].tobytes())
+    five = np.fromfile(path, dtype=np.int64).reshape(-1, 6)[:, :5].tobytes()
+    path.write_bytes(five)
     legacy = {k: v for k, v in doc.items() if k != "index_columns"}
-    small.catalog.write(lambda t: t.put("sampleset/taken", legacy))
+    rec = {"size": len(five), "crcs": crc32_blocks(five), "kind": "samples"}  # as such a set recorded it
+
+    def txn(t: Any) -> None:
+        t.put("sampleset/taken", legacy)
+        t.put(f"file/{doc['path']}/index.i64", rec)
+
+    small.catalog.write(txn)
     with SampleSet(small, "taken") as ss:
         assert ss.index.shape[1] == 5
         for b, ids in enumerate(want):

@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import CorruptDataError, SampleSetNotFoundError, StaleDataError
+from ..io import crc32_blocks
 from ..store import Store
 from ..tables import check_index
 from .format import RecordRef, SegmentFiles, decode, decode_inputs
@@ -35,7 +36,8 @@ class SampleSet:
         self.root = store.root
         self.id_dtype = np.dtype(doc["id_dtype"])
         cols = int(doc.get("index_columns", 5))
-        idx = np.fromfile(store.root / doc["path"] / "index.i64", dtype=np.int64)
+        self._records = {rel: store.catalog.get(f"file/{rel}") for rel in doc["files"]}
+        idx = np.frombuffer(self._checked("index.i64"), dtype=np.int64).copy()
         if idx.size != cols * doc["batches"]:
             raise CorruptDataError(
                 f"sample set {name!r}: index holds {idx.size / cols:g} batches, catalog says {doc['batches']}"
@@ -130,7 +132,16 @@ class SampleSet:
 
     def counts(self) -> NDArray[Any]:
         """Per node, how many batches of the whole set read it."""
-        return np.fromfile(self.root / self.doc["path"] / "counts.i32", dtype=np.int32)
+        return np.frombuffer(self._checked("counts.i32"), dtype=np.int32).copy()
+
+    def _checked(self, name: str) -> bytes:
+        """A whole small file of the set, checked against its catalog checksums."""
+        rel = f"{self.doc['path']}/{name}"
+        raw = (self.root / rel).read_bytes()
+        rec = self._records.get(rel)
+        if rec is not None and (len(raw) != rec["size"] or crc32_blocks(raw) != rec["crcs"]):
+            raise CorruptDataError(f"{rel}: fails its checksum (sample set {self.name!r}); run featdb verify")
+        return raw
 
     def trace(self) -> Iterator[tuple[int, NDArray[Any]]]:
         """(batch id, its input ids) for every batch, one at a time."""
