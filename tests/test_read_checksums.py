@@ -70,6 +70,8 @@ def test_reads_can_opt_out(store: Path) -> None:
     with featdb.open(store) as st:
         st.verify_reads = False
         assert st.read(KEY, [0]).shape == (1, DIM)  # unchecked: the flipped row comes back
+    assert CliRunner().invoke(cli, ["read", str(store), KEY, "0", "--no-verify"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["read", str(store), KEY, "0"]).exit_code == 1
 
 
 def test_a_flipped_header_page_or_checksum_file_is_caught(store: Path) -> None:

@@ -135,13 +135,16 @@ def verify(store: str, as_json: bool, quiet: bool) -> None:
 @click.argument("store")
 @click.argument("key")
 @click.argument("ids")
+@click.option("--no-verify", is_flag=True, help="Skip the page checksums of the rows read (a damaged page is printed).")
 @output_options
-def read(store: str, key: str, ids: str, as_json: bool, quiet: bool) -> None:
-    """Print rows of table KEY for IDS such as 0,5,10-12 (for debugging).
+def read(store: str, key: str, ids: str, no_verify: bool, as_json: bool, quiet: bool) -> None:
+    """Print rows of table KEY for IDS such as 0,5,10-12 (for debugging); every page read is checked
+    against its checksum unless --no-verify.
 
     Example: featdb read ./store node/_/feat 0,1,2
     """
     with store_mod.open(store) as st:
+        st.verify_reads = not no_verify
         wanted = parse_ids(ids, st.schema(key).rows)
         rows = st.read(key, np.array(wanted, dtype=np.int64))
         mode = st.io_mode(key)
