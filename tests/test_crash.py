@@ -117,7 +117,7 @@ def run_and_kill(argv: list[str], delay: float | None) -> tuple[bool, float]:
     out, err = proc.communicate(timeout=600)
     last = (out.strip().splitlines() or [""])[-1].split()
     finished = last[:1] == ["done"]
-    if finished:
+    if finished and len(last) > 1:  # (a kill can cut the driver's last line short after the command returned)
         assert last[1] == "0", err
     elif delay is None:
         raise AssertionError(err)
