@@ -74,7 +74,7 @@ def test_a_reader_refuses_another_stores_set_of_the_same_name(base: Path, tmp_pa
     with make_synth_store(other, nodes=900) as st:
         make_sample_set(st, "tr", epochs=1)
     with featdb.open(base) as a, featdb.open(other) as b, featdb.open_reader(a) as reader:
-        with SampleSet(b, "tr") as theirs, pytest.raises(errors.ConfigError, match="not the sample set"):
+        with SampleSet(b, "tr") as theirs, pytest.raises(errors.ConfigError, match="is not the one this layout reads"):
             reader.attach(theirs)
         with SampleSet(a, "tr") as ours:
             reader.attach(ours)

@@ -305,9 +305,7 @@ class LayoutReader:
         if sample_set.name != self.doc["sample_set"]:
             raise ConfigError(f"layout is for sample set {self.doc['sample_set']!r}, not {sample_set.name!r}")
         if not sample_set.same_as(self.store):  # not another store's set of that name
-            raise ConfigError(
-                f"sample set {sample_set.name!r} at {sample_set.root} is not the sample set this layout reads"
-            )
+            raise ConfigError(f"sample set {sample_set.name!r} at {sample_set.root} is not the one this layout reads")
         self._sample_set = sample_set
 
     def batch(self, b: int, order: NDArray[Any]) -> Batch:
