@@ -163,7 +163,8 @@ def catalog_state(st: Store) -> dict[str, Any]:
 def realised_blowup(gdir: Path, num_nodes: int) -> float:
     batches = np.fromfile(gdir / "batches.i64", dtype="<i8").reshape(-1, 8)
     segs = np.fromfile(gdir / "segments.i64", dtype="<i8").reshape(-1, SEG_COLS)
-    return float(batches[:, 0].sum() + segs[:, 3].sum()) / num_nodes
+    copies = np.fromfile(gdir / "copies.i64", dtype="<i8").reshape(-1, 3)
+    return float(batches[:, 0].sum() + segs[:, 3].sum() + copies[:, 1].sum()) / num_nodes
 
 
 @contextlib.contextmanager
@@ -194,3 +195,22 @@ def assert_one_error_line(result: Any, *fragments: str) -> None:
     for f in fragments:
         assert f in errors[0], (f, errors[0])
     assert isinstance(result.exception, SystemExit)
+
+
+@contextlib.contextmanager
+def only_candidates(*kinds: str) -> Iterator[None]:
+    """Plans with a cap choose among these candidates only ("shared", "copies", "mixed")."""
+    from unittest import mock
+
+    from featdb.layout import budget
+
+    with contextlib.ExitStack() as stack:
+        for kind, fn in (("shared", "_shared"), ("copies", "_copied"), ("mixed", "_mixed")):
+            if kind not in kinds:
+                stack.enter_context(mock.patch.object(budget, fn, lambda *a: None))
+        yield
+
+
+def shared_only() -> Any:
+    """Plans with a cap choose among shared L3 extents only (no copies, no blocks)."""
+    return only_candidates("shared")

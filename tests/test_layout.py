@@ -32,6 +32,7 @@ from helpers import (
     make_sample_set,
     make_synth_store,
     realised_blowup,
+    shared_only,
     tree,
 )
 from hypothesis import HealthCheck, given, settings
@@ -250,7 +251,7 @@ def test_plan_meets_the_blowup_cap() -> None:
             bounds = p.bounds if p.bounds is not None else uniform_bounds([(0, len(batches))], 1, len(batches))
             assert segment_rows(tr, bounds, p.tier_map(), len(batches))[0] == p.predictions["stored_rows"]
         else:
-            assert chosen[0]["kind"] in ("mixed", "blocks")
+            assert chosen[0]["kind"] in ("mixed", "blocks", "copies")
     assert plan(counts, tr, len(batches), 32, Budgets(max_blowup=0.0)).predictions["blowup"] == 0.0
 
 
@@ -339,7 +340,7 @@ def test_a_tiny_memory_budget_packs_in_several_passes_and_the_same_bytes(store: 
     with with_memory_budget(4 << 10), counted:
         small = make_layout(store, "tr", host_cache=200 * 96, max_blowup=3.0)
     assert len(passes) >= 3, (len(passes), small["segment_len"], small["num_batches"])
-    assert small["segment_len"] > 1 and small["l3_rows"] > 0
+    assert small["segment_len"] > 1 and small["l3_rows"] + small["copy_rows"] > 0
     check_layout(store, small, base, budgets)
     assert layout_files(gen_dir(store, small["id"])) == layout_files(gen_dir(store, big["id"]))
 
@@ -353,7 +354,7 @@ def test_memory_budget_at_the_floor_with_a_larger_table(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="memory"):
             make_layout(s, "t", memory_budget=floor - 1, max_blowup=4.0)
         counted, passes = count_calls(pack_mod, "_base_pass")
-        with counted:
+        with counted, shared_only():
             doc = make_layout(s, "t", memory_budget=floor, max_blowup=4.0)
         assert len(passes) >= 2
         check_layout(s, doc, s.read_all(FEAT), Budgets(max_blowup=4.0))
@@ -590,7 +591,8 @@ def test_verify_catches_a_flipped_byte_in_an_l4_extent(store: Store) -> None:
 
 
 def test_verify_catches_a_flipped_byte_in_the_l3_file(store: Store) -> None:
-    doc = make_layout(store, "tr", max_blowup=3.0)  # shared L3 extents are the cheapest here
+    with shared_only():
+        doc = make_layout(store, "tr", max_blowup=3.0)
     gdir = gen_dir(store, doc["id"])
     segs = np.fromfile(gdir / "segments.i64", dtype="<i8").reshape(-1, SEG_COLS)
     s = int(np.flatnonzero(segs[:, 3] > 0)[0])
@@ -606,3 +608,18 @@ def test_verify_catches_a_flipped_byte_in_the_layout_metadata(store: Store, name
     flip_byte(gen_dir(store, doc["id"]) / name, 7)
     problems = store.verify()
     assert any(f"gens/{doc['id']}/{name}" in p for p in problems)
+
+
+def test_copies_hold_each_row_once_per_group_and_verify_catches_a_flipped_byte(store: Store, base: np.ndarray) -> None:
+    budgets = Budgets(host_cache=200 * 96, max_blowup=4.0, segment_cache=1 << 20)
+    doc = pack(store, "tr", FEAT, budgets)
+    assert doc["copies"] > 0 and doc["copy_rows"] > 0 and doc["blocks_segments"] == doc["segments"]
+    kinds = {c["kind"]: c for c in doc["predictions"]["candidates"]}
+    assert kinds["copies"]["chosen"] and kinds["copies"]["disk_bytes_per_pass"] < kinds["mixed"]["disk_bytes_per_pass"]
+    check_layout(store, doc, base, budgets)
+    gdir = gen_dir(store, doc["id"])
+    copies = np.fromfile(gdir / "copies.i64", dtype="<i8").reshape(-1, 3)
+    assert int(copies[:, 1].sum()) == doc["copy_rows"]
+    flip_byte(gdir / "copies.dat", int(copies[0, 0]) + 5)
+    problems = store.verify()
+    assert len(problems) == 1 and f"gens/{doc['id']}/copies.dat" in problems[0] and "extent 0" in problems[0]

@@ -7,6 +7,7 @@ layout (policy, caches, blowup cap, row type) and opens the reader its way.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from helpers import FEAT, assert_rows_equal, make_layout, make_sample_set, make_synth_store
+from helpers import FEAT, assert_rows_equal, make_layout, make_sample_set, make_synth_store, only_candidates
 
 import featdb
 from featdb.errors import (
@@ -77,12 +78,14 @@ class ReaderConformance:
     table: ClassVar[str] = FEAT
     budgets: ClassVar[Budgets] = Budgets()
     open_kw: ClassVar[dict[str, Any]] = {}
+    candidates: ClassVar[tuple[str, ...] | None] = None  # plan among these only under the cap
 
     @pytest.fixture(scope="class")
     @classmethod
     def env(cls, src_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         st = copy_store(src_store, tmp_path_factory.mktemp(cls.__name__) / "s")
-        pack(st, "tr", cls.table, cls.budgets, memory_budget=64 << 20)
+        with only_candidates(*cls.candidates) if cls.candidates else contextlib.nullcontext():
+            pack(st, "tr", cls.table, cls.budgets, memory_budget=64 << 20)
         reader = open_reader(st, sample_set="tr", **cls.open_kw)
         ss = SampleSet(st, "tr")
         reader.attach(ss)
@@ -240,6 +243,7 @@ class ReaderConformance:
 
 class TestFullWithL3Cap(ReaderConformance):
     budgets = Budgets(device_cache=40 * RB, host_cache=150 * RB, max_blowup=3.0, policy="full")
+    candidates = ("shared",)
 
     def test_layout_uses_every_tier(self, env: Env) -> None:
         d = env.reader.doc
@@ -248,6 +252,7 @@ class TestFullWithL3Cap(ReaderConformance):
 
 class TestMixedPackedAndBlocks(ReaderConformance):
     budgets = Budgets(host_cache=150 * RB, max_blowup=0.5, policy="full", segment_cache=64 * RB * 8)
+    candidates = ("mixed",)
 
     def test_some_batches_packed_the_rest_read_as_blocks(self, env: Env) -> None:
         d = env.reader.doc
@@ -255,6 +260,15 @@ class TestMixedPackedAndBlocks(ReaderConformance):
         r = env.reader
         for seg in range(len(r.segs)):  # a segment over the limit is a single batch
             assert r.seg_reader.nbytes(seg) <= 64 * RB * 4 or r.segs[seg, 1] == 1
+
+
+class TestCopies(ReaderConformance):
+    budgets = Budgets(host_cache=150 * RB, max_blowup=4.0, policy="full", segment_cache=1 << 20)
+
+    def test_segments_read_from_copies(self, env: Env) -> None:
+        d = env.reader.doc
+        assert d["copies"] > 0 and d["blocks_segments"] == d["segments"] and d["blowup"] <= 4.0
+        assert (env.reader.segs[:, 7] >= 0).any()
 
 
 class TestBlocks(ReaderConformance):

@@ -8,6 +8,11 @@ Candidates, each predicted by a pass over the trace:
   smallest that meets the cap; considered only while every extent fits the
   segment limit (half the segment cache: one segment is served while the next
   is read ahead). An extent larger than that would be read page by page.
+* **copies**: blocks segments (below) everywhere; in every group the same,
+  largest share of its segments that the cap allows reads from one copy of
+  the rows they need, stored sorted by the set of segments that read each row,
+  so a segment's rows lie in long runs (about one table copy per group for
+  every segment; see :func:`~featdb.layout.plan.copy_order`).
 * **mixed**: in every group of batches served together (each epoch, each
   evaluation split) the same share is packed, as large as the cap allows; the
   rest are *blocks* segments: runs of consecutive batches whose cold rows, as
@@ -42,12 +47,14 @@ def plan(
     budgets: Budgets,
     groups: Groups | None = None,
     predict_costs: bool = True,
+    epochs: int = 0,
 ) -> Placement:
     """Plan a layout and (unless ``predict_costs`` is false and no choice needed a
     prediction) predict what serving it will cost.
 
     ``groups`` are the batch ranges served together (epochs, evaluation splits);
-    no segment crosses one. The packer passes ``predict_costs=False`` and
+    no segment crosses one. The first ``epochs`` of them are training epochs,
+    which a copy serves first. The packer passes ``predict_costs=False`` and
     accumulates the same predictions while it writes.
     """
     budgets.validate()
@@ -69,7 +76,9 @@ def plan(
             candidates.append(p)
         else:
             shared = _shared(p, trace, spans, tier, cap, limit)
-            candidates += [c for c in (shared, _mixed(p, trace, spans, tier, limit, cold, cap)) if c is not None]
+            copied = _copied(p, trace, spans, tier, limit, cap, epochs)
+            mixed = _mixed(p, trace, spans, tier, limit, cold, cap)
+            candidates += [c for c in (shared, copied, mixed) if c is not None]
     else:
         candidates.append(p)
     if len(candidates) == 1 and not candidates[0].predictions and not predict_costs:
@@ -200,6 +209,70 @@ def _mixed(
     return replace(q, predictions=predict(q, trace))
 
 
+def _copied(
+    p: Placement,
+    trace: Trace,
+    spans: Sequence[tuple[int, int]],
+    tier: NDArray[Any],
+    limit: int,
+    cap: float,
+    epochs: int,
+) -> Placement | None:
+    """Blocks segments everywhere; in every group the same, largest share of its segments that the
+    cap allows reads from one copy of the rows they need (see :func:`~featdb.layout.plan.copy_order`),
+    the rest from the base table. None when the cap allows no copy at all."""
+    starts = block_bounds(trace, spans, tier, limit)
+    bounds = np.asarray([*starts, p.num_batches], dtype=np.int64)
+    owner = np.searchsorted([lo for lo, _ in spans], starts, side="right") - 1
+    groups = [np.flatnonzero(owner == g) for g in range(len(spans))]
+    cum = _cumulative_rows(trace, bounds, owner, tier)
+    train = min(len(groups), max(1, epochs))  # training epochs come first: they are served every epoch
+
+    def shares(f_train: float, f_eval: float) -> list[int]:
+        return [int((f_train if gi < train else f_eval) * len(g)) for gi, g in enumerate(groups)]
+
+    def cost(ks: list[int]) -> int:
+        return int(sum(cum[g[k - 1]] for g, k in zip(groups, ks, strict=True) if k))
+
+    def most(fixed_train: float | None) -> float:
+        """The largest share within the cap, of training groups (or, with them all copied, of the rest)."""
+        lo_f, hi_f = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo_f + hi_f) / 2
+            ks = shares(mid, 0.0) if fixed_train is None else shares(fixed_train, mid)
+            lo_f, hi_f = (mid, hi_f) if cost(ks) <= cap * p.num_nodes else (lo_f, mid)
+        return 1.0 if cost(shares(1.0, 0.0) if fixed_train is None else shares(1.0, 1.0)) <= cap * p.num_nodes else lo_f
+
+    f_train = most(None)
+    ks = shares(f_train, most(1.0) if f_train == 1.0 else 0.0)
+    copies = np.full(len(starts), -1, dtype=np.int64)
+    for gi, (g, k) in enumerate(zip(groups, ks, strict=True)):
+        copies[g[:k]] = gi
+    if not (copies >= 0).any():
+        return None
+    longest = int(np.diff(bounds).max(initial=1))
+    blocks = np.ones(len(starts), dtype=bool)
+    q = replace(p, segment_len=longest, bounds=bounds, blocks=blocks, copies=copies)
+    return replace(q, predictions=predict(q, trace))
+
+
+def _cumulative_rows(trace: Trace, bounds: NDArray[Any], owner: NDArray[Any], tier: NDArray[Any]) -> NDArray[Any]:
+    """Per segment, the distinct cold rows read by its group's segments up to and including it."""
+    mark = np.full(len(tier), -1, dtype=np.int32)
+    out = np.zeros(len(owner), dtype=np.int64)
+    total, group = 0, -1
+    for si, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
+        if owner[si] != group:
+            total, group = 0, int(owner[si])
+        for ids in trace(range(lo, hi)):
+            cold = ids[tier[ids] == L4]
+            fresh = cold[mark[cold] != group]
+            mark[fresh] = group
+            total += len(fresh)
+        out[si] = total
+    return out
+
+
 def block_bounds(trace: Trace, spans: Sequence[tuple[int, int]], tier: NDArray[Any], limit: int) -> list[int]:
     """First batches of blocks segments: within each span, consecutive batches as long as their
     cold rows, as a set, stay within ``limit`` rows (a batch larger than that alone)."""
@@ -225,15 +298,14 @@ def block_bounds(trace: Trace, spans: Sequence[tuple[int, int]], tier: NDArray[A
 def _summary(c: Placement) -> dict[str, Any]:
     pr = c.predictions
     nblocks = int(pr.get("blocks_segments", 0))
-    kind = (
-        "packed"
-        if c.bounds is None
-        else "blocks"
-        if nblocks == pr.get("segments")
-        else "mixed"
-        if nblocks
-        else "shared"
-    )
+    if c.bounds is None:
+        kind = "packed"
+    elif c.copies is not None and bool((c.copies >= 0).any()):
+        kind = "copies"
+    elif not nblocks:
+        kind = "shared"
+    else:
+        kind = "blocks" if nblocks == pr.get("segments") else "mixed"
     return {
         "kind": kind,
         "segment_len": c.segment_len,
@@ -241,4 +313,5 @@ def _summary(c: Placement) -> dict[str, Any]:
         "disk_bytes_per_pass": pr["disk_bytes_per_pass"],
         "predicted_amplification": pr["predicted_amplification"],
         "largest_segment_bytes": pr.get("largest_segment_bytes", 0),
+        "copies": pr.get("copies", 0),
     }

@@ -11,7 +11,7 @@ from ..units import format_size
 from .plan import Budgets, Placement
 
 DEFAULT_MAX_AMPLIFICATION = 3.0
-SEG_COLS = 7  # first_batch, n_batches, l3_offset, l3_rows, l3_crc, blocks_offset, blocks_rows
+SEG_COLS = 8  # first_batch, n_batches, l3_offset, l3_rows, l3_crc, blocks_offset, blocks_rows, copy_offset
 
 
 def plan_warnings(p: Placement, b: Budgets, max_amplification: float) -> list[str]:
@@ -50,9 +50,13 @@ def layout_doc(
         "segment_cache": p.segment_cache,
         "segments": pr.get("segments", len(p.segments())),
         "blocks_segments": pr.get("blocks_segments", 0),
+        "copies": pr.get("copies", 0),
+        "copy_rows": pr.get("copy_rows", 0),
         "l1_rows": len(p.l1_ids),
         "l2_rows": len(p.l2_ids),
-        "l3_rows": pr["stored_rows"] - pr["rows_per_tier"]["l4"] if p.packs else 0,  # stored (not blocks)
+        "l3_rows": pr["stored_rows"] - pr["rows_per_tier"]["l4"] - pr.get("copy_rows", 0)
+        if p.packs
+        else 0,  # stored (not blocks)
         "l4_rows": pr["rows_per_tier"]["l4"],
         "blowup": pr["blowup"],
         "predicted_amplification": pr["predicted_amplification"],

@@ -38,7 +38,7 @@ from ..tables import Schema, TableReader, TableWriter, id_dtype
 from . import generation
 from .budget import plan
 from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, serving_groups
-from .plan import Budgets, Placement, Predictor, SegmentPlan, assign_segment
+from .plan import Budgets, Copies, Placement, Predictor, SegmentPlan, assign_segment
 
 BATCH_COLS = 8  # n4, n3, n2, n1, l4_offset, l4_crc, map_offset, segment
 
@@ -53,10 +53,13 @@ class _Group:
     l3_ids: list[NDArray[Any]] = field(default_factory=list)
     l3_seg: list[int] = field(default_factory=list)
     l3_off: list[int] = field(default_factory=list)
+    cp_ids: list[NDArray[Any]] = field(default_factory=list)  # copies: rows in copy order
+    cp_key: list[int] = field(default_factory=list)
+    cp_off: list[int] = field(default_factory=list)
     bytes: int = 0
 
     def empty(self) -> bool:
-        return not self.l4_ids and not self.l3_ids
+        return not self.l4_ids and not self.l3_ids and not self.cp_ids
 
 
 def pack(
@@ -86,7 +89,7 @@ def pack(
         work = working_budget(memory_budget, ss.num_nodes, schema.row_bytes)
         started = time.perf_counter()
         placement = plan(
-            ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets, serving_groups(ss), dry_run
+            ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets, serving_groups(ss), dry_run, ss.epochs
         )
         plan_s = time.perf_counter() - started
         warnings = plan_warnings(placement, budgets, max_amplification)
@@ -147,37 +150,58 @@ def _write(
     reader = TableReader(store.root / store.table_info(table)["file"], direct=store.direct)
     fd4 = os.open(tmp / "l4.dat", os.O_RDWR | os.O_CREAT, 0o644)
     fd3 = os.open(tmp / "l3.dat", os.O_RDWR | os.O_CREAT, 0o644)
+    fdc = os.open(tmp / "copies.dat", os.O_RDWR | os.O_CREAT, 0o644)
+    fds = (fd4, fd3, fdc)
+    copies = Copies(p, ss.inputs_of, tier)
+    copy_index: list[tuple[int, int, int]] = []  # offset, rows, crc32 per copy
     files: dict[str, dict[str, Any]] = {}
     hot_all = _HotWriters(tmp, p, schema)
     try:
         with ChecksumWriter(tmp / "map.bin") as mapw, ChecksumWriter(tmp / "blocks.i64") as blocksw:
-            cursor = {"l4": 0, "l3": 0}
+            cursor = {"l4": 0, "l3": 0, "copies": 0}
             group = _Group()
             hot: _HotWriters | None = hot_all
             for si, (lo, hi) in enumerate(p.segments()):
-                sp = assign_segment(p, lo, list(ss.inputs_of(range(lo, hi))), tier, scratch, p.is_blocks(si))
+                copy, fresh = copies.of(si)
+                if fresh:
+                    acc.add_copy(len(copies.ids))
+                    copy_index.append((cursor["copies"], len(copies.ids), 0))
+                    group.cp_ids.append(copies.ids)
+                    group.cp_key.append(-len(copy_index))
+                    group.cp_off.append(cursor["copies"])
+                    group.bytes += len(copies.ids) * 40
+                    cursor["copies"] += round_up(len(copies.ids) * rb)
+                inputs = list(ss.inputs_of(range(lo, hi)))
+                sp = assign_segment(p, lo, inputs, tier, scratch, p.is_blocks(si), copy)
                 acc.add(sp)
                 if sp.blocks:
-                    segs[si, 5:7] = (blocksw.size // 8, len(sp.l3_ids))
-                    blocksw.write(sp.l3_ids.astype("<i8").tobytes())
+                    where = sp.l3_ids if sp.l3_pos is None else sp.l3_pos
+                    segs[si, 5:8] = (blocksw.size // 8, len(sp.l3_ids), -1 if copy is None else copy_index[-1][0])
+                    blocksw.write(where.astype("<i8").tobytes())
+                else:
+                    segs[si, 7] = -1
                 _record_segment(sp, si, batches, segs, mapw, group, cursor, rb, id_dt)
                 if progress:
                     progress(hi - lo)
                 if group.bytes > memory_budget * 2 // 5:
-                    _base_pass(reader, group, hot, fd4, fd3, batches, segs, memory_budget, progress)
+                    _base_pass(reader, group, hot, fds, batches, segs, memory_budget, progress)
                     group, hot = _Group(), None
             if not group.empty() or hot is not None:
-                _base_pass(reader, group, hot, fd4, fd3, batches, segs, memory_budget, progress)
+                _base_pass(reader, group, hot, fds, batches, segs, memory_budget, progress)
             mapw.commit()
             blocksw.commit()
             files["map.bin"] = {"size": mapw.size, "crcs": mapw.crcs, "kind": "layout"}
             files["blocks.i64"] = {"size": blocksw.size, "crcs": blocksw.crcs, "kind": "layout"}
-        for fd, name, total in ((fd4, "l4.dat", cursor["l4"]), (fd3, "l3.dat", cursor["l3"])):
+        copy_index = _copy_crcs(fdc, copy_index, rb)
+        indexes = {
+            "l4.dat": ("batches.i64", BATCH_COLS, [4, 0, 5]),
+            "l3.dat": ("segments.i64", SEG_COLS, [2, 3, 4]),
+            "copies.dat": ("copies.i64", 3, [0, 1, 2]),
+        }
+        for fd, name, total in zip(fds, indexes, (cursor["l4"], cursor["l3"], cursor["copies"]), strict=True):
             os.ftruncate(fd, total)
             os.fsync(fd)
-            index, width, cols = (
-                ("batches.i64", BATCH_COLS, [4, 0, 5]) if name == "l4.dat" else ("segments.i64", SEG_COLS, [2, 3, 4])
-            )
+            index, width, cols = indexes[name]
             files[name] = {
                 "size": total,
                 "crcs": [],
@@ -190,6 +214,7 @@ def _write(
         for name, arr in (
             ("batches.i64", batches),
             ("segments.i64", segs),
+            ("copies.i64", np.asarray(copy_index, dtype=np.int64).reshape(-1, 3)),
             ("l1_ids.i64", p.l1_ids.astype("<i8")),
             ("l2_ids.i64", p.l2_ids.astype("<i8")),
         ):
@@ -200,8 +225,8 @@ def _write(
         hot_all.abort()
         raise
     finally:
-        os.close(fd4)
-        os.close(fd3)
+        for fd in fds:
+            os.close(fd)
         reader.close()
     return files
 
@@ -284,24 +309,31 @@ def _base_pass(
     reader: TableReader,
     g: _Group,
     hot: _HotWriters | None,
-    fd4: int,
-    fd3: int,
+    fds: tuple[int, int, int],
     batches: NDArray[Any],
     segs: NDArray[Any],
     memory_budget: int,
     progress: Progress,
 ) -> None:
     rb = reader.schema.row_bytes
-    src, dst, ext = _l4_targets(g, rb)
+    fd4, fd3, fdc = fds
+    src, dst, ext = _targets(g.l4_ids, g.l4_off, g.l4_batch, rb)
+    csrc, cdst, cext = _targets(g.cp_ids, g.cp_off, g.cp_key, rb)
     l3src, l3row, l3buf = _l3_targets(g, rb)
     crc = {b: 0 for b in g.l4_batch}
+    unused = {k: 0 for k in g.cp_key}  # a copy's crc32 is taken when it is whole (its rows come out of order)
     # two read buffers and two gathered slices in flight, a fifth each of the working budget
     chunk_rows = max(1, (memory_budget // 5) // rb)
-    with _Writer(fd4, crc, max(1, (memory_budget // 10) // rb), rb) as writer:
+    slice_rows = max(1, (memory_budget // 20) // rb)
+    with _Writer(fd4, crc, slice_rows, rb) as writer, _Writer(fdc, unused, slice_rows, rb) as cwriter:
         for lo, hi, chunk in _chunks(reader, chunk_rows):
             a, b = np.searchsorted(src, [lo, hi])
             if b > a:
                 writer.scatter(chunk, src[a:b] - lo, dst[a:b], ext[a:b])
+            a, b = np.searchsorted(csrc, [lo, hi])
+            if b > a:
+                cwriter.scatter(chunk, csrc[a:b] - lo, cdst[a:b], cext[a:b])
+                cwriter.drain()
             a, b = np.searchsorted(l3src, [lo, hi])
             if b > a:
                 l3buf[l3row[a:b]] = chunk[l3src[a:b] - lo]
@@ -318,16 +350,20 @@ def _base_pass(
         hot.commit()
 
 
-def _l4_targets(g: _Group, rb: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
-    if not g.l4_ids:
+def _targets(
+    ids: list[NDArray[Any]], offs: list[int], keys: list[int], rb: int
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+    """For extents (rows ``ids[i]`` in order at byte offset ``offs[i]``): every row's source id,
+    destination offset and extent key, sorted by source id."""
+    if not ids:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
-    lens = np.array([len(x) for x in g.l4_ids])
-    src = np.concatenate(g.l4_ids)
-    starts = np.repeat(np.asarray(g.l4_off, dtype=np.int64), lens)
+    lens = np.array([len(x) for x in ids])
+    src = np.concatenate(ids)
+    starts = np.repeat(np.asarray(offs, dtype=np.int64), lens)
     k = np.arange(len(src), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
     dst = starts + k * rb
-    ext = np.repeat(np.asarray(g.l4_batch, dtype=np.int64), lens)
+    ext = np.repeat(np.asarray(keys, dtype=np.int64), lens)
     order = np.argsort(src, kind="stable")
     return src[order], dst[order], ext[order]
 
@@ -389,6 +425,20 @@ class _Writer:
             self.drain()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _copy_crcs(fd: int, index: list[tuple[int, int, int]], rb: int) -> list[tuple[int, int, int]]:
+    """Each copy's crc32 over its page-padded extent, read back once it is whole."""
+    out = []
+    for off, rows, _ in index:
+        crc, pos, end = 0, off, off + round_up(rows * rb)
+        while pos < end:
+            data = os.pread(fd, min(64 << 20, end - pos), pos)
+            data += bytes(min(64 << 20, end - pos) - len(data))  # the zero padding past the last row
+            crc = zlib.crc32(data, crc)
+            pos += len(data)
+        out.append((off, rows, crc))
+    return out
 
 
 def _write_l3(fd: int, g: _Group, l3buf: NDArray[Any], segs: NDArray[Any], rb: int) -> None:

@@ -80,7 +80,8 @@ class Placement:
     seed: int
     predictions: dict[str, Any] = field(default_factory=dict)
     bounds: NDArray[Any] | None = None  # first batch of each segment, then num_batches (None: segment_len apart)
-    blocks: NDArray[Any] | None = None  # per segment: True where its rows are read from the base table
+    blocks: NDArray[Any] | None = None  # per segment: True where nothing is stored for its rows
+    copies: NDArray[Any] | None = None  # per blocks segment: the copy it reads from (-1: the base table)
     segment_cache: int = SEGMENT_CACHE_BYTES
 
     @property
@@ -95,6 +96,9 @@ class Placement:
 
     def is_blocks(self, si: int) -> bool:
         return self.policy == "blocks" or (self.blocks is not None and bool(self.blocks[si]))
+
+    def copy_of(self, si: int) -> int:
+        return -1 if self.copies is None else int(self.copies[si])
 
     def tier_map(self) -> NDArray[Any]:
         """int8 per node: L1, L2, else L4 (cold; L3 membership is per segment)."""
@@ -129,7 +133,9 @@ class SegmentPlan:
     first_batch: int
     l3_ids: NDArray[Any]  # node ids of the shared extent, in stored (MinHash) order; blocks: sorted
     batches: tuple[BatchPlan, ...]
-    blocks: bool = False  # the segment's rows are read from the base table, not stored
+    blocks: bool = False  # the segment's rows are read as one set from the base table or a copy
+    copy: int = -1  # the copy a blocks segment reads (-1: the base table)
+    l3_pos: NDArray[Any] | None = None  # a copy's segment: positions of l3_ids in the copy (ascending)
 
 
 def hot_sets(counts: NDArray[Any], row_bytes: int, budgets: Budgets) -> tuple[NDArray[Any], NDArray[Any]]:
@@ -164,17 +170,25 @@ def assign_segment(
     tier: NDArray[Any],
     scratch: NDArray[Any],
     blocks: bool = False,
+    copy: tuple[int, NDArray[Any]] | None = None,
 ) -> SegmentPlan:
     """Per batch serving order and tier positions for one segment of consecutive batches.
 
     ``tier`` is :meth:`Placement.tier_map`; ``scratch`` an int64 array of
     ``num_nodes`` entries, all -1, returned to all -1. A ``blocks`` segment
     stores nothing: all its cold rows, sorted, are read from the base table
-    as one set and its batches gather from that (their "L3" rows).
+    as one set and its batches gather from that (their "L3" rows). With
+    ``copy`` (the copy's number and each node's position in it) the set is read
+    from that copy instead, in the copy's order.
     """
     cold = [ids[tier[ids] == L4] for ids in inputs] if p.segmented else [ids[:0] for ids in inputs]
+    l3_pos = None
     if blocks:
         l3_ids = np.unique(np.concatenate(cold)) if cold else np.zeros(0, dtype=np.int64)
+        if copy is not None:
+            at = copy[1][l3_ids]
+            order = np.argsort(at, kind="stable")
+            l3_ids, l3_pos = l3_ids[order], at[order]
         scratch[l3_ids] = np.arange(len(l3_ids))
     else:
         l3_ids = _shared_rows(cold) if len(inputs) > 1 else np.zeros(0, dtype=np.int64)
@@ -186,7 +200,7 @@ def assign_segment(
     plans = tuple(_assign_batch(p, ids, tier, scratch) for ids in inputs)
     if len(l3_ids):
         scratch[l3_ids] = -1
-    return SegmentPlan(first_batch, l3_ids, plans, blocks)
+    return SegmentPlan(first_batch, l3_ids, plans, blocks, -1 if copy is None else copy[0], l3_pos)
 
 
 def _shared_rows(cold: Sequence[NDArray[Any]]) -> NDArray[Any]:
@@ -233,8 +247,14 @@ class Predictor:
     def __init__(self, p: Placement) -> None:
         self.p = p
         self.stored = self.disk_rows = self.l4_bytes = self.l3_bytes = self.l3_page_bytes = 0
-        self.segments = self.blocks_segments = self.largest_segment = 0
+        self.segments = self.blocks_segments = self.largest_segment = self.copies = self.copy_rows = 0
         self.rows = {"l1": 0, "l2": 0, "l3": 0, "l4": 0}
+
+    def add_copy(self, rows: int) -> None:
+        """A copy of ``rows`` rows is stored (once, however many segments read it)."""
+        self.stored += rows
+        self.copies += 1
+        self.copy_rows += rows
 
     def add(self, seg: SegmentPlan) -> None:
         p, rb = self.p, self.p.row_bytes
@@ -247,7 +267,7 @@ class Predictor:
             self.disk_rows += bp.n3 + bp.n4
             self.l4_bytes += round_up(bp.n4 * rb)
             if seg.blocks:  # the reader fetches just these rows when the segment is too large to hold
-                pages += bytes_read(HEADER_BYTES + np.unique(seg.l3_ids[bp.l3_rows]) * rb, rb)
+                pages += bytes_read(_starts(seg, np.unique(bp.l3_rows), rb), rb)
             else:
                 pages += _pages_touched(bp.l3_rows, rb, in_extent) * PAGE
         held = len(seg.l3_ids) * rb if seg.blocks else round_up(len(seg.l3_ids) * rb)
@@ -256,7 +276,7 @@ class Predictor:
         self.largest_segment = max(self.largest_segment, held)
         self.l3_page_bytes += pages
         if p.segmented and 0 < held <= p.segment_cache:
-            self.l3_bytes += bytes_read(HEADER_BYTES + seg.l3_ids * rb, rb) if seg.blocks else held
+            self.l3_bytes += bytes_read(_starts(seg, np.arange(len(seg.l3_ids)), rb), rb) if seg.blocks else held
         else:
             self.l3_bytes += pages
 
@@ -278,9 +298,63 @@ class Predictor:
             else 0.0,
             "segments": self.segments,
             "blocks_segments": self.blocks_segments,
+            "copies": self.copies,
+            "copy_rows": self.copy_rows,
             "largest_segment_bytes": self.largest_segment,
             "segment_cache_bytes": p.segment_cache,
         }
+
+
+def _starts(seg: SegmentPlan, rows: NDArray[Any], rb: int) -> NDArray[Any]:
+    """Byte offsets of a blocks segment's rows (positions in its set) in the file they are read from
+    (a copy's offsets relative to its page-aligned start)."""
+    if seg.l3_pos is not None:
+        out: NDArray[Any] = seg.l3_pos[rows] * rb
+    else:
+        out = HEADER_BYTES + seg.l3_ids[rows] * rb
+    return out
+
+
+def copy_order(trace: Trace, spans: Sequence[tuple[int, int]], tier: NDArray[Any]) -> NDArray[Any]:
+    """The rows of one copy, in stored order: every cold row the segments ``spans`` read, sorted by
+    the set of those segments that read it (then by id). A segment's rows then lie in whole runs of
+    rows read by the same segments, so reading them from the copy is nearly sequential."""
+    words = max(1, -(-len(spans) // 64))
+    mask = np.zeros((words, len(tier)), dtype=np.uint64)
+    for j, (lo, hi) in enumerate(spans):
+        bit = np.uint64(1) << np.uint64(j % 64)
+        for ids in trace(range(lo, hi)):
+            cold = ids[tier[ids] == L4]
+            mask[j // 64, cold] |= bit
+    rows = np.flatnonzero(mask.any(axis=0))
+    out: NDArray[Any] = rows[np.lexsort((rows, *(mask[w, rows] for w in reversed(range(words)))))]
+    return out
+
+
+class Copies:
+    """Each copy's order and every node's position in it, computed when its first segment comes."""
+
+    def __init__(self, p: Placement, trace: Trace, tier: NDArray[Any]) -> None:
+        self.p, self.trace, self.tier = p, trace, tier
+        self.segments = p.segments()
+        self.current = -1
+        self.ids: NDArray[Any] = np.zeros(0, dtype=np.int64)
+        self.pos: NDArray[Any] = np.zeros(0, dtype=np.int64)
+
+    def of(self, si: int) -> tuple[tuple[int, NDArray[Any]] | None, bool]:
+        """(copy number, positions) for segment ``si`` (None when it reads no copy), and whether
+        that copy starts here."""
+        c = self.p.copy_of(si)
+        if c < 0:
+            return None, False
+        fresh = c != self.current
+        if fresh:
+            spans = [self.segments[j] for j in range(len(self.segments)) if self.p.copy_of(j) == c]
+            self.ids = copy_order(self.trace, spans, self.tier)
+            self.pos = np.full(self.p.num_nodes, -1, dtype=np.int64)
+            self.pos[self.ids] = np.arange(len(self.ids))
+            self.current = c
+        return (c, self.pos), fresh
 
 
 def predict(p: Placement, trace: Trace) -> dict[str, Any]:
@@ -288,8 +362,12 @@ def predict(p: Placement, trace: Trace) -> dict[str, Any]:
     tier = p.tier_map()
     scratch = np.full(p.num_nodes, -1, dtype=np.int32)
     acc = Predictor(p)
+    copies = Copies(p, trace, tier)
     for si, (lo, hi) in enumerate(p.segments()):
-        acc.add(assign_segment(p, lo, list(trace(range(lo, hi))), tier, scratch, p.is_blocks(si)))
+        copy, fresh = copies.of(si)
+        if fresh:
+            acc.add_copy(len(copies.ids))
+        acc.add(assign_segment(p, lo, list(trace(range(lo, hi))), tier, scratch, p.is_blocks(si), copy))
     return acc.result()
 
 

@@ -153,9 +153,11 @@ class LayoutReader:
         self.stats = ServeStats(self.rb)
         self._io = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="featdb-io")
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-read-ahead")
+        copies = self.gen_dir / "copies.dat"
+        cp = self._add(PageFile(copies, direct=self.store.direct)) if copies.exists() else None
         self.seg_reader = self._add(
             SegmentReader(
-                self.segs, self.rb, self.l3, self.base, self.gen_dir / "blocks.i64", self._io, threads, self.stats
+                self.segs, self.rb, self.l3, self.base, self.gen_dir / "blocks.i64", cp, self._io, threads, self.stats
             )
         )
         want = int(doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes
@@ -360,7 +362,7 @@ class LayoutReader:
             return
         t = time.perf_counter()
         take_rows(extent, rows, out)
-        self.stats.add("base" if sr.is_blocks(seg) else "l3", len(rows), 0, time.perf_counter() - t)
+        self.stats.add(sr.tier(seg), len(rows), 0, time.perf_counter() - t)
 
     def _read_ahead(self, seg: int) -> None:
         nxt = self._next.get(seg)

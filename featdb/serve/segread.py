@@ -36,8 +36,10 @@ def segment_index(raw: NDArray[Any], cols: int) -> NDArray[Any]:
     if raw.size % cols:
         raise CorruptDataError(f"segments index: {raw.size} entries is not a multiple of {cols}")
     segs = raw.reshape(-1, cols)
-    if cols < SEG_COLS:
-        segs = np.hstack([segs, np.zeros((len(segs), SEG_COLS - cols), dtype=segs.dtype)])
+    if cols < SEG_COLS:  # no blocks (5 columns) or no copies (7): pad, copy offset -1
+        pad = np.zeros((len(segs), SEG_COLS - cols), dtype=segs.dtype)
+        pad[:, -1] = -1
+        segs = np.hstack([segs, pad])
     return segs
 
 
@@ -58,11 +60,12 @@ class SegmentReader:
         l3: PageFile,
         base: TableReader,
         blocks_path: Any,
+        copies: PageFile | None,
         io: Executor,
         threads: int,
         stats: ServeStats,
     ) -> None:
-        self.segs, self.rb, self.l3, self.base = segs, row_bytes, l3, base
+        self.segs, self.rb, self.l3, self.base, self.copies = segs, row_bytes, l3, base, copies
         self.io, self.threads, self.stats = io, threads, stats
         self.scratch = ScratchBuffers()
         self._fd = os.open(blocks_path, os.O_RDONLY) if os.path.exists(blocks_path) else -1
@@ -70,6 +73,10 @@ class SegmentReader:
 
     def is_blocks(self, seg: int) -> bool:
         return bool(self.segs[seg, 6])
+
+    def tier(self, seg: int) -> str:
+        """Where the segment's rows count: "base" when read from the base table, else "l3"."""
+        return "base" if self.is_blocks(seg) and self.segs[seg, 7] < 0 else "l3"
 
     def nbytes(self, seg: int) -> int:
         """Memory the whole segment takes (see :func:`segment_bytes`)."""
@@ -79,15 +86,24 @@ class SegmentReader:
         return int(self.sizes.max(initial=0))
 
     def ids(self, seg: int) -> NDArray[Any]:
-        """A blocks segment's node ids, sorted."""
+        """A blocks segment's rows, ascending: node ids, or positions in its copy."""
         off, n = int(self.segs[seg, 5]), int(self.segs[seg, 6])
         raw = os.pread(self._fd, 8 * n, 8 * off)
         if len(raw) != 8 * n:
             raise CorruptDataError(f"blocks.i64: short read for segment {seg}")
         ids = np.frombuffer(raw, dtype="<i8")
         if n and (ids[0] < 0 or ids[-1] >= self.base.schema.rows or np.any(np.diff(ids) <= 0)):
-            raise CorruptDataError(f"blocks.i64: segment {seg}'s ids are not sorted node ids")
+            raise CorruptDataError(f"blocks.i64: segment {seg}'s rows are not ascending rows of the table")
         return ids
+
+    def _source(self, seg: int) -> tuple[PageFile, int]:
+        """The file a blocks segment reads and the byte offset of its row 0."""
+        at = int(self.segs[seg, 7])
+        if at < 0:
+            return self.base.file, HEADER_BYTES
+        if self.copies is None:
+            raise CorruptDataError(f"segment {seg} reads a copy, but the layout has no copies.dat")
+        return self.copies, at
 
     def load(self, seg: int) -> NDArray[Any]:
         """The whole segment as a (rows, row_bytes) uint8 array; counts the bytes read."""
@@ -95,8 +111,8 @@ class SegmentReader:
         if self.is_blocks(seg):
             ids = self.ids(seg)
             rows = np.empty((len(ids), self.rb), dtype=np.uint8)
-            nbytes = self._read_base(ids, rows)
-            self.stats.add("base", 0, nbytes, time.perf_counter() - t)
+            nbytes = self._read_base(seg, ids, rows)
+            self.stats.add(self.tier(seg), 0, nbytes, time.perf_counter() - t)
             return rows
         buf = aligned_buffer(self.nbytes(seg))
         nbytes = read_pieces(self.l3, self.io, memoryview(buf), int(self.segs[seg, 2]), PIECE)
@@ -110,36 +126,37 @@ class SegmentReader:
         uniq, inv = np.unique(rows, return_inverse=True)
         if self.is_blocks(seg):
             got = np.empty((len(uniq), self.rb), dtype=np.uint8)
-            nbytes = self._read_base(self.ids(seg)[uniq], got)
+            nbytes = self._read_base(seg, self.ids(seg)[uniq], got)
             out[...] = got[inv]
-            self.stats.add("base", len(rows), nbytes, time.perf_counter() - t)
+            self.stats.add(self.tier(seg), len(rows), nbytes, time.perf_counter() - t)
             return
         starts = int(self.segs[seg, 2]) + uniq * self.rb
         nbytes = read_scattered(self.l3, self.io, self.threads, self.scratch, starts, self.rb, out, order=inv)
         self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
 
-    def _read_base(self, ids: NDArray[Any], out: NDArray[Any]) -> int:
+    def _read_base(self, seg: int, ids: NDArray[Any], out: NDArray[Any]) -> int:
         """Sorted ids' rows from the base table: their pages coalesced into runs (reading
         through gaps of up to GAP_PAGES, cheaper than another request), in windows of at most
         WINDOW bytes whose runs are read as parallel pieces while the previous window is gathered."""
         if not len(ids):
             return 0
-        wins = windows(HEADER_BYTES + ids * self.rb, self.rb)
+        src, first = self._source(seg)
+        wins = windows(first + ids * self.rb, self.rb)
         size = max(int(w.nbytes.sum()) for w in wins)
         bufs = [aligned_buffer(size), aligned_buffer(size)]
         nbytes = 0
-        pending = self._start(wins[0], bufs[0])
+        pending = self._start(src, wins[0], bufs[0])
         for i, w in enumerate(wins):
             nbytes += pending()
             if i + 1 < len(wins):
-                pending = self._start(wins[i + 1], bufs[(i + 1) % 2])
+                pending = self._start(src, wins[i + 1], bufs[(i + 1) % 2])
             gather_rows(bufs[i % 2], w.pos, self.rb, out[w.lo : w.hi])
         return nbytes
 
-    def _start(self, w: Window, buf: Any) -> Callable[[], int]:
+    def _start(self, src: PageFile, w: Window, buf: Any) -> Callable[[], int]:
         mv = memoryview(buf)
         futures = [
-            self.io.submit(self.base.file.read_into, mv[b : b + n], f)
+            self.io.submit(src.read_into, mv[b : b + n], f)
             for f, b, n in zip(w.file_off.tolist(), w.buf_off.tolist(), w.nbytes.tolist(), strict=True)
         ]
 
