@@ -317,7 +317,7 @@ def _starts(seg: SegmentPlan, rows: NDArray[Any], rb: int) -> NDArray[Any]:
 
 def copy_order(trace: Trace, spans: Sequence[tuple[int, int]], tier: NDArray[Any]) -> NDArray[Any]:
     """The rows of one copy, in stored order: every cold row the segments ``spans`` read, sorted by
-    the set of those segments that read it (then by id). A segment's rows then lie in whole runs of
+    the set of those segments that read it (in Gray code order, then by id). A segment's rows then lie in whole runs of
     rows read by the same segments, so reading them from the copy is nearly sequential."""
     words = max(1, -(-len(spans) // 64))
     mask = np.zeros((words, len(tier)), dtype=np.uint64)
@@ -327,8 +327,19 @@ def copy_order(trace: Trace, spans: Sequence[tuple[int, int]], tier: NDArray[Any
             cold = ids[tier[ids] == L4]
             mask[j // 64, cold] |= bit
     rows = np.flatnonzero(mask.any(axis=0))
-    out: NDArray[Any] = rows[np.lexsort((rows, *(mask[w, rows] for w in reversed(range(words)))))]
+    keys = [_gray_rank(mask[w, rows]) for w in reversed(range(words))]
+    out: NDArray[Any] = rows[np.lexsort((rows, *keys))]
     return out
+
+
+def _gray_rank(m: NDArray[Any]) -> NDArray[Any]:
+    """Each mask's position in the reflected Gray code sequence: sorted by it, neighbouring masks
+    differ in one segment, so each segment's rows fall into about half as many runs as in plain
+    binary order."""
+    r = m.copy()
+    for shift in (1, 2, 4, 8, 16, 32):
+        r ^= r >> np.uint64(shift)
+    return r
 
 
 class Copies:

@@ -7,7 +7,7 @@ import concurrent.futures
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from ..io import (
     read_scattered,
 )
 from ..layout.document import SEG_COLS
-from ..runs import Window, windows
+from ..runs import QUEUE_DEPTH, Window, windows
 from ..tables import HEADER_BYTES, TableReader
 from .stats import ServeStats
 
@@ -67,6 +67,7 @@ class SegmentReader:
     ) -> None:
         self.segs, self.rb, self.l3, self.base, self.copies = segs, row_bytes, l3, base, copies
         self.io, self.threads, self.stats = io, threads, stats
+        self.pool = ThreadPoolExecutor(max_workers=QUEUE_DEPTH, thread_name_prefix="featdb-segment-io")
         self.scratch = ScratchBuffers()
         self._fd = os.open(blocks_path, os.O_RDONLY) if os.path.exists(blocks_path) else -1
         self.sizes = segment_bytes(segs, row_bytes)
@@ -156,7 +157,7 @@ class SegmentReader:
     def _start(self, src: PageFile, w: Window, buf: Any) -> Callable[[], int]:
         mv = memoryview(buf)
         futures = [
-            self.io.submit(src.read_into, mv[b : b + n], f)
+            self.pool.submit(src.read_into, mv[b : b + n], f)
             for f, b, n in zip(w.file_off.tolist(), w.buf_off.tolist(), w.nbytes.tolist(), strict=True)
         ]
 
@@ -167,6 +168,7 @@ class SegmentReader:
         return wait
 
     def close(self) -> None:
+        self.pool.shutdown(wait=True)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
