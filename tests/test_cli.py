@@ -91,6 +91,8 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
     plan = run_json("pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2, "--dry-run")
     assert plan["dry_run"] is True and plan["id"] is None
     assert plan["blowup"] <= 2.0 and plan["l2_rows"] == 8192 // 64 and plan["predictions"]["requested_rows"] > 0
+    per_epoch, per_pass = plan["predictions"]["disk_bytes_per_epoch"], plan["predictions"]["disk_bytes_per_pass"]
+    assert 0 < per_epoch * 2 <= per_pass  # two training epochs, and evaluation batches besides
     assert tree(store) == before, "--dry-run wrote something"
 
     packed = run_json("pack", store, "--sample-set", "tr", "--host-cache", "8KiB", "--max-blowup", 2)

@@ -195,10 +195,12 @@ def pack(
     for line in warnings:
         click.echo(f"warning: {line}", err=True)
     summary["memory"] = {"budget_bytes": memory_budget, "peak_rss_bytes": peak_rss()}
+    per_epoch = doc["predictions"].get("disk_bytes_per_epoch")
     text = (
         f"{'plan' if dry_run else 'packed generation ' + str(doc.get('id'))}: policy={doc['policy']} "
         f"blowup={doc['blowup']} predicted amplification={doc['predicted_amplification']} "
-        f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "
+        + (f"({format_size(per_epoch)} read per training epoch) " if per_epoch else "")
+        + f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "
         f"segments={doc['segments']} (blocks {doc['blocks_segments']}, longest {doc['segment_len']})"
     )
     for c in doc["predictions"].get("candidates", []):

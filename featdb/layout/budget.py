@@ -60,9 +60,10 @@ def plan(
     budgets.validate()
     spans = check_groups(groups, num_batches)
     l1, l2 = hot_sets(counts, row_bytes, budgets)
+    train = spans[min(len(spans), epochs) - 1][1] if epochs and groups else 0
     p = Placement(
         len(counts), row_bytes, num_batches, budgets.policy, l1, l2, 1, budgets.seed,
-        segment_cache=budgets.segment_cache,
+        segment_cache=budgets.segment_cache, epochs=epochs if train else 0, train_batches=train,
     )  # fmt: skip
     tier = p.tier_map()
     limit = budgets.segment_limit // max(1, row_bytes)

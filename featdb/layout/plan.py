@@ -82,6 +82,8 @@ class Placement:
     bounds: NDArray[Any] | None = None  # first batch of each segment, then num_batches (None: segment_len apart)
     blocks: NDArray[Any] | None = None  # per segment: True where nothing is stored for its rows
     copies: NDArray[Any] | None = None  # per blocks segment: the copy it reads from (-1: the base table)
+    epochs: int = 0  # the first train_batches batches are this many training epochs
+    train_batches: int = 0
     segment_cache: int = SEGMENT_CACHE_BYTES
 
     @property
@@ -248,6 +250,7 @@ class Predictor:
         self.p = p
         self.stored = self.disk_rows = self.l4_bytes = self.l3_bytes = self.l3_page_bytes = 0
         self.segments = self.blocks_segments = self.largest_segment = self.copies = self.copy_rows = 0
+        self.train_bytes = 0
         self.rows = {"l1": 0, "l2": 0, "l3": 0, "l4": 0}
 
     def add_copy(self, rows: int) -> None:
@@ -257,6 +260,12 @@ class Predictor:
         self.copy_rows += rows
 
     def add(self, seg: SegmentPlan) -> None:
+        before = self.l3_bytes + self.l4_bytes
+        self._add(seg)
+        if seg.first_batch < self.p.train_batches:
+            self.train_bytes += self.l3_bytes + self.l4_bytes - before
+
+    def _add(self, seg: SegmentPlan) -> None:
         p, rb = self.p, self.p.row_bytes
         self.stored += (0 if seg.blocks else len(seg.l3_ids)) + sum(bp.n4 for bp in seg.batches)
         in_extent = p.packs and not seg.blocks  # positions into a packed extent, else base-table rows
@@ -292,6 +301,7 @@ class Predictor:
             "requested_rows": total,
             "hit_rate": {k: round(v / total, 4) if total else 0.0 for k, v in self.rows.items()},
             "disk_bytes_per_pass": disk,
+            "disk_bytes_per_epoch": self.train_bytes // p.epochs if p.epochs else None,
             "predicted_amplification": round(disk / need, 4) if need else 0.0,
             "predicted_amplification_l3_by_page": round((self.l4_bytes + self.l3_page_bytes) / need, 4)
             if need
