@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from .catalog import Catalog, Txn
 from .errors import (
     AlreadyExistsError,
+    CorruptDataError,
     FormatVersionError,
     InvalidInputError,
     InvalidKeyError,
@@ -236,6 +237,18 @@ class Store:
             )
             self._readers[key] = r
         return r
+
+    def check_table(self, key: str) -> None:
+        """:class:`CorruptDataError` naming the damage unless the table's files match their checksums
+        (a whole sequential read: for tables used through a memory map, whose reads are not checked)."""
+        from .integrity import check_file
+
+        problems = []
+        for rel in table_files(self.table_info(key)):
+            rec = self.catalog.get(f"file/{rel}")
+            problems += check_file(self.root, rel, rec) if rec is not None else [f"{rel}: no file record"]
+        if problems:
+            raise CorruptDataError(f"table {key!r}: {'; '.join(problems)}; run featdb verify")
 
     def forget_reader(self, key: str) -> None:
         """Close the cached reader of ``key`` (after its table was replaced or removed)."""

@@ -125,3 +125,19 @@ def test_random_flips_are_always_caught_many(store: Path, base: tuple[Path, np.n
     tally = _flip_trials(store, base[1], 300, 1, tmp_path)
     print("base table flips:", tally)
     assert tally == {"trials": 300, "verify_reported": 300, "read_all_raised": 300, "wrong_rows_served": 0}
+
+
+def test_training_stops_on_a_damaged_label_file(tmp_path: Path) -> None:
+    """Labels are read through a memory map, so the whole label file is checked before training."""
+    pytest.importorskip("dgl")
+    from helpers import make_layout, make_sample_set, make_synth_store
+
+    from trainer.cli import main
+
+    with make_synth_store(tmp_path / "store", nodes=900) as st:
+        make_sample_set(st, "tr", epochs=1)
+        make_layout(st, "tr")
+        label_file = tmp_path / "store" / st.table_info("graph/node/label")["file"]
+    flip_byte(label_file, PAGE + 8 * 17)
+    res = CliRunner().invoke(main, [str(tmp_path / "store"), "--sample-set", "tr", "--epochs", "1", "-q"])
+    assert_one_error_line(res, "CorruptDataError", "graph/node/label")

@@ -111,10 +111,17 @@ def load_graph(store: Store, mmap: bool = False) -> Graph:
     )
 
 
-def node_labels(store: Store) -> NDArray[Any]:
-    """Every node's label, memory-mapped: indexing it reads only the pages of the ids asked for."""
+def node_labels(store: Store, check: bool = True) -> NDArray[Any]:
+    """Every node's label, memory-mapped: indexing it reads only the pages of the ids asked for.
+
+    Reads through the map are not checked one by one, so with ``check`` (the default) the whole
+    label file is checked against its checksums first (one sequential read, 8 bytes per node).
+    """
     doc = graph_info(store)
-    return _map_table(store, {**GRAPH_TABLES, **doc.get("tables", {})}["label"])
+    key = {**GRAPH_TABLES, **doc.get("tables", {})}["label"]
+    if check:
+        store.check_table(key)
+    return _map_table(store, key)
 
 
 def _map_table(store: Store, key: str) -> NDArray[Any]:
