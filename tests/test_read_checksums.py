@@ -141,3 +141,16 @@ def test_training_stops_on_a_damaged_label_file(tmp_path: Path) -> None:
     flip_byte(label_file, PAGE + 8 * 17)
     res = CliRunner().invoke(main, [str(tmp_path / "store"), "--sample-set", "tr", "--epochs", "1", "-q"])
     assert_one_error_line(res, "CorruptDataError", "graph/node/label")
+
+
+def test_sampling_stops_on_a_damaged_graph_file(tmp_path: Path) -> None:
+    """The graph is memory-mapped for sampling, so its files are checked whole before sampling starts."""
+    pytest.importorskip("dgl")
+    from helpers import make_synth_store
+
+    with make_synth_store(tmp_path / "store", nodes=900) as st:
+        indices = tmp_path / "store" / st.table_info("graph/csc/indices")["file"]
+    flip_byte(indices, PAGE + 40)
+    res = CliRunner().invoke(cli, ["sample", str(tmp_path / "store"), "--name", "s", "--fanouts", "2"])
+    assert_one_error_line(res, "CorruptDataError", "graph/csc/indices")
+    assert not (tmp_path / "store" / "samples" / "s").exists()

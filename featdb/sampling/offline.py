@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from ..catalog import Txn
 from ..errors import AlreadyExistsError, NotFoundError
-from ..graph.model import SPLITS
+from ..graph.model import GRAPH_TABLES, SPLITS
 from ..io import ChecksumWriter, hold_dir, write_atomic
 from ..locks import writer_lock
 from ..memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, MemoryBudget, children_peak_rss
@@ -259,6 +259,8 @@ def _sample_locked(
     if store.catalog.get(f"sampleset/{cfg.name}") is not None:
         raise AlreadyExistsError(f"sample set {cfg.name!r} already exists (remove it with featdb gc --sample-set)")
     g = load_graph(store, mmap=True)
+    for key in {**GRAPH_TABLES, **g.info.get("tables", {})}.values():  # mapped reads are not checked: check once
+        store.check_table(key)
     split_ids = {"train": g.train, "valid": g.valid, "test": g.test}
     if len(split_ids[cfg.split]) == 0:
         raise NotFoundError(f"split {cfg.split!r} of the stored graph is empty")
