@@ -74,7 +74,27 @@ def test_a_reader_refuses_another_stores_set_of_the_same_name(base: Path, tmp_pa
     with make_synth_store(other, nodes=900) as st:
         make_sample_set(st, "tr", epochs=1)
     with featdb.open(base) as a, featdb.open(other) as b, featdb.open_reader(a) as reader:
-        with SampleSet(b, "tr") as theirs, pytest.raises(errors.ConfigError, match="is not the one this layout reads"):
+        with SampleSet(b, "tr") as theirs, pytest.raises(errors.ConfigError, match="is not the one this layout was"):
             reader.attach(theirs)
         with SampleSet(a, "tr") as ours:
             reader.attach(ours)
+
+
+def test_a_reader_refuses_a_set_sampled_again_under_the_packed_name(base: Path, tmp_path: Path) -> None:
+    """A layout records its sample set's content id: a set removed and sampled again under the
+    same name is another set, and its batches do not match the layout's maps."""
+    store = tmp_path / "store"
+    shutil.copytree(base, store)
+    with featdb.open(store, "a") as st:
+        doc = st.catalog.get(f"generation/{featdb.info(st)['layout']['id']}")
+        with SampleSet(st, "tr") as ss:
+            assert doc["sample_set_uid"] == ss.uid
+        earlier = doc | {"sample_set_uid": "an-earlier-set"}
+        st.catalog.write(lambda t: t.put(f"generation/{doc['id']}", earlier))
+    with (
+        featdb.open(store) as st,
+        featdb.open_reader(st) as reader,
+        SampleSet(st, "tr") as ss,
+        pytest.raises(errors.ConfigError, match="featdb pack --sample-set tr"),
+    ):
+        reader.attach(ss)

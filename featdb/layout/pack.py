@@ -106,6 +106,7 @@ def pack(
             placement = replace(placement, predictions=placement.predictions | acc.result())
             doc = layout_doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
             doc["table_file"] = store.table_info(table)["file"]
+            doc["sample_set_uid"] = ss.uid  # a set sampled again under the same name is another set
             doc["pack_s"] = round(time.perf_counter() - started, 3)
             doc["warnings"] = warnings
             generation.publish(store, gen_id, tmp, doc, files)

@@ -306,8 +306,11 @@ class LayoutReader:
         """Let :class:`BatchRows` carry input ids and :meth:`batch` return relabelled MFGs."""
         if sample_set.name != self.doc["sample_set"]:
             raise ConfigError(f"layout is for sample set {self.doc['sample_set']!r}, not {sample_set.name!r}")
-        if not sample_set.same_as(self.store):  # not another store's set of that name
-            raise ConfigError(f"sample set {sample_set.name!r} at {sample_set.root} is not the one this layout reads")
+        if not sample_set.same_as(self.store) or self.doc.get("sample_set_uid", sample_set.uid) != sample_set.uid:
+            raise ConfigError(  # another store's set of that name, or one sampled again since the pack
+                f"sample set {sample_set.name!r} at {sample_set.root} is not the one this layout was packed "
+                f"for: run featdb pack --sample-set {sample_set.name}"
+            )
         self._sample_set = sample_set
 
     def batch(self, b: int, order: NDArray[Any]) -> Batch:
