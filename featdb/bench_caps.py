@@ -1,7 +1,8 @@
 """``featdb bench caps``: epoch time and disk bytes against the disk budget, in one run.
 
 For each cap (uncapped, then each ``--max-blowup``; 0 is the blocks policy,
-nothing stored) the store is packed, the page cache dropped, and
+nothing stored) earlier layouts are garbage-collected, the store is packed,
+the page cache dropped, and
 ``featdb-train`` run for a few epochs; the in-memory baseline runs once beside
 them. Every step is a separate process, optionally under one cgroup memory cap.
 """
@@ -132,12 +133,15 @@ def _result(
         "blocks_segments": doc.get("blocks_segments"),
         "predicted_amplification": doc.get("predicted_amplification"),
         "predicted_disk_bytes_per_pass": pred.get("disk_bytes_per_pass"),
+        "predicted_disk_bytes_per_epoch": pred.get("disk_bytes_per_epoch"),
+        "predicted_amplification_per_epoch": pred.get("predicted_amplification_per_epoch"),
         "candidates": pred.get("candidates"),
         "warnings": doc.get("warnings"),
     } | _train_result(train)
     amp = res["measured_amplification"]
-    if amp and res["predicted_amplification"]:
-        res["measured_over_predicted"] = _ratio(statistics.mean(amp), res["predicted_amplification"])
+    want = res["predicted_amplification_per_epoch"] or res["predicted_amplification"]
+    if amp and want:
+        res["measured_over_predicted"] = _ratio(statistics.mean(amp), want)
     return res
 
 
@@ -186,7 +190,7 @@ def plot(res: dict[str, Any], out_dir: Path) -> list[str]:
     ax2 = ax.twinx()
     ax2.plot(labels, [(r["layout_disk_bytes"] or 0) / 1e9 for r in runs], "o-", color="tab:green", label="layout GB")
     ax2.set_ylabel("layout on disk (GB)")
-    fig.legend(loc="upper right")
+    fig.legend(loc="upper center", bbox_to_anchor=(0.55, 0.95))
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "epoch_vs_disk_cap.png"

@@ -250,7 +250,7 @@ class Predictor:
         self.p = p
         self.stored = self.disk_rows = self.l4_bytes = self.l3_bytes = self.l3_page_bytes = 0
         self.segments = self.blocks_segments = self.largest_segment = self.copies = self.copy_rows = 0
-        self.train_bytes = 0
+        self.train_bytes = self.train_need = 0
         self.rows = {"l1": 0, "l2": 0, "l3": 0, "l4": 0}
 
     def add_copy(self, rows: int) -> None:
@@ -260,10 +260,11 @@ class Predictor:
         self.copy_rows += rows
 
     def add(self, seg: SegmentPlan) -> None:
-        before = self.l3_bytes + self.l4_bytes
+        before, rows = self.l3_bytes + self.l4_bytes, self.disk_rows
         self._add(seg)
         if seg.first_batch < self.p.train_batches:
             self.train_bytes += self.l3_bytes + self.l4_bytes - before
+            self.train_need += (self.disk_rows - rows) * self.p.row_bytes
 
     def _add(self, seg: SegmentPlan) -> None:
         p, rb = self.p, self.p.row_bytes
@@ -302,6 +303,9 @@ class Predictor:
             "hit_rate": {k: round(v / total, 4) if total else 0.0 for k, v in self.rows.items()},
             "disk_bytes_per_pass": disk,
             "disk_bytes_per_epoch": self.train_bytes // p.epochs if p.epochs else None,
+            "predicted_amplification_per_epoch": round(self.train_bytes / self.train_need, 4)
+            if self.train_need
+            else None,
             "predicted_amplification": round(disk / need, 4) if need else 0.0,
             "predicted_amplification_l3_by_page": round((self.l4_bytes + self.l3_page_bytes) / need, 4)
             if need
