@@ -642,3 +642,25 @@ def test_segment_cache_reads_ahead_without_evicting_the_segment_being_served() -
     d = cache.as_dict()
     assert d["prefetched"] == 1 and d["misses"] == 2 and d["hits"] + d["waited_for_prefetch"] == 2
     assert d["bytes"] <= 250
+
+
+@pytest.mark.parametrize("rb", [512, 96, 4])
+@pytest.mark.parametrize("dense", [True, False])
+def test_segment_gather_copies_back_to_back_rows_as_blocks_and_the_same_bytes(rb: int, dense: bool) -> None:
+    import mmap
+
+    from featdb.io import gather_rows
+    from featdb.serve.segread import _gather
+
+    rng = np.random.default_rng(rb)
+    buf = mmap.mmap(-1, 1 << 18)
+    np.frombuffer(buf, dtype=np.uint8)[:] = rng.integers(0, 256, 1 << 18, dtype=np.uint8)
+    slots = ((1 << 18) - rb) // rb
+    if dense:  # runs of 40 rows with gaps between, as a copy's segment reads them
+        pos = np.concatenate([np.arange(s, min(s + 40, slots)) for s in range(0, slots, 60)]) * rb
+    else:
+        pos = np.sort(rng.choice(slots, 200, replace=False)) * rb
+    got, want = np.empty((len(pos), rb), np.uint8), np.empty((len(pos), rb), np.uint8)
+    _gather(buf, pos, rb, got)
+    gather_rows(buf, pos, rb, want)
+    np.testing.assert_array_equal(got, want)

@@ -43,6 +43,20 @@ def segment_index(raw: NDArray[Any], cols: int) -> NDArray[Any]:
     return segs
 
 
+def _gather(buf: Any, pos: NDArray[Any], rb: int, out: NDArray[Any]) -> None:
+    """Rows at byte positions ``pos`` of ``buf`` into ``out``: rows that lie back to back (a copy's
+    runs) are copied as whole blocks, scattered ones through :func:`gather_rows`."""
+    cuts = np.flatnonzero(np.diff(pos) != rb) + 1
+    if len(cuts) * 8 > len(pos):  # mostly scattered: one vectorised gather
+        gather_rows(buf, pos, rb, out)
+        return
+    src = np.frombuffer(buf, dtype=np.uint8)
+    flat = out.reshape(-1)
+    for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(pos)], strict=True):
+        p = int(pos[lo])
+        flat[lo * rb : hi * rb] = src[p : p + (hi - lo) * rb]
+
+
 def segment_bytes(segs: NDArray[Any], row_bytes: int) -> NDArray[Any]:
     """Memory each whole segment takes: a blocks segment's rows compact, a packed extent page-aligned."""
     packed = -(-segs[:, 3] * row_bytes // PAGE) * PAGE
@@ -151,7 +165,7 @@ class SegmentReader:
             nbytes += pending()
             if i + 1 < len(wins):
                 pending = self._start(src, wins[i + 1], bufs[(i + 1) % 2])
-            gather_rows(bufs[i % 2], w.pos, self.rb, out[w.lo : w.hi])
+            _gather(bufs[i % 2], w.pos, self.rb, out[w.lo : w.hi])
         return nbytes
 
     def _start(self, src: PageFile, w: Window, buf: Any) -> Callable[[], int]:
