@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bench_train import _featdb, _step
+from .bench_train import featdb_argv, run_step
 from .cgroup import MemoryCap, command_path
 from .errors import ConfigError
 
@@ -61,19 +61,19 @@ def run(
     try:
         for c in caps:
             label = "uncapped" if c is None else f"cap {c:g}"
-            argv = _featdb("pack", store, "--sample-set", sample_set, "--host-cache", host_cache)
+            argv = featdb_argv("pack", store, "--sample-set", sample_set, "--host-cache", host_cache)
             argv += ["--segment-cache", str(segment_cache), "--memory-budget", str(memory_budget)]
             if c is not None:
                 argv += ["--max-blowup", f"{c:g}"]
-            packed = _step(cap, argv, store, say, f"{label}: pack")
+            packed = run_step(cap, argv, store, say, f"{label}: pack")
             doc = packed["summary"] or {}
-            train = _step(
+            train = run_step(
                 cap, _train(store, sample_set, "featdb", epochs, memory_budget), store, say, f"{label}: train"
             )
             runs.append(_result(c, packed, doc, train, store))
         base = None
         if baseline:
-            step = _step(cap, _train(store, sample_set, "in-memory", epochs, 0), store, say, "in-memory")
+            step = run_step(cap, _train(store, sample_set, "in-memory", epochs, 0), store, say, "in-memory")
             base = _train_result(step)
     finally:
         cap.close()

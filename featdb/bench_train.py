@@ -83,7 +83,7 @@ def _json(f: Finished) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _step(
+def run_step(
     cap: MemoryCap, argv: list[str], root: Path, say: Say, label: str, timeout: float | None = None
 ) -> dict[str, Any]:
     """Run one featdb command under ``cap`` from a cold page cache, after the writes of earlier steps
@@ -112,7 +112,7 @@ def _step(
     return out
 
 
-def _featdb(command: str, *args: object) -> list[str]:
+def featdb_argv(command: str, *args: object) -> list[str]:
     """A ``featdb`` command line with ``--json -q``."""
     return [command_path("featdb"), command, *map(str, args), "--json", "-q"]
 
@@ -127,7 +127,7 @@ def build(root: Path, p: Preset, cap: MemoryCap, budget: int, say: Say, fresh: b
     if root.exists():
         shutil.rmtree(root)
     commands = {
-        "synth": _featdb(
+        "synth": featdb_argv(
             "synth",
             root,
             "--nodes",
@@ -145,7 +145,7 @@ def build(root: Path, p: Preset, cap: MemoryCap, budget: int, say: Say, fresh: b
             "--memory-budget",
             min(budget, 512 << 20),
         ),
-        "sample": _featdb(
+        "sample": featdb_argv(
             "sample",
             root,
             "--name",
@@ -159,13 +159,13 @@ def build(root: Path, p: Preset, cap: MemoryCap, budget: int, say: Say, fresh: b
             "--memory-budget",
             budget,
         ),
-        "pack": _featdb(
+        "pack": featdb_argv(
             "pack", root, "--sample-set", SAMPLE_SET, "--host-cache", p.host_cache, "--memory-budget", budget
         ),
     }
     steps: dict[str, Any] = {}
     for name, argv in commands.items():
-        steps[name] = _step(cap, argv, root.parent if name == "synth" else root, say, name)
+        steps[name] = run_step(cap, argv, root.parent if name == "synth" else root, say, name)
         _require(steps[name], name)
     marker.write_text(json.dumps(want))
     return steps
@@ -245,7 +245,7 @@ def sweep(root: Path, p: Preset, say: Say) -> list[dict[str, Any]]:
         with MemoryCap(cap_limit) as cap:
             for loader in ("featdb", "dgl-mmap"):
                 batches = 0 if loader == "featdb" else SWEEP_BATCHES  # featdb: the whole epoch, it is quick
-                step = _step(
+                step = run_step(
                     cap,
                     train_argv(root, loader, budget, batches),
                     root,
@@ -304,12 +304,12 @@ def run(
         steps = build(root, p, cap, budget, say, fresh)
         rb = p.dim * 4
         systems = {
-            "featdb": _step(cap, train_argv(root, "featdb", budget), root, say, "featdb"),
-            "dgl-mmap": _step(cap, train_argv(root, "dgl-mmap", budget, p.mmap_batches), root, say, "dgl-mmap"),
-            "in-memory": _step(cap, train_argv(root, "in-memory", budget, p.mmap_batches), root, say, "in-memory"),
+            "featdb": run_step(cap, train_argv(root, "featdb", budget), root, say, "featdb"),
+            "dgl-mmap": run_step(cap, train_argv(root, "dgl-mmap", budget, p.mmap_batches), root, say, "dgl-mmap"),
+            "in-memory": run_step(cap, train_argv(root, "in-memory", budget, p.mmap_batches), root, say, "in-memory"),
         }
     with MemoryCap(None) as free:
-        systems["in-memory-uncapped"] = _step(
+        systems["in-memory-uncapped"] = run_step(
             free, train_argv(root, "in-memory", budget), root, say, "in-memory, uncapped"
         )
     table = root / _table_file(root)

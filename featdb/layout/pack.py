@@ -14,13 +14,10 @@ base table.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import time
 import zlib
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, SchemaMismatchError
-from ..io import PAGE, ChecksumWriter, aligned_buffer, round_up, write_atomic
+from ..io import ChecksumWriter, round_up, write_atomic
 from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
 from ..progress import Progress
 from ..sampling.sampleset import SampleSet
@@ -38,6 +35,7 @@ from ..tables import Schema, TableReader, TableWriter, id_dtype
 from . import generation
 from .budget import plan
 from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, serving_groups
+from .extents import ExtentWriter, base_chunks, extent_crcs
 from .plan import Budgets, Copies, Placement, Predictor, SegmentPlan, assign_segment
 
 BATCH_COLS = 8  # n4, n3, n2, n1, l4_offset, l4_crc, map_offset, segment
@@ -193,7 +191,7 @@ def _write(
             blocksw.commit()
             files["map.bin"] = {"size": mapw.size, "crcs": mapw.crcs, "kind": "layout"}
             files["blocks.i64"] = {"size": blocksw.size, "crcs": blocksw.crcs, "kind": "layout"}
-        copy_index = _copy_crcs(fdc, copy_index, rb)
+        copy_index = extent_crcs(fdc, copy_index, rb)
         indexes = {
             "l4.dat": ("batches.i64", BATCH_COLS, [4, 0, 5]),
             "l3.dat": ("segments.i64", SEG_COLS, [2, 3, 4]),
@@ -291,21 +289,6 @@ class _HotWriters:
             self.records[name] = {"size": rec["size"], "crcs": rec["crcs"], "kind": "layout"}
 
 
-def _chunks(reader: TableReader, chunk_rows: int) -> Iterator[tuple[int, int, NDArray[Any]]]:
-    """Base-table chunks in order, the next one read ahead on a thread."""
-    rows = reader.schema.rows
-    spans = [(lo, min(rows, lo + chunk_rows)) for lo in range(0, rows, chunk_rows)]
-    nbytes = chunk_rows * reader.schema.row_bytes + 2 * PAGE
-    bufs = [aligned_buffer(nbytes), aligned_buffer(nbytes)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-pack-read") as pool:
-        ahead = [pool.submit(reader.read_range_into, bufs[0], *spans[0])] if spans else []
-        for i, (lo, hi) in enumerate(spans):
-            chunk = ahead.pop().result()
-            if i + 1 < len(spans):
-                ahead.append(pool.submit(reader.read_range_into, bufs[(i + 1) % 2], *spans[i + 1]))
-            yield lo, hi, chunk
-
-
 def _base_pass(
     reader: TableReader,
     g: _Group,
@@ -326,8 +309,8 @@ def _base_pass(
     # two read buffers and two gathered slices in flight, a fifth each of the working budget
     chunk_rows = max(1, (memory_budget // 5) // rb)
     slice_rows = max(1, (memory_budget // 20) // rb)
-    with _Writer(fd4, crc, slice_rows, rb) as writer, _Writer(fdc, unused, slice_rows, rb) as cwriter:
-        for lo, hi, chunk in _chunks(reader, chunk_rows):
+    with ExtentWriter(fd4, crc, slice_rows, rb) as writer, ExtentWriter(fdc, unused, slice_rows, rb) as cwriter:
+        for lo, hi, chunk in base_chunks(reader, chunk_rows):
             a, b = np.searchsorted(src, [lo, hi])
             if b > a:
                 writer.scatter(chunk, src[a:b] - lo, dst[a:b], ext[a:b])
@@ -376,70 +359,6 @@ def _l3_targets(g: _Group, rb: int) -> tuple[NDArray[Any], NDArray[Any], NDArray
     src = np.concatenate(g.l3_ids)
     order = np.argsort(src, kind="stable")
     return src[order], order, np.zeros((len(src), rb), dtype=np.uint8)
-
-
-class _Writer:
-    """Writes a chunk's rows to their batch extents on a thread, while the next slice is gathered.
-
-    A chunk's targets (sorted by source row) are cut into slices of at most
-    ``slice_rows`` rows, so the gathered copy stays bounded however many
-    extents a row goes to. Slices are written in order, one ``pwrite`` per
-    contiguous piece, so each extent's crc32 is carried over its pieces in
-    offset order (an extent's rows are sorted by node id, as the slices are).
-    At most two slices are in flight.
-    """
-
-    def __init__(self, fd: int, crc: dict[int, int], slice_rows: int, rb: int) -> None:
-        self.fd, self.crc, self.slice_rows, self.rb = fd, crc, slice_rows, rb
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-pack-write")
-        self._inflight: list[Future[None]] = []
-
-    def scatter(self, chunk: NDArray[Any], rows: NDArray[Any], dst: NDArray[Any], ext: NDArray[Any]) -> None:
-        for i in range(0, len(rows), self.slice_rows):
-            j = i + self.slice_rows
-            o = np.argsort(dst[i:j], kind="stable")
-            d, e = dst[i:j][o], ext[i:j][o]
-            gathered = chunk[rows[i:j][o]]
-            while len(self._inflight) >= 2:
-                self._inflight.pop(0).result()
-            self._inflight.append(self._pool.submit(self._write, gathered, d, e))
-
-    def _write(self, gathered: NDArray[Any], d: NDArray[Any], e: NDArray[Any]) -> None:
-        rb = self.rb
-        cut = np.flatnonzero((d[1:] != d[:-1] + rb) | (e[1:] != e[:-1])) + 1
-        bounds = np.concatenate([[0], cut, [len(d)]]).tolist()
-        mv = gathered.data.cast("B")
-        for i, j in itertools.pairwise(bounds):
-            piece = mv[i * rb : j * rb]
-            os.pwrite(self.fd, piece, int(d[i]))
-            self.crc[int(e[i])] = zlib.crc32(piece, self.crc[int(e[i])])
-
-    def drain(self) -> None:
-        while self._inflight:
-            self._inflight.pop(0).result()
-
-    def __enter__(self) -> _Writer:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        try:
-            self.drain()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
-def _copy_crcs(fd: int, index: list[tuple[int, int, int]], rb: int) -> list[tuple[int, int, int]]:
-    """Each copy's crc32 over its page-padded extent, read back once it is whole."""
-    out = []
-    for off, rows, _ in index:
-        crc, pos, end = 0, off, off + round_up(rows * rb)
-        while pos < end:
-            data = os.pread(fd, min(64 << 20, end - pos), pos)
-            data += bytes(min(64 << 20, end - pos) - len(data))  # the zero padding past the last row
-            crc = zlib.crc32(data, crc)
-            pos += len(data)
-        out.append((off, rows, crc))
-    return out
 
 
 def _write_l3(fd: int, g: _Group, l3buf: NDArray[Any], segs: NDArray[Any], rb: int) -> None:

@@ -27,7 +27,6 @@ from ..errors import ConfigError, CorruptDataError
 from ..io import (
     PAGE,
     PageFile,
-    ScratchBuffers,
     aligned_buffer,
     round_up,
     start_pieces,
@@ -136,12 +135,10 @@ class LayoutReader:
         check_budget("host", len(self.l2_ids) * self.rb, host_cache)
         check_budget("device", len(self.l1_ids) * self.rb, device_cache)
         nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
-        largest = segment_bytes(self.segs, self.rb).max(initial=0) if self.segmented else 0
-        seg_want = min(
-            int(self.doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes,
-            2 * int(largest),
-        )
-        queue_depth = self._charge(device, cache_bytes, round_up(nmax * self.rb) + PAGE, queue_depth, seg_want)
+        largest = int(segment_bytes(self.segs, self.rb).max(initial=0)) if self.segmented else 0
+        want = int(doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes
+        buffer_bytes = round_up(nmax * self.rb) + PAGE
+        queue_depth = self._charge(device, cache_bytes, buffer_bytes, queue_depth, min(want, 2 * largest))
         self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
         self.host = self._load_rows("host.tbl")
         self.device, self.l1 = self._load_device(device)
@@ -160,17 +157,14 @@ class LayoutReader:
                 self.segs, self.rb, self.l3, self.base, self.gen_dir / "blocks.i64", cp, self._io, threads, self.stats
             )
         )
-        want = int(doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes
-        self.segments = segment_cache_for(self.memory, self.seg_reader.largest() if self.segmented else 0, want)
+        self.segments = segment_cache_for(self.memory, largest, want)
         self._next: dict[int, int] = {}
         self.stats.caches["segments"] = self.segments
         if self.cache is not None:
             self.stats.caches["rows"] = self.cache
         self.queue_depth = queue_depth
-        self.pool = BufferPool(queue_depth + 2, round_up(nmax * self.rb) + PAGE, buffer_timeout)
+        self.pool = BufferPool(queue_depth + 2, buffer_bytes, buffer_timeout)
         self._exec = ThreadPoolExecutor(max_workers=max(1, queue_depth), thread_name_prefix="featdb-batch")
-        self._threads = threads
-        self._scratch = ScratchBuffers()
         self._sample_set: SampleSet | None = None
 
     def _charge(self, device: str, cache_bytes: int, buffer_bytes: int, queue_depth: int, segments: int) -> int:
@@ -352,8 +346,8 @@ class LayoutReader:
     def _read_l3(self, out: NDArray[Any], rows: NDArray[Any], seg: int) -> None:
         if not len(rows):
             return
-        t = time.perf_counter()
         if not self.segmented:
+            t = time.perf_counter()
             nbytes = self.base.read_counted(rows, out.view(self.dtype).reshape(len(rows), self.dim))
             self.stats.add("base", len(rows), nbytes, time.perf_counter() - t)
             return

@@ -97,9 +97,6 @@ class SegmentReader:
         """Memory the whole segment takes (see :func:`segment_bytes`)."""
         return int(self.sizes[seg])
 
-    def largest(self) -> int:
-        return int(self.sizes.max(initial=0))
-
     def ids(self, seg: int) -> NDArray[Any]:
         """A blocks segment's rows, ascending: node ids, or positions in its copy."""
         off, n = int(self.segs[seg, 5]), int(self.segs[seg, 6])
