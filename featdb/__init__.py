@@ -8,6 +8,7 @@ The public API — what the CLI does, from Python (docs/api.md shows each entry 
   :func:`ingest_graph`, :func:`ingest_ogb`, :func:`synth`;
 - the graph: :class:`Graph`, :func:`graph_info`, :func:`load_graph`, :func:`node_labels`;
 - offline sampling: :class:`SampleConfig`, :func:`sample`, :class:`SampleSet`;
+- access traces (any workload's row ids per batch): :func:`add_trace`, :class:`Trace`;
 - layout: :class:`Budgets`, :func:`pack` (``dry_run=True`` plans and predicts only);
 - serving: :func:`open_reader` (a :class:`LayoutReader`), :class:`BatchRows`;
 - memory: :class:`MemoryBudget`, :func:`peak_rss`, :func:`parse_size`, :func:`format_size` and the
@@ -15,7 +16,7 @@ The public API — what the CLI does, from Python (docs/api.md shows each entry 
 - errors: :mod:`featdb.errors` (every error is a :class:`FeatDBError`).
 
 Sub-packages (:mod:`featdb.ingest`, :mod:`featdb.sampling`, :mod:`featdb.layout`,
-:mod:`featdb.serve`) list more in their own ``__all__``; everything else is internal.
+:mod:`featdb.serve`, :mod:`featdb.traces`) list more in their own ``__all__``; everything else is internal.
 """
 
 from . import errors
@@ -31,6 +32,7 @@ from .memory import DEFAULT_BUDGET, DGL_RUNTIME_BYTES, RUNTIME_BYTES, TORCH_RUNT
 from .sampling import SampleConfig, SampleSet, sample
 from .serve import BatchRows, LayoutReader, open_reader
 from .store import Store, create, open
+from .traces import Trace, add_trace
 from .units import format_size, parse_size
 
 __all__ = [
@@ -47,6 +49,8 @@ __all__ = [
     "SampleConfig",
     "SampleSet",
     "Store",
+    "Trace",
+    "add_trace",
     "create",
     "errors",
     "format_size",

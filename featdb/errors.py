@@ -15,6 +15,7 @@ also inherit the builtin a caller would naturally catch::
     │   ├── TableNotFoundError
     │   ├── GraphNotFoundError
     │   ├── SampleSetNotFoundError
+    │   ├── TraceNotFoundError
     │   └── LayoutNotFoundError
     ├── AlreadyExistsError        (ValueError)   a name clash
     ├── InvalidInputError         (ValueError)   bad argument or source file
@@ -98,6 +99,10 @@ class GraphNotFoundError(NotFoundError):
 
 class SampleSetNotFoundError(NotFoundError):
     """No sample set with that name."""
+
+
+class TraceNotFoundError(NotFoundError):
+    """No trace with that name."""
 
 
 class LayoutNotFoundError(NotFoundError):
@@ -189,4 +194,5 @@ __all__ = [
     "StoreExistsError",
     "StoreNotFoundError",
     "TableNotFoundError",
+    "TraceNotFoundError",
 ]

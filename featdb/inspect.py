@@ -9,7 +9,7 @@ from .store import FORMAT_VERSION, Store
 
 
 def info(store: Store) -> dict[str, Any]:
-    """Tables, graph, sample sets, the current layout and generations: what `featdb info` prints."""
+    """Tables, graph, sample sets, traces, the current layout and generations: what `featdb info` prints."""
     meta = store.catalog.get("meta") or {}
     tables = [
         {
@@ -26,6 +26,7 @@ def info(store: Store) -> dict[str, Any]:
     samples = [
         {k: v for k, v in doc.items() if k not in ("index", "files")} for _, doc in store.catalog.scan("sampleset/")
     ]
+    traces = [{k: v for k, v in doc.items() if k != "files"} for _, doc in store.catalog.scan("trace/")]
     current = store.catalog.get("layout/current")
     layout = store.catalog.get(f"generation/{current}") if current else None
     gens = [doc["id"] for _, doc in store.catalog.scan("generation/")]
@@ -35,6 +36,7 @@ def info(store: Store) -> dict[str, Any]:
         "tables": tables,
         "graph": graph,
         "sample_sets": samples,
+        "traces": traces,
         "layout": _layout_summary(layout),
         "generations": gens,
     }
@@ -72,11 +74,18 @@ def render(info: dict[str, Any]) -> str:
             f"  {s['name']:<16} epochs={s['epochs']} batches={s['batches']} "
             f"fanouts={s['fanouts']} batch_size={s['batch_size']} bytes={s['bytes']:,}"
         )
+    lines.append(f"traces: {len(info.get('traces', []))}")
+    for t in info.get("traces", []):
+        lines.append(
+            f"  {t['name']:<16} table={t['table']} batches={t['batches']} epochs={t['epochs']} "
+            f"ids={t.get('ids', 0):,} distinct_rows={t.get('distinct_rows', 0):,}"
+        )
     lay = info["layout"]
     if lay is None:
         lines.append("layout: none (serving reads the base table)")
     else:
-        lines.append(f"layout: generation {lay['id']} policy={lay['policy']} sample_set={lay['sample_set']}")
+        source = f"trace={lay['trace']}" if lay.get("trace") else f"sample_set={lay['sample_set']}"
+        lines.append(f"layout: generation {lay['id']} policy={lay['policy']} table={lay['table']} {source}")
         for k in (
             "l1_rows",
             "l2_rows",

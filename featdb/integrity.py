@@ -41,7 +41,7 @@ def _references(docs: dict[str, Any]) -> list[str]:
         named: list[str] = []
         if key.startswith("table/"):
             named = [doc["file"], *([doc["page_crcs"]] if doc.get("page_crcs") else [])]
-        elif key.startswith("sampleset/"):
+        elif key.startswith(("sampleset/", "trace/")):
             named = list(doc["files"])
         elif key.startswith("generation/"):
             named = [f"gens/{doc['id']}/{rel}" for rel in doc["files"]]

@@ -64,12 +64,24 @@ SCHEMAS: dict[str, dict[str, Check]] = {
         "segments": _names,
         "files": _rels,
     },
+    "trace/": {
+        "name": _str,
+        "table": _str,
+        "path": is_rel,
+        "id_dtype": _str,
+        "batches": _int,
+        "epochs": _int,
+        "num_rows": _int,
+        "uid": _str,
+        "files": _rels,
+    },
     "generation/": {"id": _str, "files": _rels, "sample_set": _str, "table": _str},
 }
 # the name in the key that a document must repeat: kind -> (field, how the key's name maps to it)
 SELF_NAMES: dict[str, tuple[str, Callable[[str], str]]] = {
     "table/": ("key", lambda n: n),
     "sampleset/": ("path", lambda n: f"samples/{n}"),
+    "trace/": ("path", lambda n: f"traces/{n}"),
     "generation/": ("id", lambda n: n),
 }
 

@@ -59,7 +59,8 @@ def test_the_trainer_imports_only_exported_names() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["featdb", "featdb.errors", "featdb.sampling", "featdb.serve", "featdb.layout", "featdb.cli"]
+    "module",
+    ["featdb", "featdb.errors", "featdb.sampling", "featdb.traces", "featdb.serve", "featdb.layout", "featdb.cli"],
 )
 def test_every_exported_name_exists(module: str) -> None:
     mod = importlib.import_module(module)
@@ -91,6 +92,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
     "graph": 1,
     "ingest": 2,
     "sampling": 3,
+    "traces": 3,
     "layout": 4,
     "serve": 5,
     **dict.fromkeys(("bench", "bench_train", "bench_caps", "bench_plots", "cgroup", "cli"), 6),

@@ -30,6 +30,7 @@ def test_the_api_page_has_an_example_per_entry_point() -> None:
         "gc(",
         "featdb.info(",
         "MemoryBudget(",
+        "add_trace(",
     ):
         assert name in text, name
 

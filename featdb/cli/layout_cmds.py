@@ -103,8 +103,9 @@ def sample(
 
 @cli.command()
 @click.argument("store")
-@click.option("--sample-set", required=True, help="The sample set whose trace drives the layout.")
-@click.option("--table", default="node/_/feat", show_default=True, help="The feature table to pack.")
+@click.option("--sample-set", help="The sample set whose trace drives the layout.")
+@click.option("--trace", "trace_name", help="Or a trace (featdb trace add) whose batches drive the layout.")
+@click.option("--table", help="The feature table to pack (default: node/_/feat, or the trace's table).")
 @click.option("--host-cache", type=SIZE, default="0", show_default=True, help="L2 host-memory budget.")
 @click.option("--device-cache", type=SIZE, default="0", show_default=True, help="L1 device-memory budget.")
 @click.option(
@@ -142,8 +143,9 @@ def sample(
 @output_options
 def pack(
     store: str,
-    sample_set: str,
-    table: str,
+    sample_set: str | None,
+    trace_name: str | None,
+    table: str | None,
     host_cache: int,
     device_cache: int,
     max_blowup: float | None,
@@ -157,18 +159,21 @@ def pack(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Plan a layout from a sample set and pack it into a new generation.
+    """Plan a layout from a sample set (or a trace) and pack it into a new generation.
 
     Example: featdb pack ./store --sample-set train --host-cache 256MiB --max-blowup 3
+
+    Example: featdb pack ./store --trace clicks --host-cache 64MiB
     """
+    if (sample_set is None) == (trace_name is None):
+        raise click.ClickException("name exactly one of --sample-set and --trace")
     budgets = Budgets(device_cache, host_cache, max_blowup, policy, seed, segment_cache)
     with store_mod.open(store, mode="r" if dry_run else "a") as st:
-        from ..sampling import SampleSet
-
-        with SampleSet(st, sample_set) as ss:
-            total = ss.num_batches
+        total = _batches(st, sample_set, trace_name)
         with progress(total, "pack", as_json or quiet or dry_run) as bar:
-            doc = pack_layout(st, sample_set, table, budgets, memory_budget, dry_run, bar, max_amplification, strict)
+            doc = pack_layout(
+                st, sample_set, table, budgets, memory_budget, dry_run, bar, max_amplification, strict, trace_name
+            )
     summary = {
         k: doc.get(k)
         for k in (
@@ -176,6 +181,8 @@ def pack(
             "dry_run",
             "policy",
             "sample_set",
+            "trace",
+            "table",
             "segment_len",
             "segments",
             "blocks_segments",
@@ -211,21 +218,34 @@ def pack(
     emit(as_json, summary, None if quiet else text)
 
 
+def _batches(st: store_mod.Store, sample_set: str | None, trace_name: str | None) -> int:
+    from ..sampling import SampleSet
+    from ..traces import Trace
+
+    with Trace(st, trace_name) if trace_name else SampleSet(st, str(sample_set)) as src:
+        return src.num_batches
+
+
 @cli.command()
 @click.argument("store")
 @click.option("--sample-set", "sample_sets", multiple=True, help="Also remove this sample set.")
-@click.option("--force", is_flag=True, help="Remove a sample set even if the current layout was packed for it.")
+@click.option("--trace", "traces", multiple=True, help="Also remove this trace.")
+@click.option(
+    "--force", is_flag=True, help="Remove a sample set or trace even if the current layout was packed for it."
+)
 @output_options
-def gc(store: str, sample_sets: tuple[str, ...], force: bool, as_json: bool, quiet: bool) -> None:
-    """Remove non-current, unpinned generations, orphaned partial files and named sample sets.
+def gc(
+    store: str, sample_sets: tuple[str, ...], traces: tuple[str, ...], force: bool, as_json: bool, quiet: bool
+) -> None:
+    """Remove non-current, unpinned generations, orphaned partial files and named sample sets and traces.
 
-    Example: featdb gc ./store --sample-set old-train
+    Example: featdb gc ./store --sample-set old-train --trace old-clicks
     """
     from ..layout.gc import gc as collect
 
     with store_mod.open(store, mode="a") as st:
-        res = collect(st, sample_sets, force)
-    removed_sets = res["sample_sets"]
+        res = collect(st, sample_sets, force, traces)
+    removed_sets = res["sample_sets"] + [f"trace {t}" for t in res["traces"]]
     emit(
         as_json,
         res,

@@ -1,8 +1,8 @@
 """Garbage collection: what no reader pins and nothing current names goes; work in progress stays.
 
 :func:`gc` removes non-current, unpinned generations (:func:`generation.collect`),
-the sample sets asked for (never the one the current layout serves, unless
-forced), files and directories a crash left that no catalog entry names (a
+the sample sets and traces asked for (never the one the current layout serves,
+unless forced), files and directories a crash left that no catalog entry names (a
 directory still locked by a writer is in progress and stays), and stale graph
 staging tables.
 """
@@ -14,30 +14,43 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..catalog import Txn
-from ..errors import InvalidInputError, SampleSetNotFoundError
+from ..errors import InvalidInputError, SampleSetNotFoundError, TraceNotFoundError
 from ..graph import remove_stale_staging
 from ..io import dir_unlocked
 from ..store import Store
+from ..traces import drop_trace
+from ..traces.trace import TRACES
 from . import generation
 
 
-def gc(store: Store, sample_sets: Iterable[str] = (), force: bool = False) -> dict[str, Any]:
+def gc(
+    store: Store, sample_sets: Iterable[str] = (), force: bool = False, traces: Iterable[str] = ()
+) -> dict[str, Any]:
     """Collect the store; returns what was removed and what was kept because a reader pins it."""
     store.require_writable()
-    names = list(sample_sets)
+    names, trace_names = list(sample_sets), list(traces)
     cur = store.catalog.get("layout/current")
-    in_use = (store.catalog.get(f"generation/{cur}") or {}).get("sample_set") if cur else None
-    if in_use in names and not force:
-        raise InvalidInputError(
-            f"sample set {in_use!r} is what the current layout serves; "
-            "repack from another sample set first, or pass --force"
-        )
+    layout = (store.catalog.get(f"generation/{cur}") or {}) if cur else {}
+    for kind, wanted, in_use in (
+        ("sample set", names, layout.get("sample_set")),
+        ("trace", trace_names, layout.get("trace")),
+    ):
+        if in_use and in_use in wanted and not force:
+            raise InvalidInputError(
+                f"{kind} {in_use!r} is what the current layout serves; "
+                f"repack from another {kind} first, or pass --force"
+            )
     for name in names:  # every name checked before anything is removed
         if store.catalog.get(f"sampleset/{name}") is None:
             raise SampleSetNotFoundError(f"no sample set {name!r} in {store.root}")
+    for name in trace_names:
+        if store.catalog.get(f"trace/{name}") is None:
+            raise TraceNotFoundError(f"no trace {name!r} in {store.root}")
     removed_sets = [drop_sample_set(store, name) for name in names]
+    removed_traces = [drop_trace(store, name) for name in trace_names]
     res: dict[str, Any] = dict(generation.collect(store))
     res["sample_sets"] = removed_sets
+    res["traces"] = removed_traces
     res["orphans"] = drop_orphans(store)
     res["stale_graph_staging"] = remove_stale_staging(store)
     return res
@@ -63,7 +76,7 @@ def drop_orphans(store: Store) -> list[str]:
     """Files a crash left behind: partial writes and directories no catalog entry names."""
     known = set(store.files())
     gone = []
-    for sub in ("tables", "samples"):
+    for sub in ("tables", "samples", TRACES):
         d = store.root / sub
         if not d.exists():
             continue

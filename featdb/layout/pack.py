@@ -32,6 +32,7 @@ from ..progress import Progress
 from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter, id_dtype
+from ..traces import Trace
 from . import generation
 from .budget import plan
 from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, serving_groups
@@ -62,49 +63,55 @@ class _Group:
 
 def pack(
     store: Store,
-    sample_set: str,
-    table: str,
+    sample_set: str | None,
+    table: str | None,
     budgets: Budgets,
     memory_budget: int = DEFAULT_BUDGET,
     dry_run: bool = False,
     progress: Progress = None,
     max_amplification: float = DEFAULT_MAX_AMPLIFICATION,
     strict: bool = False,
+    trace: str | None = None,
 ) -> dict[str, Any]:
-    """Plan and (unless ``dry_run``) write a new generation; returns its document.
+    """Plan and (unless ``dry_run``) write a new generation from a sample set, or from the
+    trace ``trace`` (``sample_set=None``; ``table`` defaults to the trace's); returns its document.
 
     When the plan predicts a read amplification above ``max_amplification`` the
     document carries a warning naming the budgets to raise; ``strict`` refuses
     instead (:class:`~featdb.errors.ConfigError`, nothing written)."""
     if not dry_run:
         store.require_writable()
-    schema = store.schema(table)
-    with SampleSet(store, sample_set) as ss:
+    with _source(store, sample_set, trace) as ss:
+        table = table or (ss.table if isinstance(ss, Trace) else DEFAULT_TABLE)
+        if isinstance(ss, Trace) and table != ss.table:
+            raise ConfigError(f"trace {trace!r} reads table {ss.table!r}, not {table!r}")
+        schema = store.schema(table)
         if ss.num_nodes != schema.rows:
             raise SchemaMismatchError(
                 f"sample set {sample_set!r} covers {ss.num_nodes:,} nodes, table {table!r} has {schema.rows:,} rows"
             )
         work = working_budget(memory_budget, ss.num_nodes, schema.row_bytes)
         started = time.perf_counter()
+        groups = ss.groups() if isinstance(ss, Trace) else serving_groups(ss)
         placement = plan(
-            ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets, serving_groups(ss), dry_run, ss.epochs
+            ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets, groups, dry_run, ss.epochs
         )
         plan_s = time.perf_counter() - started
         warnings = plan_warnings(placement, budgets, max_amplification)
         if strict and warnings:
             raise ConfigError(f"{warnings[0]} (--strict: nothing written)")
         if dry_run:
-            doc = layout_doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
-            return doc | {"dry_run": True, "warnings": warnings}
+            doc = layout_doc(placement, sample_set or "", table, schema, budgets, memory_budget, plan_s)
+            return doc | _source_fields(ss) | {"dry_run": True, "warnings": warnings}
         gen_id = generation.new_id()
         tmp, lock = generation.partial_dir(store, gen_id)
         try:
             acc = Predictor(placement)
             files = _write(store, ss, placement, schema, table, tmp, work, progress, acc)
             placement = replace(placement, predictions=placement.predictions | acc.result())
-            doc = layout_doc(placement, sample_set, table, schema, budgets, memory_budget, plan_s)
+            doc = layout_doc(placement, sample_set or "", table, schema, budgets, memory_budget, plan_s)
             doc["table_file"] = store.table_info(table)["file"]
-            doc["sample_set_uid"] = ss.uid  # a set sampled again under the same name is another set
+            doc |= _source_fields(ss)  # a set sampled (a trace added) again under the same name is another one
             doc["pack_s"] = round(time.perf_counter() - started, 3)
             doc["warnings"] = warnings
             generation.publish(store, gen_id, tmp, doc, files)
@@ -114,6 +121,22 @@ def pack(
         finally:
             os.close(lock)
     return doc | {"id": gen_id}
+
+
+DEFAULT_TABLE = "node/_/feat"
+
+
+def _source(store: Store, sample_set: str | None, trace: str | None) -> SampleSet | Trace:
+    """The sample set or the trace a layout is planned from (exactly one of the two)."""
+    if (sample_set is None) == (trace is None):
+        raise ConfigError("pack from a sample set or from a trace: name exactly one of the two")
+    return Trace(store, trace) if trace is not None else SampleSet(store, str(sample_set))
+
+
+def _source_fields(ss: SampleSet | Trace) -> dict[str, Any]:
+    if isinstance(ss, Trace):
+        return {"trace": ss.name, "trace_uid": ss.uid}
+    return {"sample_set_uid": ss.uid}
 
 
 PER_NODE_BYTES = 4 + 1 + 4 + 4 + 4  # read counts, tier map, L3 position scratch, two trace-pass marks
@@ -131,7 +154,7 @@ def working_budget(memory_budget: int, num_nodes: int, row_bytes: int) -> int:
 
 def _write(
     store: Store,
-    ss: SampleSet,
+    ss: SampleSet | Trace,
     p: Placement,
     schema: Schema,
     table: str,

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from ..errors import CorruptDataError
 from ..sampling.sampleset import SampleSet
+from ..traces import Trace
 
 
 @dataclass
@@ -23,11 +24,11 @@ class BatchRows:
     order: NDArray[Any]  # positions into the sample's input ids, in row order
     device_rows: Any = None  # L1 rows as a device tensor (torch, CUDA), appended after ``rows``
     _release: Any = None
-    _sample_set: SampleSet | None = None
+    _sample_set: SampleSet | Trace | None = None
 
     @property
     def input_ids(self) -> NDArray[Any]:
-        """Node ids in row order (read from the attached sample set on first use)."""
+        """Node (row) ids in row order (read from the attached sample set or trace on first use)."""
         if self._sample_set is None:
             return np.zeros(0, dtype=np.int64)
         ids: NDArray[Any] = self._sample_set.input_ids(self.batch_id)[self.order]

@@ -39,6 +39,7 @@ from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import TableReader, check_ids, check_index, id_dtype
+from ..traces.trace import Trace, layout_trace
 from ..units import format_size
 from .batch import BatchRows, Fd, Once, read_map
 from .dynamic import RowCache
@@ -70,8 +71,9 @@ class LayoutReader:
         buffer_timeout: float = 120.0,
         segment_cache_bytes: int | None = None,
         memory_budget: int | MemoryBudget | None = None,
+        trace: str | None = None,
     ) -> None:
-        self.store = store
+        self.store, self._trace = store, trace
         self.memory = (
             memory_budget
             if isinstance(memory_budget, MemoryBudget)
@@ -165,7 +167,7 @@ class LayoutReader:
         self.queue_depth = queue_depth
         self.pool = BufferPool(queue_depth + 2, buffer_bytes, buffer_timeout)
         self._exec = ThreadPoolExecutor(max_workers=max(1, queue_depth), thread_name_prefix="featdb-batch")
-        self._sample_set: SampleSet | None = None
+        self._sample_set: SampleSet | Trace | None = layout_trace(self.store, doc, self._trace, self._files)
 
     def _charge(self, device: str, cache_bytes: int, buffer_bytes: int, queue_depth: int, segments: int) -> int:
         """Charge what serving holds to the memory budget; returns the queue depth that fits.
@@ -309,7 +311,7 @@ class LayoutReader:
 
     def batch(self, b: int, order: NDArray[Any]) -> Batch:
         """The sample's MFG for batch ``b`` relabelled to the served row order."""
-        if self._sample_set is None:
+        if not isinstance(self._sample_set, SampleSet):
             raise ConfigError("attach(sample_set) first")
         return self._sample_set.batch(b).reordered(order)
 

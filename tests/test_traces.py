@@ -1,0 +1,231 @@
+"""Access traces: adding (Python and CLI), crash safety, checks, packing from a trace and serving its batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featdb
+from featdb.cli import cli
+from featdb.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    CorruptDataError,
+    IdsOutOfRangeError,
+    InvalidIdsError,
+    InvalidInputError,
+    StaleDataError,
+    TableNotFoundError,
+    TraceNotFoundError,
+)
+from featdb.layout import Budgets
+from featdb.serve import open_reader
+from featdb.traces import Trace, add_trace, list_traces, open_trace_source
+from tests.helpers import assert_one_error_line, assert_rows_equal, catalog_state, flip_byte, tree
+
+KEY = "item/_/emb"
+ROWS, DIM = 3000, 16
+
+
+def zipf_batches(rng: np.random.Generator, n: int, size: int = 200, rows: int = ROWS) -> list[np.ndarray]:
+    return [(rng.zipf(1.3, size) - 1) % rows for _ in range(n)]
+
+
+@pytest.fixture
+def emb_store(store: featdb.Store, rng: np.random.Generator) -> featdb.Store:
+    store.write_table(KEY, rng.standard_normal((ROWS, DIM)).astype(np.float32))
+    return store
+
+
+def served(reader: Any, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows in the trace's id order, those ids) for batch ``b``."""
+    with reader.read_batch(b) as br:
+        rows = np.empty_like(br.rows)
+        rows[br.order] = br.rows
+        ids = np.empty_like(br.input_ids)
+        ids[br.order] = br.input_ids
+    return rows, ids
+
+
+def test_add_stores_distinct_sorted_ids_and_counts(emb_store: featdb.Store, rng: np.random.Generator) -> None:
+    batches = zipf_batches(rng, 12)
+    doc = add_trace(emb_store, "clicks", KEY, batches, epochs=3)
+    assert doc["batches"] == 12 and doc["epochs"] == 3 and doc["lookups"] == 12 * 200
+    with Trace(emb_store, "clicks") as t:
+        assert (t.num_batches, t.batches_per_epoch, t.table, t.num_nodes) == (12, 4, KEY, ROWS)
+        assert t.groups() == [(0, 4), (4, 8), (8, 12)]
+        want = np.zeros(ROWS, dtype=np.int32)
+        for b, ids in enumerate(batches):
+            np.testing.assert_array_equal(t.input_ids(b), np.unique(ids))
+            want[np.unique(ids)] += 1
+        np.testing.assert_array_equal(t.counts(), want)
+    assert [d["name"] for d in list_traces(emb_store)] == ["clicks"]
+    assert emb_store.verify() == []
+
+
+@pytest.mark.parametrize(
+    ("batches", "error", "fragment"),
+    [
+        ([np.array([1, 2]), np.array([ROWS])], IdsOutOfRangeError, "batch 1"),
+        ([np.array([1.5])], InvalidIdsError, "batch 0"),
+        ([np.array([1]), np.array([], dtype=np.int64)], InvalidInputError, "batch 1 is empty"),
+        ([], InvalidInputError, "at least one batch"),
+        ([np.array([1])] * 3, InvalidInputError, "2 equal epochs"),
+    ],
+)
+def test_bad_batches_change_nothing(
+    emb_store: featdb.Store, batches: list[np.ndarray], error: type, fragment: str
+) -> None:
+    before, files = catalog_state(emb_store), tree(emb_store.root)
+    with pytest.raises(error, match=fragment):
+        add_trace(emb_store, "bad", KEY, iter(batches), epochs=2 if len(batches) == 3 else 1)
+    assert catalog_state(emb_store) == before
+    assert {k for k in tree(emb_store.root) if not k.startswith("locks")} == {
+        k for k in files if not k.startswith("locks")
+    } | {"traces/"}
+
+
+def test_names_tables_and_duplicates_are_checked(emb_store: featdb.Store) -> None:
+    with pytest.raises(InvalidInputError, match="trace name"):
+        add_trace(emb_store, "../x", KEY, [np.array([1])])
+    with pytest.raises(TableNotFoundError):
+        add_trace(emb_store, "t", "item/_/nope", [np.array([1])])
+    add_trace(emb_store, "t", KEY, [np.array([1])])
+    with pytest.raises(AlreadyExistsError, match="featdb gc --trace t"):
+        add_trace(emb_store, "t", KEY, [np.array([2])])
+    with pytest.raises(TraceNotFoundError):
+        Trace(emb_store, "missing")
+
+
+def test_a_damaged_batch_is_caught_on_read_and_by_verify(emb_store: featdb.Store) -> None:
+    add_trace(emb_store, "t", KEY, [np.arange(10), np.arange(100, 120)])
+    flip_byte(emb_store.root / "traces/t/ids.bin", 4 * 12)
+    with Trace(emb_store, "t") as t:
+        np.testing.assert_array_equal(t.input_ids(0), np.arange(10))
+        with pytest.raises(CorruptDataError, match="batch 1"):
+            t.input_ids(1)
+    assert any("traces/t/ids.bin" in p for p in emb_store.verify())
+
+
+def test_a_replaced_table_with_other_rows_makes_the_trace_stale(emb_store: featdb.Store) -> None:
+    add_trace(emb_store, "t", KEY, [np.arange(10)])
+    emb_store.write_table(KEY, np.zeros((50, DIM), dtype=np.float32), replace=True)
+    with pytest.raises(StaleDataError, match="--trace t --force"):
+        Trace(emb_store, "t")
+
+
+def test_sources_npz_and_folder_read_the_same(tmp_path: Path, rng: np.random.Generator) -> None:
+    batches = zipf_batches(rng, 5, size=37)
+    np.savez_compressed(tmp_path / "t.npz", ids=np.concatenate(batches), offsets=np.arange(6) * 37)
+    (tmp_path / "dir").mkdir()
+    for i, b in enumerate(batches):
+        np.save(tmp_path / "dir" / f"batch-{i:03d}.npy", b.astype(np.int32))
+    for src in (tmp_path / "t.npz", tmp_path / "dir"):
+        n, it = open_trace_source(src)
+        got = list(it)
+        assert n == 5 and len(got) == 5
+        for a, b in zip(got, batches, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "fragment"),
+    [
+        ({"ids": np.arange(4)}, "no array offsets"),
+        ({"ids": np.arange(4), "offsets": np.array([0, 5])}, "ends at 5"),
+        ({"ids": np.arange(4), "offsets": np.array([0, 3, 2, 4])}, "never decrease"),
+        ({"ids": np.arange(4.0), "offsets": np.array([0, 4])}, "1-D integer array"),
+    ],
+)
+def test_bad_npz_sources_are_refused(tmp_path: Path, arrays: dict[str, np.ndarray], fragment: str) -> None:
+    np.savez(tmp_path / "t.npz", **arrays)
+    with pytest.raises(InvalidInputError, match=fragment):
+        n, it = open_trace_source(tmp_path / "t.npz")
+        list(it)
+
+
+def test_not_a_trace_source(tmp_path: Path) -> None:
+    (tmp_path / "x.txt").write_text("1 2 3")
+    for p in (tmp_path / "x.txt", tmp_path / "missing.npz", tmp_path):
+        with pytest.raises(InvalidInputError):
+            open_trace_source(p)
+
+
+@pytest.mark.parametrize("budgets", [Budgets(host_cache=16 * 64 * 20), Budgets(max_blowup=0.5), Budgets()])
+def test_pack_a_trace_and_serve_its_batches(
+    emb_store: featdb.Store, rng: np.random.Generator, budgets: Budgets
+) -> None:
+    batches = zipf_batches(rng, 16)
+    add_trace(emb_store, "clicks", KEY, batches, epochs=2)
+    doc = featdb.pack(emb_store, None, None, budgets, trace="clicks")
+    assert doc["trace"] == "clicks" and doc["table"] == KEY and doc["sample_set"] == ""
+    base = emb_store.read_all(KEY)
+    with open_reader(emb_store, trace="clicks") as r:
+        for b in r.epoch_order(range(16), np.random.default_rng(0)):
+            rows, ids = served(r, b)
+            np.testing.assert_array_equal(ids, np.unique(batches[b]))
+            assert_rows_equal(rows, base[ids])
+        stats = r.stats.as_dict()
+    assert stats["batches"] == 16
+    assert emb_store.verify() == []
+
+
+def test_the_reader_checks_the_layout_is_this_trace(emb_store: featdb.Store, rng: np.random.Generator) -> None:
+    add_trace(emb_store, "a", KEY, zipf_batches(rng, 4))
+    add_trace(emb_store, "b", KEY, zipf_batches(rng, 4))
+    featdb.pack(emb_store, None, None, Budgets(), trace="a")
+    with pytest.raises(ConfigError, match="packed for trace 'a', not trace 'b'"):
+        open_reader(emb_store, trace="b")
+    featdb.gc(emb_store, traces=["a"], force=True)
+    add_trace(emb_store, "a", KEY, zipf_batches(rng, 4))
+    with pytest.raises(ConfigError, match="added again"):
+        open_reader(emb_store, trace="a")
+    with pytest.raises(ConfigError, match="exactly one"):
+        featdb.pack(emb_store, "train", None, Budgets(), trace="a")
+    with pytest.raises(ConfigError, match="reads table"):
+        featdb.pack(emb_store, None, "node/_/x", Budgets(), trace="a")
+
+
+def test_gc_keeps_the_trace_the_layout_serves(emb_store: featdb.Store, rng: np.random.Generator) -> None:
+    add_trace(emb_store, "a", KEY, zipf_batches(rng, 4))
+    add_trace(emb_store, "old", KEY, zipf_batches(rng, 4))
+    featdb.pack(emb_store, None, None, Budgets(), trace="a")
+    with pytest.raises(InvalidInputError, match="trace 'a' is what the current layout serves"):
+        featdb.gc(emb_store, traces=["old", "a"])
+    assert {d["name"] for d in list_traces(emb_store)} == {"a", "old"}
+    with pytest.raises(TraceNotFoundError):
+        featdb.gc(emb_store, traces=["nope"])
+    res = featdb.gc(emb_store, traces=["old"])
+    assert res["traces"] == ["old"] and not (emb_store.root / "traces/old").exists()
+    (emb_store.root / "traces/crashed.partial-1").mkdir()
+    assert "traces/crashed.partial-1" in featdb.gc(emb_store)["orphans"]
+    assert emb_store.verify() == []
+
+
+def test_cli_trace_add_pack_info_gc(emb_store: featdb.Store, tmp_path: Path, rng: np.random.Generator) -> None:
+    batches = zipf_batches(rng, 6)
+    np.savez(tmp_path / "t.npz", ids=np.concatenate(batches), offsets=np.arange(7) * 200)
+    root = str(emb_store.root)
+    emb_store.close()
+    run = CliRunner().invoke
+    res = run(cli, ["trace", "add", root, str(tmp_path / "t.npz"), "--name", "clicks", "--table", KEY, "--json"])
+    assert res.exit_code == 0, res.output
+    added = json.loads(res.output)
+    assert added["batches"] == 6 and added["lookups"] == 1200 and added["memory"]["peak_rss_bytes"] > 0
+    res = run(cli, ["pack", root, "--trace", "clicks", "--host-cache", "32KiB", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["trace"] == "clicks"
+    info = json.loads(run(cli, ["info", root, "--json"]).output)
+    assert [t["name"] for t in info["traces"]] == ["clicks"] and info["layout"]["trace"] == "clicks"
+    assert "trace=clicks" in run(cli, ["info", root]).output
+    assert json.loads(run(cli, ["trace", "list", root, "--json"]).output)[0]["table"] == KEY
+    assert_one_error_line(run(cli, ["gc", root, "--trace", "clicks"]), "what the current layout serves")
+    assert_one_error_line(run(cli, ["pack", root]), "exactly one of --sample-set and --trace")
+    assert_one_error_line(run(cli, ["pack", root, "--trace", "nope"]), "TraceNotFoundError")
+    res = run(cli, ["trace", "add", root, str(tmp_path / "t.npz"), "--name", "c2", "--table", "x/_/y"])
+    assert_one_error_line(res, "TableNotFoundError")
