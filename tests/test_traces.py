@@ -229,3 +229,21 @@ def test_cli_trace_add_pack_info_gc(emb_store: featdb.Store, tmp_path: Path, rng
     assert_one_error_line(run(cli, ["pack", root, "--trace", "nope"]), "TraceNotFoundError")
     res = run(cli, ["trace", "add", root, str(tmp_path / "t.npz"), "--name", "c2", "--table", "x/_/y"])
     assert_one_error_line(res, "TableNotFoundError")
+
+
+def test_the_recommendation_example_trains_on_the_same_rows_in_every_mode(tmp_path: Path) -> None:
+    """tools/rec_example.py at toy size: every mode serves the same rows (the same losses), featdb
+    reads fewer bytes than the naive memory map."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parent.parent / "tools" / "rec_example.py"
+    argv = [sys.executable, str(tool), str(tmp_path / "rec"), "--rows", "50000", "--dim", "32", "--batches", "12"]
+    argv += ["--samples", "64", "--lookups", "8", "--host-cache", "128KiB", "--cap", "0", "--json"]
+    res = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300).stdout)
+    runs = res["runs"]
+    assert set(runs) == {"featdb", "mmap", "direct"} and all("loss_last_10" in r for r in runs.values()), runs
+    assert len({(r["loss_first_10"], r["loss_last_10"]) for r in runs.values()}) == 1
+    assert runs["featdb"]["rows_served"] == res["build"]["trace"]["ids"]
+    assert runs["featdb"]["featdb_tiers_rows"]["l2"] > 0 and res["build"]["layout"]["blowup"] > 0
+    assert runs["featdb"]["featdb_counted_bytes"] < runs["direct"]["featdb_counted_bytes"]
