@@ -43,7 +43,15 @@ def test_featdb_imports_nothing_from_the_trainer() -> None:
 def test_the_trainer_imports_only_exported_names() -> None:
     """Every ``from featdb... import name`` in trainer/ names something in that module's ``__all__``,
     and the module is featdb itself or one of its public sub-packages (or the error tree)."""
-    public = {"featdb", "featdb.errors", "featdb.sampling", "featdb.serve", "featdb.layout", "featdb.cli"}
+    public = {
+        "featdb",
+        "featdb.errors",
+        "featdb.sampling",
+        "featdb.serve",
+        "featdb.layout",
+        "featdb.cli",
+        "featdb.distributed",
+    }
     seen = 0
     for file, module, line, name in _imports("trainer"):
         if module != "featdb" and not module.startswith("featdb."):
@@ -86,6 +94,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
             "integrity",
             "pagesums",
             "runs",
+            "updates",
         ),
         0,
     ),
@@ -95,7 +104,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
     "traces": 3,
     "layout": 4,
     "serve": 5,
-    **dict.fromkeys(("bench", "bench_train", "bench_caps", "bench_plots", "cgroup", "cli"), 6),
+    **dict.fromkeys(("bench", "bench_train", "bench_caps", "bench_plots", "cgroup", "cli", "distributed"), 6),
 }
 
 

@@ -10,12 +10,13 @@ import click
 
 from featdb.cli import memory_option, one_line_errors
 
+from .dist_cli import dist_options, run_dist
 from .loop import LOADERS, TrainConfig, train
 
 
 @click.command()
 @click.argument("store")
-@click.option("--sample-set", required=True, help="Training sample set (from featdb sample).")
+@click.option("--sample-set", help="Training sample set (from featdb sample); required unless --dist.")
 @click.option("--model", type=click.Choice(["sage", "gat", "mlp"]), default="sage", show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
@@ -46,12 +47,13 @@ from .loop import LOADERS, TrainConfig, train
     default=0,
     help="Train only this many batches per epoch and skip evaluation (for slow baselines).",
 )
+@dist_options
 @memory_option
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
 @click.option("-q", "--quiet", is_flag=True)
 def main(
     store: str,
-    sample_set: str,
+    sample_set: str | None,
     model: str,
     hidden: int,
     epochs: int,
@@ -70,14 +72,20 @@ def main(
     memory_budget: int,
     as_json: bool,
     quiet: bool,
+    **dist: Any,
 ) -> None:
     """Train GraphSAGE, GAT or an MLP on STORE, reading features through featdb.
 
+    With --dist, STORE is a partition folder (featdb partition) and this is one trainer of a
+    DGL distributed job (docs/distributed.md).
+
     Example: featdb-train ./store --sample-set train --model sage --epochs 3 --json
     """
+    if sample_set is None and not dist["dist"]:
+        raise click.UsageError("Missing option '--sample-set' (required unless --dist).")
     cfg = TrainConfig(
         store,
-        sample_set,
+        sample_set or "",
         model,
         hidden,
         epochs,
@@ -100,13 +108,13 @@ def main(
         cfg.progress = bars
     try:
         with one_line_errors("featdb-train"):
-            summary = train(cfg)
+            summary = run_dist(cfg, dist) if dist["dist"] else train(cfg)
     finally:
         bars.close()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
-        click.echo(render(summary))
+        click.echo(render(summary) if not dist["dist"] else json.dumps(summary))
 
 
 class _Bars:
