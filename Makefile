@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[gnn,dev,bench]"
+	$(BIN)/python -m pip install -q -e ".[gnn,dev,bench,pyg]"
 	touch $(STAMP)
 
 demo: $(STAMP)

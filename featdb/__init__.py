@@ -9,6 +9,8 @@ The public API — what the CLI does, from Python (docs/api.md shows each entry 
 - the graph: :class:`Graph`, :func:`graph_info`, :func:`load_graph`, :func:`node_labels`;
 - offline sampling: :class:`SampleConfig`, :func:`sample`, :class:`SampleSet`;
 - access traces (any workload's row ids per batch): :func:`add_trace`, :class:`Trace`;
+- changing a table: :func:`update_rows` (crash-safe; a packed layout of it is refused until repacked),
+  :func:`drop_table`; other libraries' interfaces: :mod:`featdb.adapters` (GraphBolt, PyG);
 - layout: :class:`Budgets`, :func:`pack` (``dry_run=True`` plans and predicts only);
 - serving: :func:`open_reader` (a :class:`LayoutReader`), :class:`BatchRows`;
 - memory: :class:`MemoryBudget`, :func:`peak_rss`, :func:`parse_size`, :func:`format_size` and the
@@ -34,6 +36,7 @@ from .serve import BatchRows, LayoutReader, open_reader
 from .store import Store, create, open
 from .traces import Trace, add_trace
 from .units import format_size, parse_size
+from .updates import drop_table, update_rows
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -52,6 +55,7 @@ __all__ = [
     "Trace",
     "add_trace",
     "create",
+    "drop_table",
     "errors",
     "format_size",
     "gc",
@@ -68,6 +72,7 @@ __all__ = [
     "peak_rss",
     "sample",
     "synth",
+    "update_rows",
     "write_atomic",
 ]
 __version__ = "0.1.0"

@@ -68,7 +68,16 @@ def test_the_trainer_imports_only_exported_names() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["featdb", "featdb.errors", "featdb.sampling", "featdb.traces", "featdb.serve", "featdb.layout", "featdb.cli"],
+    [
+        "featdb",
+        "featdb.errors",
+        "featdb.sampling",
+        "featdb.traces",
+        "featdb.serve",
+        "featdb.layout",
+        "featdb.cli",
+        "featdb.adapters",
+    ],
 )
 def test_every_exported_name_exists(module: str) -> None:
     mod = importlib.import_module(module)
@@ -105,6 +114,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
     "layout": 4,
     "serve": 5,
     **dict.fromkeys(("bench", "bench_train", "bench_caps", "bench_plots", "cgroup", "cli", "distributed"), 6),
+    "adapters": 7,  # other libraries' faces over the whole of featdb
 }
 
 
