@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 import featdb
 from featdb.cli import cli
-from featdb.distributed import PINNED_DGL, check_dgl, install_hook, kv_name, load_manifest, map_rows, partition
+from featdb.distributed import PINNED_DGL, check_dgl, install_hook, kv_name, load_manifest, map_rows, netns, partition
 from featdb.distributed.launch import Cluster, Proc, machine_processes, read_ip_config, run_machine, ssh_commands
 from featdb.distributed.manifest import MANIFEST_NAME
 from featdb.errors import AlreadyExistsError, ConfigError, FeatDBError, InvalidInputError, NotFoundError
@@ -229,3 +230,30 @@ def test_errors_are_featdb_errors(tmp_path: Path) -> None:
     for call in (lambda: load_manifest(tmp_path), lambda: read_ip_config(tmp_path / "none")):
         with pytest.raises(FeatDBError):
             call()
+
+
+@pytest.mark.skipif(bool(netns.available()), reason=str(netns.available()))
+def test_simulated_machines_talk_and_are_removed_also_on_failure(tmp_path: Path) -> None:
+    """Two namespaces reach each other over their own subnet, each sees only its /dev/shm, and
+    everything is gone afterwards even when a machine fails and another hangs."""
+    shm_before = set(os.listdir("/dev/shm"))
+    listen = "import socket;s=socket.socket();s.bind(('0.0.0.0',5555));s.listen();c,a=s.accept();print(c.recv(9))"
+    with pytest.raises(RuntimeError, match="inside"), netns.machines(2) as ms:
+        names = [m.netns for m in ms]
+        assert len({m.ip for m in ms}) == 2 and set(names) <= set(netns.leftovers())
+        talk = f"import socket,time;time.sleep(1);socket.create_connection(('{ms[0].ip}',5555),timeout=9).send(b'hi')"
+        shm = "import os;open('/dev/shm/featdb-test-x','w');print(sorted(os.listdir('/dev/shm')))"
+        logs = [open(tmp_path / f"m{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+        status = netns.run_all(ms, [[sys.executable, "-c", listen], [sys.executable, "-c", talk]], [{}, {}], 30, logs)
+        assert status == [0, 0] and b"b'hi'" in (tmp_path / "m0.log").read_bytes()
+        status = netns.run_all(ms, [[sys.executable, "-c", shm]] * 2, [{}, {}], 30, logs)
+        assert status == [0, 0] and "['featdb-test-x']" in (tmp_path / "m1.log").read_text()
+        t0 = time.monotonic()
+        hang = [sys.executable, "-c", "import time; time.sleep(120)"]
+        status = netns.run_all(ms, [hang, [sys.executable, "-c", "raise SystemExit(4)"]], [{}, {}], 60, logs)
+        assert status[1] == 4 and status[0] is None and time.monotonic() - t0 < 30  # the hung one was ended
+        for f in logs:
+            f.close()
+        raise RuntimeError("a failure inside the simulation")
+    assert not set(names) & set(netns.leftovers())
+    assert set(os.listdir("/dev/shm")) == shm_before

@@ -32,7 +32,7 @@ from featdb import node_labels, peak_rss, write_atomic
 from featdb.distributed import Manifest, check_dgl, client_machine_id, install_hook, load_manifest
 from featdb.errors import ConfigError, CorruptDataError
 
-from .loop import TrainConfig
+from .loop import TrainConfig, check_device
 from .mfg import from_dgl_blocks, to_torch
 from .models import build_model
 
@@ -68,10 +68,14 @@ def train_dist(cfg: TrainConfig, d: DistConfig) -> dict[str, Any]:
     check_dgl()
     if d.sampling not in SAMPLING:
         raise ConfigError(f"--sampling {d.sampling!r}: one of {', '.join(SAMPLING)}")
+    check_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if d.sampling == "offline":
         from .dist_offline import train_offline
 
-        return train_offline(cfg, d)
+        out: dict[str, Any] = train_offline(cfg, d)
+        return out
     ctx, remove = connect(cfg, d)
     try:
         return _train(ctx)
@@ -133,7 +137,7 @@ def _train(ctx: _Ctx) -> dict[str, Any]:
         loader = dgl.dataloading.DistNodeDataLoader(
             ctx.g, train_ids, sampler, batch_size=d.batch_size, shuffle=True, drop_last=False
         )
-        steps = all_min(len(loader))
+        steps = all_min(-(-len(train_ids) // d.batch_size))
         if cfg.max_batches:
             steps = min(steps, cfg.max_batches)
         rec = _epoch(ctx, ddp, opt, loader, steps, epoch)
@@ -266,13 +270,19 @@ def _summary(ctx: _Ctx, hist: list[dict[str, Any]], train_nodes: int) -> dict[st
         "epoch_s": [r["epoch_s"] for r in hist],
         "loss": [r["loss"] for r in hist],
         "val_acc": [r.get("val_acc") for r in hist],
-        "test_acc": hist[-1].get("test_acc") if hist else None,
+        "test_acc": _at_best_val(hist),
         "checked_batches": sum(r["checked_batches"] for r in hist),
         "history": hist,
         "peak_rss_bytes": peak_rss(),
     }
     write_report(ctx.d.report, s)
     return s
+
+
+def _at_best_val(hist: list[dict[str, Any]]) -> float | None:
+    """Test accuracy at the epoch of the best validation accuracy (as single-machine training reports)."""
+    scored = [r for r in hist if r.get("val_acc") is not None]
+    return max(scored, key=lambda r: r["val_acc"])["test_acc"] if scored else None
 
 
 def _featdb_served(ctx: _Ctx) -> bool:

@@ -37,7 +37,7 @@ from featdb.distributed import write_table_chunks
 from featdb.errors import CorruptDataError
 from featdb.sampling import Batch
 
-from .dist import DistConfig, _Ctx, all_min, all_sum, connect, split_nodes, write_report
+from .dist import DistConfig, _at_best_val, _Ctx, all_min, all_sum, connect, split_nodes, write_report
 from .loop import TrainConfig
 from .mfg import from_dgl_blocks, served, to_torch
 from .models import build_model
@@ -113,7 +113,7 @@ def _prepare(ctx: _Ctx, rec: Records, work: Path) -> dict[str, Any]:
         loader = dgl.dataloading.DistNodeDataLoader(
             ctx.g, train_ids, sampler, batch_size=d.batch_size, shuffle=True, drop_last=False
         )
-        steps = all_min(len(loader)) if epoch == 0 else steps
+        steps = all_min(-(-len(train_ids) // d.batch_size)) if epoch == 0 else steps
         if cfg.max_batches:
             steps = min(steps, cfg.max_batches)
         needed = _record(ctx, rec, _take(loader, steps), needed)
@@ -201,6 +201,8 @@ def _train(ctx: _Ctx, rec: Records, store: featdb.Store, prep: dict[str, Any]) -
     opt = torch.optim.Adam(ddp.parameters(), lr=cfg.lr)
     memory = MemoryBudget(cfg.memory_budget, "offline trainer reader")
     history = []
+    first, _ = rec.get(0)  # compile the relabelling now, not inside the first epoch's timing
+    served(first, np.arange(first.layers[0].num_src))
     with open_reader(store, trace=TRACE, queue_depth=cfg.queue_depth, memory_budget=memory) as reader:
         for epoch in range(cfg.epochs):
             rng = np.random.default_rng([cfg.seed, ctx.rank, epoch])
@@ -316,7 +318,7 @@ def _summary(
         "epoch_s": [r["epoch_s"] for r in hist],
         "loss": [r["loss"] for r in hist],
         "val_acc": [r.get("val_acc") for r in hist],
-        "test_acc": hist[-1].get("test_acc") if hist else None,
+        "test_acc": _at_best_val(hist),
         "checked_batches": sum(r["checked_batches"] for r in hist),
         "prepare": {k: v for k, v in prep.items() if k not in ("needed", "evals")},
         "local_disk_bytes": _disk_bytes(store.root.parent),
