@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 import featdb
-from featdb import node_labels, peak_rss, write_atomic
+from featdb import DGL_RUNTIME_BYTES, MemoryBudget, node_labels, peak_rss, write_atomic
 from featdb.distributed import Manifest, check_dgl, client_machine_id, install_hook, load_manifest
 from featdb.errors import ConfigError, CorruptDataError
 
@@ -61,6 +61,7 @@ class _Ctx:
     world: int
     device: torch.device
     checker: _RowChecker | None
+    memory: MemoryBudget
 
 
 def train_dist(cfg: TrainConfig, d: DistConfig) -> dict[str, Any]:
@@ -106,8 +107,26 @@ def connect(cfg: TrainConfig, d: DistConfig) -> tuple[_Ctx, Any]:
             remove()
         raise
     checker = _RowChecker(m, cfg.table, key.ndata) if d.check_rows else None
-    ctx = _Ctx(cfg, d, m, g, key.ndata, tdist.get_rank(), tdist.get_world_size(), device, checker)
+    memory = charge(cfg, d, key.dim, m.num_classes)
+    ctx = _Ctx(cfg, d, m, g, key.ndata, tdist.get_rank(), tdist.get_world_size(), device, checker, memory)
     return ctx, remove
+
+
+def charge(cfg: TrainConfig, d: DistConfig, dim: int, classes: int) -> MemoryBudget:
+    """A trainer's own parts, charged before training (offline mode's reader charges its tiers after):
+    the runtime, the model with its gradients and optimizer state, and one step's working set
+    (input rows, their gradient and copy, from the batch size and fanouts)."""
+    memory = MemoryBudget(cfg.memory_budget, "featdb-train --dist")
+    memory.charge("runtime (torch, DGL, DGL's RPC)", DGL_RUNTIME_BYTES)
+    width = cfg.hidden * (cfg.heads if cfg.model == "gat" else 1)
+    params = dim * width + (len(d.fanouts) - 1) * width * width + width * max(1, classes)
+    memory.charge("model, gradients and optimizer state", 2 * 4 * 4 * params)
+    rows = d.batch_size
+    for f in d.fanouts:
+        rows += rows * f
+    memory.charge("one training step", 3 * rows * dim * 4 + rows * width * 4)
+    memory.check()
+    return memory
 
 
 def split_nodes(ctx: _Ctx, mask: str) -> torch.Tensor:
@@ -274,6 +293,7 @@ def _summary(ctx: _Ctx, hist: list[dict[str, Any]], train_nodes: int) -> dict[st
         "checked_batches": sum(r["checked_batches"] for r in hist),
         "history": hist,
         "peak_rss_bytes": peak_rss(),
+        "memory": ctx.memory.as_dict(),
     }
     write_report(ctx.d.report, s)
     return s

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 import featdb
-from featdb import Budgets, MemoryBudget, add_trace, open_reader, pack, peak_rss
+from featdb import Budgets, add_trace, open_reader, pack, peak_rss
 from featdb.distributed import write_table_chunks
 from featdb.errors import CorruptDataError
 from featdb.sampling import Batch
@@ -199,7 +199,7 @@ def _train(ctx: _Ctx, rec: Records, store: featdb.Store, prep: dict[str, Any]) -
     model = build_model(cfg.model, dim, cfg.hidden, ctx.m.num_classes, len(ctx.d.fanouts), cfg.dropout, cfg.heads)
     ddp = DistributedDataParallel(model.to(ctx.device))
     opt = torch.optim.Adam(ddp.parameters(), lr=cfg.lr)
-    memory = MemoryBudget(cfg.memory_budget, "offline trainer reader")
+    memory = ctx.memory
     history = []
     first, _ = rec.get(0)  # compile the relabelling now, not inside the first epoch's timing
     served(first, np.arange(first.layers[0].num_src))
@@ -325,6 +325,7 @@ def _summary(
         "tier_hit_rates": {k: v["hit_rate"] for k, v in serve.get("tiers", {}).items()},
         "history": hist,
         "peak_rss_bytes": peak_rss(),
+        "memory": ctx.memory.as_dict(),
     }
     write_report(ctx.d.report, s)
     return s
