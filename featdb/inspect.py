@@ -9,7 +9,8 @@ from .store import FORMAT_VERSION, Store
 
 
 def info(store: Store) -> dict[str, Any]:
-    """Tables, graph, sample sets, traces, the current layout and generations: what `featdb info` prints."""
+    """Tables, graph, sample sets, traces, each table's current layout (``layouts``; ``layout`` is the last
+    packed) and generations: what `featdb info` prints."""
     meta = store.catalog.get("meta") or {}
     tables = [
         {
@@ -30,6 +31,10 @@ def info(store: Store) -> dict[str, Any]:
     current = store.catalog.get("layout/current")
     layout = store.catalog.get(f"generation/{current}") if current else None
     gens = [doc["id"] for _, doc in store.catalog.scan("generation/")]
+    per_table = {k[len("layout/table/") :]: g for k, g in store.catalog.scan("layout/table/")}
+    if layout is not None:
+        per_table.setdefault(layout["table"], current)  # packed before layouts were per table
+    layouts = {t: _layout_summary(store.catalog.get(f"generation/{g}")) for t, g in sorted(per_table.items())}
     return {
         "path": str(store.root),
         "format_version": meta.get("format_version", FORMAT_VERSION),
@@ -38,6 +43,7 @@ def info(store: Store) -> dict[str, Any]:
         "sample_sets": samples,
         "traces": traces,
         "layout": _layout_summary(layout),
+        "layouts": layouts,
         "generations": gens,
     }
 
@@ -80,12 +86,12 @@ def render(info: dict[str, Any]) -> str:
             f"  {t['name']:<16} table={t['table']} batches={t['batches']} epochs={t['epochs']} "
             f"ids={t.get('ids', 0):,} distinct_rows={t.get('distinct_rows', 0):,}"
         )
-    lay = info["layout"]
-    if lay is None:
+    layouts = [lay for lay in info.get("layouts", {}).values() if lay]
+    if not layouts:
         lines.append("layout: none (serving reads the base table)")
-    else:
+    for lay in layouts:
         source = f"trace={lay['trace']}" if lay.get("trace") else f"sample_set={lay['sample_set']}"
-        lines.append(f"layout: generation {lay['id']} policy={lay['policy']} table={lay['table']} {source}")
+        lines.append(f"layout of {lay['table']}: generation {lay['id']} policy={lay['policy']} {source}")
         for k in (
             "l1_rows",
             "l2_rows",

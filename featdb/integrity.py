@@ -48,9 +48,9 @@ def _references(docs: dict[str, Any]) -> list[str]:
         problems += [
             f"catalog entry {key!r} names {rel}, which has no file record" for rel in named if f"file/{rel}" not in docs
         ]
-    cur = docs.get("layout/current")
-    if cur is not None and f"generation/{cur}" not in docs:
-        problems.append(f"catalog entry 'layout/current' names generation {cur!r}, which the catalog lacks")
+    for key, cur in docs.items():
+        if (key == "layout/current" or key.startswith("layout/table/")) and f"generation/{cur}" not in docs:
+            problems.append(f"catalog entry {key!r} names generation {cur!r}, which the catalog lacks")
     return problems
 
 

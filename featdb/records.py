@@ -109,6 +109,8 @@ def decode(key: str, raw: bytes) -> Any:
 def kind_of(key: str) -> str | None:
     if key in SCHEMAS or key == "layout/current":
         return key
+    if key.startswith("layout/table/"):  # one table's current generation
+        return "layout/current"
     prefix = key.split("/", 1)[0] + "/"
     return prefix if prefix in SCHEMAS and len(key) > len(prefix) else None
 

@@ -72,7 +72,7 @@ def drop_table(store: Store, key: str) -> None:
     current layout serves it (:class:`InvalidInputError`); traces of it become stale."""
     store.require_writable()
     doc = store.table_info(key)
-    cur = store.catalog.get("layout/current")
+    cur = store.catalog.get(f"layout/table/{key}") or store.catalog.get("layout/current")
     layout = store.catalog.get(f"generation/{cur}") if cur else None
     if layout is not None and layout.get("table") == key:
         raise InvalidInputError(f"table {key!r} is what the current layout serves; pack another table first")

@@ -595,22 +595,27 @@ def test_buffer_pool_skips_abandoned_tickets() -> None:
 
 
 def test_segment_cache_counts_hits_misses_evictions_and_extents_too_large() -> None:
-    from featdb.serve.segments import SegmentCache
+    from featdb.serve.segments import Held, SegmentCache
 
     loads: list[int] = []
 
-    def load(seg: int) -> np.ndarray:
+    def load(seg: int, alloc: object) -> Held:
         loads.append(seg)
-        return np.full(100, seg, dtype=np.uint8)
+        return Held(np.full(100, seg, dtype=np.uint8), 1, 100)
 
     cache = SegmentCache(250)
-    cache.get(1, 100, load)
-    cache.get(1, 100, load)  # read once, then a hit
-    cache.get(2, 100, load)
-    cache.get(3, 100, load)  # 300 bytes > 250: the oldest (1) goes before 3 is read
-    extent = cache.get(1, 100, load)
-    assert extent is not None and int(extent[0]) == 1 and loads == [1, 2, 3, 1]
-    assert cache.get(9, 300, load) is None  # larger than the cache: its batches read pages
+
+    def get(seg: int, nbytes: int = 100) -> Held | None:
+        with cache.use(seg, nbytes, load) as held:
+            return held
+
+    get(1)
+    get(1)  # read once, then a hit
+    get(2)
+    get(3)  # 300 bytes > 250: the oldest (1) goes before 3 is read
+    extent = get(1)
+    assert extent is not None and int(extent.buf[0]) == 1 and loads == [1, 2, 3, 1]
+    assert get(9, 300) is None  # larger than the cache: its batches read pages
     d = cache.as_dict()
     assert d["hits"] == 1 and d["misses"] == 4 and d["evictions"] == 2 and d["too_large"] == 1
     assert d["bytes"] <= 250
@@ -619,26 +624,31 @@ def test_segment_cache_counts_hits_misses_evictions_and_extents_too_large() -> N
 def test_segment_cache_reads_ahead_without_evicting_the_segment_being_served() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from featdb.serve.segments import SegmentCache
+    from featdb.serve.segments import Held, SegmentCache
 
     gate = threading.Event()
 
-    def load(seg: int) -> np.ndarray:
+    def load(seg: int, alloc: object) -> Held:
         if seg == 2:
             gate.wait(5)
-        return np.full(100, seg, dtype=np.uint8)
+        return Held(np.full(100, seg, dtype=np.uint8), 1, 100)
 
     cache = SegmentCache(200)
+
+    def get(seg: int) -> Held | None:
+        with cache.use(seg, 100, load) as held:
+            return held
+
     with ThreadPoolExecutor(1) as pool:
-        cache.get(0, 100, load)
-        cache.get(1, 100, load)
+        get(0)
+        get(1)
         assert cache.prefetch(2, 100, load, pool, keep=1)  # evicts 0, never 1
         assert not cache.prefetch(2, 100, load, pool, keep=1)  # already on its way
         assert not cache.prefetch(3, 150, load, pool, keep=1)  # would not fit beside 1
         gate.set()
-        got = cache.get(2, 100, load)  # waits for the read ahead rather than reading again
-        assert got is not None and int(got[0]) == 2
-        assert cache.get(1, 100, load) is not None
+        got = get(2)  # waits for the read ahead rather than reading again
+        assert got is not None and int(got.buf[0]) == 2
+        assert get(1) is not None
     d = cache.as_dict()
     assert d["prefetched"] == 1 and d["misses"] == 2 and d["hits"] + d["waited_for_prefetch"] == 2
     assert d["bytes"] <= 250

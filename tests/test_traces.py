@@ -145,7 +145,7 @@ def test_sources_npz_and_folder_read_the_same(tmp_path: Path, rng: np.random.Gen
 def test_bad_npz_sources_are_refused(tmp_path: Path, arrays: dict[str, np.ndarray], fragment: str) -> None:
     np.savez(tmp_path / "t.npz", **arrays)
     with pytest.raises(InvalidInputError, match=fragment):
-        n, it = open_trace_source(tmp_path / "t.npz")
+        _n, it = open_trace_source(tmp_path / "t.npz")
         list(it)
 
 
@@ -247,3 +247,56 @@ def test_the_recommendation_example_trains_on_the_same_rows_in_every_mode(tmp_pa
     assert runs["featdb"]["rows_served"] == res["build"]["trace"]["ids"]
     assert runs["featdb"]["featdb_tiers_rows"]["l2"] > 0 and res["build"]["layout"]["blowup"] > 0
     assert runs["featdb"]["featdb_counted_bytes"] < runs["direct"]["featdb_counted_bytes"]
+
+
+SERVE_ALL = """
+import json, sys, numpy as np, featdb
+root, trace = sys.argv[1], sys.argv[2]
+with featdb.open(root) as st, featdb.open_reader(st, trace=trace) as r:
+    t = featdb.Trace(st, trace)
+    base = st.read_all(t.table)
+    for b in range(t.num_batches):
+        with r.read_batch(b) as br:
+            assert np.array_equal(br.rows, base[br.input_ids]), b
+    s = r.stats.as_dict()
+    print(json.dumps({"table": r.doc["table"], "gen": r.generation, "rows": s["rows"], "batches": s["batches"]}))
+"""
+
+
+def test_two_tables_packed_and_served_at_once_from_two_processes(
+    emb_store: featdb.Store, rng: np.random.Generator
+) -> None:
+    import subprocess
+    import sys
+
+    users = "user/_/emb"
+    emb_store.write_table(users, rng.standard_normal((500, 8)).astype(np.float32))
+    add_trace(emb_store, "items", KEY, zipf_batches(rng, 10))
+    add_trace(emb_store, "users", users, zipf_batches(rng, 10, size=50, rows=500))
+    first = featdb.pack(emb_store, None, None, Budgets(host_cache=DIM * 4 * 100), trace="items")
+    second = featdb.pack(emb_store, None, None, Budgets(), trace="users")
+    layouts = featdb.info(emb_store)["layouts"]
+    assert {t: lay["id"] for t, lay in layouts.items()} == {KEY: first["id"], users: second["id"]}
+    assert featdb.gc(emb_store)["removed"] == []  # each table's current layout is kept
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SERVE_ALL, str(emb_store.root), name], stdout=subprocess.PIPE, text=True
+        )
+        for name in ("items", "users")
+    ]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    for out, name, doc in zip(outs, ("items", "users"), (first, second), strict=True):
+        with Trace(emb_store, name) as t:
+            assert out["gen"] == doc["id"] and out["table"] == t.table and out["batches"] == t.num_batches
+            assert out["rows"] == int(t.num_inputs().sum())  # each process's statistics are its own table's
+    with open_reader(emb_store, table=users) as r:
+        assert r.generation == second["id"]
+    third = featdb.pack(emb_store, None, None, Budgets(), trace="items")  # repacking one table
+    assert featdb.gc(emb_store)["removed"] == [first["id"]]  # frees its old layout, not the other table's
+    assert set(generation_ids(emb_store)) == {second["id"], third["id"]} and emb_store.verify() == []
+    assert "layout of user/_/emb" in CliRunner().invoke(cli, ["info", str(emb_store.root)]).output
+
+
+def generation_ids(st: featdb.Store) -> list[str]:
+    return [doc["id"] for _, doc in st.catalog.scan("generation/")]

@@ -29,15 +29,13 @@ def gc(
     """Collect the store; returns what was removed and what was kept because a reader pins it."""
     store.require_writable()
     names, trace_names = list(sample_sets), list(traces)
-    cur = store.catalog.get("layout/current")
-    layout = (store.catalog.get(f"generation/{cur}") or {}) if cur else {}
-    for kind, wanted, in_use in (
-        ("sample set", names, layout.get("sample_set")),
-        ("trace", trace_names, layout.get("trace")),
-    ):
-        if in_use and in_use in wanted and not force:
+    layouts = [store.catalog.get(f"generation/{g}") or {} for g in generation.current_ids(store).values()]
+    for kind, wanted, field in (("sample set", names, "sample_set"), ("trace", trace_names, "trace")):
+        in_use = [lay for lay in layouts if lay.get(field) and lay[field] in wanted]
+        if in_use and not force:
+            lay = in_use[0]
             raise InvalidInputError(
-                f"{kind} {in_use!r} is what the current layout serves; "
+                f"{kind} {lay[field]!r} is what the current layout serves (of table {lay['table']!r}); "
                 f"repack from another {kind} first, or pass --force"
             )
     for name in names:  # every name checked before anything is removed

@@ -3,7 +3,8 @@
 A generation lives in ``gens/<id>/``. It is written under ``gens/<id>.partial``,
 fsynced, renamed, and made current in one catalog transaction, so a crash
 leaves either the old generation or the new one current, both complete.
-Readers pin a generation with a shared ``flock`` on its ``pin`` file (released
+Each table has its own current generation (several tables are packed and
+served at once); readers pin a generation with a shared ``flock`` on its ``pin`` file (released
 by the kernel if the reader dies); gc removes a non-current generation only
 when it can take that lock exclusively.
 """
@@ -22,6 +23,9 @@ from ..io import dir_unlocked, exclusive, fsync_dir, hold_dir
 from ..store import Store
 
 GENS = "gens"
+TABLE_CURRENT = "layout/table/"
+"""Catalog prefix: ``layout/table/<key>`` names each table's current generation (``layout/current``
+names the last one packed, what a reader opens when it names no table)."""
 
 
 def new_id() -> str:
@@ -46,6 +50,7 @@ def publish(store: Store, gen_id: str, tmp: Path, doc: dict[str, Any], files: di
             t.put(f"file/{GENS}/{gen_id}/{rel}", rec)
         t.put(f"generation/{gen_id}", {**doc, "id": gen_id, "files": sorted(files)})
         t.put("layout/current", gen_id)
+        t.put(f"{TABLE_CURRENT}{doc['table']}", gen_id)  # this table's current layout; other tables' stay
 
     try:
         store.catalog.write(txn)
@@ -54,20 +59,46 @@ def publish(store: Store, gen_id: str, tmp: Path, doc: dict[str, Any], files: di
         raise
 
 
-def current(store: Store) -> dict[str, Any]:
-    gen_id = store.catalog.get("layout/current")
+def current_id(store: Store, table: str | None = None) -> str | None:
+    """The id of the current layout of ``table`` (of the last table packed when None)."""
+    last = store.catalog.get("layout/current")
+    if table is None:
+        return None if last is None else str(last)
+    gen_id = store.catalog.get(f"{TABLE_CURRENT}{table}")
+    if gen_id is None:  # stores packed before layouts were per table: the one current layout, if it is of this table
+        doc = store.catalog.get(f"generation/{last}") if last else None
+        gen_id = last if doc is not None and doc.get("table") == table else None
+    return None if gen_id is None else str(gen_id)
+
+
+def current_ids(store: Store) -> dict[str, str]:
+    """Every table's current layout: table key -> generation id."""
+    out = {k[len(TABLE_CURRENT) :]: str(v) for k, v in store.catalog.scan(TABLE_CURRENT)}
+    last = store.catalog.get("layout/current")
+    doc = store.catalog.get(f"generation/{last}") if last else None
+    if doc is not None:
+        out.setdefault(doc["table"], last)
+    return out
+
+
+def current(store: Store, table: str | None = None) -> dict[str, Any]:
+    gen_id = current_id(store, table)
     doc = store.catalog.get(f"generation/{gen_id}") if gen_id else None
     if doc is None:
-        raise LayoutNotFoundError(f"no packed layout is current in {store.root} (run featdb pack)")
+        which = f" for table {table!r}" if table else ""
+        raise LayoutNotFoundError(f"no packed layout is current{which} in {store.root} (run featdb pack)")
     return dict(doc)
 
 
 class Pin:
-    """A shared lock on a generation, held while a reader has it open."""
+    """A shared lock on a generation (the current layout of ``table``, or the last packed), held while
+    a reader has it open."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, table: str | None = None, trace: str | None = None) -> None:
+        if table is None and trace is not None:  # a trace's layout is its table's
+            table = (store.catalog.get(f"trace/{trace}") or {}).get("table")
         for _ in range(10):
-            doc = current(store)
+            doc = current(store, table)
             try:
                 self.fd = hold_dir(store.root / GENS / doc["id"], create=False)
             except FileNotFoundError:
@@ -87,12 +118,12 @@ class Pin:
 def collect(store: Store, keep_current: bool = True) -> dict[str, list[str]]:
     """Remove non-current, unpinned generations and orphaned partial directories."""
     store.require_writable()
-    cur = store.catalog.get("layout/current")
+    keep = {store.catalog.get("layout/current"), *current_ids(store).values()} if keep_current else set()
     removed, pinned = [], []
     gens_dir = store.root / GENS
     known = {doc["id"]: doc for _, doc in store.catalog.scan("generation/")}
     for gen_id, doc in known.items():
-        if gen_id == cur and keep_current:
+        if gen_id in keep:
             continue
         try:
             _remove_generation(store, gen_id, doc)
@@ -120,6 +151,8 @@ def _remove_generation(store: Store, gen_id: str, doc: dict[str, Any]) -> None:
             t.delete(f"generation/{gen_id}")
             if t.get("layout/current") == gen_id:
                 t.delete("layout/current")
+            if t.get(f"{TABLE_CURRENT}{doc['table']}") == gen_id:
+                t.delete(f"{TABLE_CURRENT}{doc['table']}")
 
         store.catalog.write(txn)
         shutil.rmtree(d, ignore_errors=True)

@@ -72,6 +72,7 @@ class LayoutReader:
         segment_cache_bytes: int | None = None,
         memory_budget: int | MemoryBudget | None = None,
         trace: str | None = None,
+        table: str | None = None,
     ) -> None:
         self.store, self._trace = store, trace
         self.memory = (
@@ -79,7 +80,7 @@ class LayoutReader:
             if isinstance(memory_budget, MemoryBudget)
             else MemoryBudget(memory_budget or (1 << 62), "the reader")
         )
-        self._pin = generation.Pin(store)
+        self._pin = generation.Pin(store, table, trace)
         self._files: list[Any] = []
         try:
             self._open(

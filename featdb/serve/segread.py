@@ -4,12 +4,15 @@ segment's rows from the base table in large coalesced reads."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
+import cachetools
 import numpy as np
 from numpy.typing import NDArray
 
@@ -26,6 +29,7 @@ from ..io import (
 from ..layout.document import SEG_COLS
 from ..runs import QUEUE_DEPTH, Window, windows
 from ..tables import HEADER_BYTES, TableReader
+from .segments import Held, buffer_size
 from .stats import ServeStats
 
 PIECE = 16 << 20  # a sequential read larger than this is split into parallel pieces
@@ -58,10 +62,25 @@ def _gather(buf: Any, pos: NDArray[Any], rb: int, out: NDArray[Any]) -> None:
 
 
 def segment_bytes(segs: NDArray[Any], row_bytes: int) -> NDArray[Any]:
-    """Memory each whole segment takes: a blocks segment's rows compact, a packed extent page-aligned."""
-    packed = -(-segs[:, 3] * row_bytes // PAGE) * PAGE
-    out: NDArray[Any] = np.where(segs[:, 6] > 0, segs[:, 6] * row_bytes, packed)
+    """Memory each whole segment takes compact (a blocks segment's rows, a packed extent's pages),
+    as :func:`buffer_size` rounds it; a blocks segment read in place may take more (see ``limit``)."""
+    raw = np.where(segs[:, 6] > 0, segs[:, 6] * row_bytes, segs[:, 3] * row_bytes)
+    out: NDArray[Any] = buffer_size(raw)
     return out
+
+
+def largest_segment(segs: NDArray[Any], row_bytes: int) -> int:
+    """The memory the largest segment takes compact, as the segment cache plans for it."""
+    return int(segment_bytes(segs, row_bytes).max(initial=0))
+
+
+def _in_place_bytes(wins: list[Window], n: int) -> int:
+    """Memory a blocks segment of ``n`` rows read in place takes: its runs (whole GRANULEs) and positions."""
+    return int(buffer_size(sum(int(w.nbytes.sum()) for w in wins))) + 8 * n
+
+
+def _read_list(src: PageFile, mv: memoryview, offsets: list[int], at: list[int], sizes: list[int]) -> int:
+    return sum(src.read_into(mv[b : b + n], f) for f, b, n in zip(offsets, at, sizes, strict=True))
 
 
 class SegmentReader:
@@ -83,8 +102,16 @@ class SegmentReader:
         self.io, self.threads, self.stats = io, threads, stats
         self.pool = ThreadPoolExecutor(max_workers=QUEUE_DEPTH, thread_name_prefix="featdb-segment-io")
         self.scratch = ScratchBuffers()
+        self._windows: list[Any] = []  # the two window buffers compact loads share, one load at a time
+        self._windows_lock = threading.Lock()
         self._fd = os.open(blocks_path, os.O_RDONLY) if os.path.exists(blocks_path) else -1
         self.sizes = segment_bytes(segs, row_bytes)
+        # a blocks segment is kept as read (runs and all) when that fits in ``limit`` (the reader sets it
+        # to half its segment cache, so one fits beside another): serving it then costs no whole-segment copy
+        self.limit = largest_segment(segs, row_bytes)
+        # planned reads (rows, windows, in place?) of the segments served and read ahead: ~8 B a row
+        self._plans: cachetools.LRUCache[int, tuple[int, list[Window], bool]] = cachetools.LRUCache(2)
+        self._plan_lock = threading.Lock()
 
     def is_blocks(self, seg: int) -> bool:
         return bool(self.segs[seg, 6])
@@ -94,8 +121,30 @@ class SegmentReader:
         return "base" if self.is_blocks(seg) and self.segs[seg, 7] < 0 else "l3"
 
     def nbytes(self, seg: int) -> int:
-        """Memory the whole segment takes (see :func:`segment_bytes`)."""
-        return int(self.sizes[seg])
+        """Memory the whole segment will take when loaded (see :meth:`load`): exact once its read is
+        planned; until then, for a blocks segment that may be kept as read, the most that may take
+        (planning costs tens of ms, which belong on the thread that reads it, not on a batch's)."""
+        size = int(self.sizes[seg])
+        if not self.is_blocks(seg):
+            return size
+        with self._plan_lock:
+            plan = self._plans.get(seg)
+        if plan is None:
+            return max(size, self.limit) if size <= self.limit else size
+        n, wins, in_place = plan
+        return _in_place_bytes(wins, n) if in_place else size
+
+    def _plan(self, seg: int) -> tuple[int, list[Window], bool]:
+        """A blocks segment's rows, the windows that read them, and whether to keep it as read."""
+        with self._plan_lock:  # held while planning: threads that need one plan make it once
+            got = self._plans.get(seg)
+            if got is None:
+                ids = self.ids(seg)
+                first = self._source(seg)[1]
+                wins = windows(first + ids * self.rb, self.rb) if len(ids) else []
+                n = len(ids)
+                got = self._plans[seg] = (n, wins, bool(n) and _in_place_bytes(wins, n) <= self.limit)
+        return got
 
     def ids(self, seg: int) -> NDArray[Any]:
         """A blocks segment's rows, ascending: node ids, or positions in its copy."""
@@ -117,20 +166,44 @@ class SegmentReader:
             raise CorruptDataError(f"segment {seg} reads a copy, but the layout has no copies.dat")
         return self.copies, at
 
-    def load(self, seg: int) -> NDArray[Any]:
-        """The whole segment as a (rows, row_bytes) uint8 array; counts the bytes read."""
+    def load(self, seg: int, alloc: Callable[[int], Any] = aligned_buffer) -> Held:
+        """The whole segment, in a buffer from ``alloc``; counts the bytes read.
+
+        A blocks segment whose page runs take little more memory than its rows is
+        kept as read, rows where they landed; otherwise its rows are gathered compact
+        window by window. A packed (L3) extent is one sequential read."""
         t = time.perf_counter()
         if self.is_blocks(seg):
-            ids = self.ids(seg)
-            rows = np.empty((len(ids), self.rb), dtype=np.uint8)
-            nbytes = self._read_base(seg, ids, rows)
+            n, wins, in_place = self._plan(seg)
+            if in_place:
+                held, nbytes = self._read_in_place(seg, wins, n, alloc)
+            else:
+                held = Held(alloc(n * self.rb), n, self.rb)
+                nbytes = self._read_windows(self._source(seg)[0], wins, held.rows())
             self.stats.add(self.tier(seg), 0, nbytes, time.perf_counter() - t)
-            return rows
-        buf = aligned_buffer(self.nbytes(seg))
-        nbytes = read_pieces(self.l3, self.io, memoryview(buf), int(self.segs[seg, 2]), PIECE)
+            return held
         n = int(self.segs[seg, 3])
+        buf = alloc(-(-n * self.rb // PAGE) * PAGE)
+        nbytes = read_pieces(
+            self.l3, self.io, memoryview(buf)[: -(-n * self.rb // PAGE) * PAGE], int(self.segs[seg, 2]), PIECE
+        )
         self.stats.add("l3", 0, nbytes, time.perf_counter() - t)
-        return np.frombuffer(buf, dtype=np.uint8, count=n * self.rb).reshape(n, self.rb)
+        return Held(buf, n, self.rb)
+
+    def _read_in_place(self, seg: int, wins: list[Window], n: int, alloc: Callable[[int], Any]) -> tuple[Held, int]:
+        """Every window's runs into one buffer, back to back; rows are served from where they landed."""
+        at = np.cumsum([0] + [int(w.nbytes.sum()) for w in wins])[:-1]
+        buf = alloc(_in_place_bytes(wins, 0))
+        pos = np.concatenate([w.pos + a for w, a in zip(wins, at, strict=True)])
+        reads = [
+            np.concatenate(parts)
+            for parts in zip(
+                *((w.file_off, w.buf_off + a, w.nbytes) for w, a in zip(wins, at, strict=True)), strict=True
+            )
+        ]
+        src, _ = self._source(seg)
+        nbytes = self._start(src, reads[0], reads[1], reads[2], buf)()
+        return Held(buf, n, self.rb, pos), nbytes
 
     def read_rows(self, seg: int, rows: NDArray[Any], out: NDArray[Any]) -> None:
         """Only ``rows`` (positions in the segment) into ``out``, reading just their pages."""
@@ -147,29 +220,50 @@ class SegmentReader:
         self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
 
     def _read_base(self, seg: int, ids: NDArray[Any], out: NDArray[Any]) -> int:
-        """Sorted ids' rows from the base table: their pages coalesced into runs (reading
-        through gaps of up to GAP_PAGES, cheaper than another request), in windows of at most
-        WINDOW bytes whose runs are read as parallel pieces while the previous window is gathered."""
+        """Sorted ids' rows (of a segment too large to hold) from its source, in temporary windows."""
         if not len(ids):
             return 0
         src, first = self._source(seg)
-        wins = windows(first + ids * self.rb, self.rb)
+        return self._read_windows(src, windows(first + ids * self.rb, self.rb), out, shared=False)
+
+    def _read_windows(self, src: PageFile, wins: list[Window], out: NDArray[Any], shared: bool = True) -> int:
+        """Rows into ``out`` window by window: each window's page runs (reading through gaps of up
+        to GAP_PAGES, cheaper than another request) read as parallel pieces while the previous
+        window is gathered."""
+        if not wins:
+            return 0
         size = max(int(w.nbytes.sum()) for w in wins)
-        bufs = [aligned_buffer(size), aligned_buffer(size)]
-        nbytes = 0
-        pending = self._start(src, wins[0], bufs[0])
-        for i, w in enumerate(wins):
-            nbytes += pending()
-            if i + 1 < len(wins):
-                pending = self._start(src, wins[i + 1], bufs[(i + 1) % 2])
-            _gather(bufs[i % 2], w.pos, self.rb, out[w.lo : w.hi])
+        with self._windows_lock if shared else contextlib.nullcontext():  # the scratch charged is one pair
+            bufs = self._window_buffers(size) if shared else [aligned_buffer(size), aligned_buffer(size)]
+            nbytes = 0
+            pending = self._start(src, wins[0].file_off, wins[0].buf_off, wins[0].nbytes, bufs[0])
+            for i, w in enumerate(wins):
+                nbytes += pending()
+                if i + 1 < len(wins):
+                    nxt = wins[i + 1]
+                    pending = self._start(src, nxt.file_off, nxt.buf_off, nxt.nbytes, bufs[(i + 1) % 2])
+                _gather(bufs[i % 2], w.pos, self.rb, out[w.lo : w.hi])
         return nbytes
 
-    def _start(self, src: PageFile, w: Window, buf: Any) -> Callable[[], int]:
+    def _window_buffers(self, size: int) -> list[Any]:
+        """The two window buffers, grown when too small (reused: a fresh mapping costs a page fault
+        per page). Called under ``_windows_lock``."""
+        if not self._windows or len(self._windows[0]) < size:
+            self._windows = [aligned_buffer(size), aligned_buffer(size)]
+        return self._windows
+
+    def _start(
+        self, src: PageFile, file_off: NDArray[Any], buf_off: NDArray[Any], sizes: NDArray[Any], buf: Any
+    ) -> Callable[[], int]:
+        """Start the reads (file offset, buffer offset, length) on QUEUE_DEPTH workers, each a share
+        of them in order (one task per read would cost a future, a lock and a thread hand-off per
+        read of a few tens of KiB); returns the function that waits for them."""
         mv = memoryview(buf)
+        cuts = np.searchsorted(np.cumsum(sizes), np.arange(1, QUEUE_DEPTH) * (int(sizes.sum()) / QUEUE_DEPTH))
         futures = [
-            self.pool.submit(src.read_into, mv[b : b + n], f)
-            for f, b, n in zip(w.file_off.tolist(), w.buf_off.tolist(), w.nbytes.tolist(), strict=True)
+            self.pool.submit(_read_list, src, mv, f.tolist(), b.tolist(), n.tolist())
+            for f, b, n in zip(np.split(file_off, cuts), np.split(buf_off, cuts), np.split(sizes, cuts), strict=True)
+            if len(n)
         ]
 
         def wait() -> int:
@@ -185,4 +279,4 @@ class SegmentReader:
             self._fd = -1
 
 
-__all__ = ["SegmentReader", "segment_index"]
+__all__ = ["SegmentReader", "largest_segment", "segment_index"]
