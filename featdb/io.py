@@ -341,11 +341,18 @@ def _split_runs(starts: NDArray[Any], lengths: NDArray[Any], cap: int) -> tuple[
 def gather_rows(buf: mmap.mmap | memoryview, pos: NDArray[Any], row_bytes: int, out: NDArray[Any]) -> None:
     """Copy ``row_bytes`` at each byte position of ``buf`` into the rows of ``out`` (uint8 2-D).
 
-    Rows are gathered through an overlapping strided view of the buffer in the
-    widest word that divides every position and the row size. (``np.take`` would
-    first copy that whole view, so fancy indexing is used instead.)
+    When every position is a multiple of the row size (rows on a grid, as when
+    ``row_bytes`` divides the page) they are one ``np.take`` from the buffer seen
+    as rows, straight into ``out``. Otherwise they are gathered through an
+    overlapping strided view in the widest word that divides every position and
+    the row size (``np.take`` would first copy that whole view, so fancy indexing
+    is used instead, through a temporary).
     """
     if len(pos) == 0:
+        return
+    if not (pos % row_bytes).any():  # every row on a row boundary: one take from the rows view, no temporary
+        rows = np.frombuffer(buf, dtype=np.uint8, count=len(buf) // row_bytes * row_bytes).reshape(-1, row_bytes)
+        np.take(rows, pos // row_bytes, axis=0, out=out, mode="clip")
         return
     word = 8
     low_bits = int(np.bitwise_or.reduce(pos)) | row_bytes

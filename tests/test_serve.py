@@ -674,3 +674,66 @@ def test_segment_gather_copies_back_to_back_rows_as_blocks_and_the_same_bytes(rb
     _gather(buf, pos, rb, got)
     gather_rows(buf, pos, rb, want)
     np.testing.assert_array_equal(got, want)
+
+
+def test_segment_buffers_are_reused_only_once_no_batch_gathers_from_them() -> None:
+    import mmap
+
+    from featdb.serve.segments import Held, SegmentCache
+
+    def load(seg: int, alloc: Any) -> Held:
+        buf = alloc(4096)
+        np.frombuffer(buf, dtype=np.uint8)[:] = seg
+        return Held(buf, 4096 // 64, 64)
+
+    cache = SegmentCache(2 * 4096)
+    with cache.use(1, 4096, load) as one:
+        assert one is not None and isinstance(one.buf, mmap.mmap)
+        with cache.use(2, 4096, load), cache.use(3, 4096, load):  # 1 leaves the cache while in use
+            out = np.empty((2, 64), dtype=np.uint8)
+            one.take(np.array([0, 5]), out)
+            assert (out == 1).all()  # its buffer was not handed to 3
+    assert cache.as_dict()["buffers_reused"] == 0
+    with cache.use(4, 4096, load) as four:  # now 1's (or 2's) buffer is free: reused, refilled
+        assert four is not None and cache.as_dict()["buffers_reused"] == 1
+        out = np.empty((1, 64), dtype=np.uint8)
+        four.take(np.array([3]), out)
+        assert (out == 4).all()
+    assert cache.as_dict()["bytes"] <= 2 * 4096
+
+
+def test_segment_cache_evicts_a_segment_batches_still_wait_for_last() -> None:
+    from featdb.serve.segments import Held, SegmentCache
+
+    loads: list[int] = []
+
+    def load(seg: int, alloc: Any) -> Held:
+        loads.append(seg)
+        return Held(alloc(4096), 1, 4096)
+
+    cache = SegmentCache(2 * 4096)
+    for seg in (1, 2):
+        with cache.use(seg, 4096, load):
+            pass
+    cache.want(1)  # a batch of 1 is on its way: 2 goes first, though older is 1
+    with cache.use(3, 4096, load):
+        pass
+    with cache.use(1, 4096, load):
+        pass
+    cache.want(1, -1)
+    assert loads == [1, 2, 3]
+
+
+@pytest.mark.parametrize("rb", [64, 96])
+def test_gather_rows_on_a_row_grid_and_off_it_give_the_same_rows(rb: int) -> None:
+    import mmap
+
+    from featdb.io import gather_rows
+
+    buf = mmap.mmap(-1, 1 << 16)
+    src = np.frombuffer(buf, dtype=np.uint8)
+    src[:] = np.random.default_rng(rb).integers(0, 256, len(src), dtype=np.uint8)
+    for pos in (np.array([0, 5, 2, 5, 9]) * rb, np.array([0, 5, 2, 5, 9]) * rb + 8):
+        out = np.empty((len(pos), rb), dtype=np.uint8)
+        gather_rows(buf, pos, rb, out)
+        assert all((out[i] == src[p : p + rb]).all() for i, p in enumerate(pos))
