@@ -213,19 +213,21 @@ class SegmentCache:
         """Evict segments, oldest first, never ``keep``, until ``nbytes`` more fit beside what is held
         and kept free: first those no batch waits for, then any (under the lock). Free buffers count,
         unless the load will take one (then it only moves)."""
-        moves = not loaded and bool(self._reusable(nbytes))
-        if not moves and self._over(nbytes, moves):
-            self._free.clear()
+        if self._over(nbytes, loaded):
+            self._free = self._reusable(nbytes)[:1] if not loaded else []
         for spare_wanted in (True, False):
             for old in list(self._held):
-                if not self._over(nbytes, moves):
+                if not self._over(nbytes, loaded):
                     return
                 if old != keep and not (spare_wanted and (old in self._wanted or self._held[old].users)):
                     self._held.evictions += 1
                     self._retire(self._held.pop(old))
 
-    def _over(self, nbytes: int, moves: bool) -> bool:
-        free = 0 if moves else sum(len(b) for b in self._free)
+    def _over(self, nbytes: int, loaded: bool) -> bool:
+        """Would ``nbytes`` more exceed the capacity? A free buffer the load will take only moves."""
+        free = sum(len(b) for b in self._free)
+        if not loaded and self._reusable(nbytes):
+            free -= len(min(self._reusable(nbytes), key=len))
         return bool(self._held.currsize + free + nbytes > self.capacity)
 
     def _reusable(self, nbytes: int) -> list[mmap.mmap]:
