@@ -300,3 +300,20 @@ def test_two_tables_packed_and_served_at_once_from_two_processes(
 
 def generation_ids(st: featdb.Store) -> list[str]:
     return [doc["id"] for _, doc in st.catalog.scan("generation/")]
+
+
+def test_a_sample_set_reader_finds_its_table_layout_after_another_table_is_packed(
+    store: featdb.Store, rng: np.random.Generator
+) -> None:
+    featdb.synth(store, nodes=2000, dim=8, classes=4, seed=0)
+    featdb.sample(store, featdb.SampleConfig("train", fanouts=(5,), batch_size=256, epochs=1))
+    gnn = featdb.pack(store, "train", "node/_/feat", Budgets())
+    store.write_table(KEY, rng.standard_normal((ROWS, DIM)).astype(np.float32))
+    add_trace(store, "clicks", KEY, zipf_batches(rng, 4))
+    featdb.pack(store, None, None, Budgets(), trace="clicks")  # now the last packed
+    with open_reader(store, sample_set="train") as r:  # what featdb-train opens
+        assert r.generation == gnn["id"] and r.doc["table"] == "node/_/feat"
+        with featdb.SampleSet(store, "train") as ss:
+            r.attach(ss)
+            with r.read_batch(0) as br:
+                assert_rows_equal(br.rows, store.read("node/_/feat", br.input_ids))

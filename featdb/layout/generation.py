@@ -90,13 +90,30 @@ def current(store: Store, table: str | None = None) -> dict[str, Any]:
     return dict(doc)
 
 
+def source_table(store: Store, trace: str | None, sample_set: str | None) -> str | None:
+    """The table whose current layout serves ``trace`` (its own table) or ``sample_set`` (the table whose
+    current layout was packed from it, when the last one packed was not); None: the last one packed."""
+    if trace is not None:
+        return (store.catalog.get(f"trace/{trace}") or {}).get("table")
+    if (
+        sample_set is None
+        or (store.catalog.get(f"generation/{current_id(store)}") or {}).get("sample_set") == sample_set
+    ):
+        return None
+    for table, gen_id in sorted(current_ids(store).items()):
+        if (store.catalog.get(f"generation/{gen_id}") or {}).get("sample_set") == sample_set:
+            return table
+    return None
+
+
 class Pin:
     """A shared lock on a generation (the current layout of ``table``, or the last packed), held while
     a reader has it open."""
 
-    def __init__(self, store: Store, table: str | None = None, trace: str | None = None) -> None:
-        if table is None and trace is not None:  # a trace's layout is its table's
-            table = (store.catalog.get(f"trace/{trace}") or {}).get("table")
+    def __init__(
+        self, store: Store, table: str | None = None, trace: str | None = None, sample_set: str | None = None
+    ) -> None:
+        table = table or source_table(store, trace, sample_set)
         for _ in range(10):
             doc = current(store, table)
             try:

@@ -80,7 +80,7 @@ class LayoutReader:
             if isinstance(memory_budget, MemoryBudget)
             else MemoryBudget(memory_budget or (1 << 62), "the reader")
         )
-        self._pin = generation.Pin(store, table, trace)
+        self._pin = generation.Pin(store, table, trace, sample_set)
         self._files: list[Any] = []
         try:
             self._open(
