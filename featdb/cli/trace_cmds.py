@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import store as store_mod
+from ..errors import InvalidInputError
 from ..memory import peak_rss
 from ..traces import add_trace, list_traces, open_trace_source
 from .common import cli, emit, memory_option, output_options, progress
@@ -46,14 +47,16 @@ def add(
     """
     with store_mod.open(store, mode="a") as st:
         total, batches = open_trace_source(source)
+        if total % epochs:  # known before anything is written
+            raise InvalidInputError(f"{source}: {total} batches do not split into {epochs} equal epochs")
         with progress(total, f"trace {name}", as_json or quiet) as bar:
             doc = add_trace(st, name, table, batches, epochs=epochs, memory_budget=memory_budget, progress=bar)
     keys = ("name", "table", "batches", "epochs", "ids", "lookups", "distinct_rows", "max_batch", "bytes", "add_s")
     summary = {k: doc[k] for k in keys}
     summary["memory"] = doc["memory"] | {"peak_rss_bytes": peak_rss()}
     text = (
-        f"trace {name}: {doc['batches']} batches over {table}, {doc['ids']:,} distinct ids per batch in all "
-        f"({doc['lookups']:,} lookups), {doc['distinct_rows']:,} rows read at least once"
+        f"trace {name}: {doc['batches']} batches over {table}, {doc['lookups']:,} ids ({doc['ids']:,} once per "
+        f"batch), {doc['distinct_rows']:,} rows read at least once"
     )
     emit(as_json, summary, None if quiet else text)
 
