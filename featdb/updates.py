@@ -25,7 +25,7 @@ from .progress import Progress
 from .store import Store, remove_table_file, table_files
 from .tables import check_ids
 
-MIN_CHUNK = 1 << 20
+MIN_CHUNK, MAX_CHUNK = 1 << 20, 64 << 20  # table chunks streamed through the update
 
 
 def update_rows(
@@ -48,7 +48,7 @@ def update_rows(
     idx, vals = idx[order], vals[order].astype(schema.dtype)
     budget = MemoryBudget(memory_budget, f"update {key}")
     budget.charge("the updated rows and their ids", vals.nbytes + 2 * idx.nbytes)
-    chunk_bytes = budget.fit("two table chunks", memory_budget, minimum=2 * max(MIN_CHUNK, schema.row_bytes)) // 2
+    chunk_bytes = budget.fit("two table chunks", 2 * MAX_CHUNK, minimum=2 * max(MIN_CHUNK, schema.row_bytes)) // 2
     budget.check()
     step = max(1, chunk_bytes // schema.row_bytes)
     reader = store.reader(key)

@@ -153,6 +153,20 @@ def test_update_rows_is_a_crash_safe_switch_that_makes_a_packed_layout_stale(st:
     assert not st.has_table("node/item/emb") and st.verify() == []
 
 
+def test_update_rows_streams_the_table_in_chunks_within_the_budget(st: featdb.Store) -> None:
+    rows = np.random.default_rng(3).standard_normal((300_000, 4)).astype(np.float32)  # 4.6 MiB
+    st.write_table("node/big/x", rows)
+    ids = np.array([0, 99_999, 150_000, 299_999, 5])
+    vals = np.arange(20, dtype=np.float32).reshape(5, 4)
+    doc = update_rows(st, "node/big/x", ids, vals, memory_budget=3 << 20)  # chunks of about 1.5 MiB
+    assert doc["memory"]["parts"]["two table chunks"] < 4 << 20
+    rows[ids] = vals
+    np.testing.assert_array_equal(st.read_all("node/big/x"), rows)
+    with pytest.raises(featdb.errors.BudgetExceededError, match="two table chunks"):
+        update_rows(st, "node/big/x", ids, vals, memory_budget=1 << 20)
+    np.testing.assert_array_equal(st.read_all("node/big/x"), rows)  # a refusal changes nothing
+
+
 # -- PyG ---------------------------------------------------------------------------------------------
 pyg = pytest.importorskip("torch_geometric")
 
