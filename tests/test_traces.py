@@ -73,8 +73,8 @@ def test_add_stores_distinct_sorted_ids_and_counts(emb_store: featdb.Store, rng:
     [
         ([np.array([1, 2]), np.array([ROWS])], IdsOutOfRangeError, "batch 1"),
         ([np.array([1.5])], InvalidIdsError, "batch 0"),
-        ([np.array([1]), np.array([], dtype=np.int64)], InvalidInputError, "batch 1 is empty"),
-        ([], InvalidInputError, "at least one batch"),
+        ([np.array([], dtype=np.int64)] * 2, InvalidInputError, "holds 2 batches but no row id"),
+        ([], InvalidInputError, "holds no batch"),
         ([np.array([1])] * 3, InvalidInputError, "2 equal epochs"),
     ],
 )
@@ -88,6 +88,23 @@ def test_bad_batches_change_nothing(
     assert {k for k in tree(emb_store.root) if not k.startswith("locks")} == {
         k for k in files if not k.startswith("locks")
     } | {"traces/"}
+
+
+def test_batches_that_read_no_row_of_the_table_are_served_empty(emb_store: featdb.Store) -> None:
+    """(one table of several, e.g. one node type's: a batch may read none of its rows)"""
+    batches = [np.array([3, 1, 3]), np.array([], dtype=np.int64), np.array([900, 5]), np.zeros(0, dtype=np.int32)]
+    assert add_trace(emb_store, "t", KEY, batches)["empty_batches"] == 2
+    base = emb_store.read_all(KEY)
+    for budgets in (Budgets(), Budgets(host_cache=DIM * 4), Budgets(max_blowup=0.0)):
+        featdb.pack(emb_store, None, None, budgets, trace="t")
+        with open_reader(emb_store, trace="t") as r:
+            for b in r.epoch_order(range(4), np.random.default_rng(0)):
+                rows, ids = served(r, b)
+                np.testing.assert_array_equal(ids, np.unique(batches[b]))
+                assert rows.shape == (len(ids), DIM)
+                if len(ids):
+                    assert_rows_equal(rows, base[ids])
+    assert emb_store.verify() == []
 
 
 def test_names_tables_and_duplicates_are_checked(emb_store: featdb.Store) -> None:

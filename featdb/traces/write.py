@@ -112,8 +112,9 @@ def _write(
             counts[distinct] += 1
             if progress:
                 progress(1)
-        if not index:
-            raise InvalidInputError("a trace needs at least one batch; the source holds none")
+        if not total:  # (a batch may read no row of this table; the trace as a whole must read some)
+            what = "holds no batch" if not index else f"holds {len(index)} batches but no row id"
+            raise InvalidInputError(f"a trace needs at least one row id; the source {what}")
         w.commit()
     files = {f"{rel}/ids.bin": {"size": w.size, "crcs": w.crcs, "kind": "trace"}}
     for fname, arr in (("index.i64", np.asarray(index, dtype="<i8").reshape(-1, INDEX_COLS)), ("counts.i32", counts)):
@@ -125,6 +126,7 @@ def _write(
         "lookups": raw_total,
         "distinct_rows": int(np.count_nonzero(counts)),
         "max_batch": max(n for _, n, _ in index),
+        "empty_batches": sum(1 for _, n, _ in index if not n),
         "bytes": w.size,
     }
     return files, stats
@@ -135,8 +137,6 @@ def _batch_ids(arr: Any, rows: int, b: int) -> NDArray[Any]:
         ids = check_ids(arr, rows)
     except (InvalidIdsError, IdsOutOfRangeError) as exc:
         raise type(exc)(f"batch {b}: {exc}") from None
-    if not len(ids):
-        raise InvalidInputError(f"batch {b} is empty: every batch of a trace reads at least one row")
     return ids
 
 
