@@ -334,3 +334,58 @@ def test_a_sample_set_reader_finds_its_table_layout_after_another_table_is_packe
             r.attach(ss)
             with r.read_batch(0) as br:
                 assert_rows_equal(br.rows, store.read("node/_/feat", br.input_ids))
+
+
+def test_one_trace_per_node_type_from_one_sample_set(store: featdb.Store) -> None:
+    """A graph whose ids are grouped by type (DGL's to_homogeneous order), one table per type:
+    each type's trace packed and served on its own table, together they serve every batch."""
+    from featdb.traces import traces_by_type
+
+    featdb.synth(store, nodes=2000, dim=8, classes=4, seed=0)
+    feat = store.read_all("node/_/feat")
+    store.write_table("node/paper/feat", feat[:1200])
+    store.write_table("node/author/feat", feat[1200:])
+    featdb.sample(store, featdb.SampleConfig("train", fanouts=(5, 5), batch_size=128, epochs=2))
+    types = {"paper": (0, 1200, "node/paper/feat"), "author": (1200, 2000, "node/author/feat")}
+    with pytest.raises(InvalidInputError, match="overlap"):
+        traces_by_type(store, "train", {**types, "x": (1100, 1300, "node/paper/feat")})
+    docs = traces_by_type(store, "train", types)
+    assert set(docs) == {"paper", "author"} and len(list_traces(store)) == 2
+    with featdb.SampleSet(store, "train") as ss:
+        n, parts = ss.num_batches, ss.parts
+        wanted = [ss.input_ids(b) for b in range(n)]
+    with Trace(store, "train.paper") as t:
+        assert t.groups()[-1][1] == n and len(t.groups()) == 2 + sum(1 for p in parts if p != "train")
+    for t in types:
+        featdb.pack(store, None, None, Budgets(host_cache=100 * 32), trace=f"train.{t}")
+    with open_reader(store, trace="train.paper") as papers, open_reader(store, trace="train.author") as authors:
+        for b in range(n):
+            rows_p, ids_p = served(papers, b)
+            rows_a, ids_a = served(authors, b)
+            got = np.concatenate([ids_p, ids_a + 1200])
+            np.testing.assert_array_equal(np.sort(got), np.sort(wanted[b]))
+            assert_rows_equal(np.concatenate([rows_p, rows_a]), feat[got])
+    with pytest.raises(AlreadyExistsError):
+        traces_by_type(store, "train", types)
+    assert store.verify() == []
+
+
+def test_cli_trace_split(store: featdb.Store) -> None:
+    featdb.synth(store, nodes=1000, dim=4, classes=2, seed=0)
+    feat = store.read_all("node/_/feat")
+    store.write_table("node/paper/feat", feat[:700])
+    store.write_table("node/author/feat", feat[700:])
+    featdb.sample(store, featdb.SampleConfig("s", fanouts=(3,), batch_size=200, epochs=1))
+    root = str(store.root)
+    store.close()
+    run = CliRunner().invoke
+    types = ["--type", "paper=0:700:node/paper/feat", "--type", "author=700:1000:node/author/feat"]
+    res = run(cli, ["trace", "split", root, "--sample-set", "s", *types, "--prefix", "t", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert {d["name"] for d in out.values()} == {"t.paper", "t.author"}
+    assert_one_error_line(
+        run(cli, ["trace", "split", root, "--sample-set", "s", "--type", "paper=0"]), "NAME=LO:HI:TABLE"
+    )
+    bad = ["--type", "paper=0:600:node/paper/feat"]
+    assert_one_error_line(run(cli, ["trace", "split", root, "--sample-set", "s", *bad]), "700 rows")

@@ -7,7 +7,7 @@ import click
 from .. import store as store_mod
 from ..errors import InvalidInputError
 from ..memory import peak_rss
-from ..traces import add_trace, list_traces, open_trace_source
+from ..traces import add_trace, list_traces, open_trace_source, traces_by_type
 from .common import cli, emit, memory_option, output_options, progress
 
 
@@ -59,6 +59,65 @@ def add(
         f"batch), {doc['distinct_rows']:,} rows read at least once"
     )
     emit(as_json, summary, None if quiet else text)
+
+
+@trace.command("split")
+@click.argument("store")
+@click.option("--sample-set", required=True, help="The sample set whose batches are split by node type.")
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    required=True,
+    metavar="NAME=LO:HI:TABLE",
+    help="A node type: its ids [LO, HI) in the graph and its table (HI - LO rows). Repeat per type.",
+)
+@click.option("--prefix", help="Traces are named PREFIX.NAME (default: the sample set's name).")
+@memory_option
+@output_options
+def split(
+    store: str,
+    sample_set: str,
+    types: tuple[str, ...],
+    prefix: str | None,
+    memory_budget: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """One trace per node type from a sample set over a graph whose ids are grouped by type.
+
+    For a heterogeneous graph numbered type by type (DGL's to_homogeneous order):
+    each batch's input ids of type NAME become row ids (id - LO) of TABLE, in the
+    trace PREFIX.NAME, with the sample set's epochs and evaluation splits. Pack and
+    serve each with --trace.
+
+    Example: featdb trace split ./store --sample-set train --type p=0:700:node/p/feat --type a=700:900:node/a/feat
+    """
+    spans = dict(_type_span(t) for t in types)
+    with store_mod.open(store, mode="a") as st:
+        from ..sampling import SampleSet
+
+        with SampleSet(st, sample_set) as ss:
+            total = ss.num_batches * len(spans)
+        with progress(total, f"split {sample_set}", as_json or quiet) as bar:
+            docs = traces_by_type(st, sample_set, spans, prefix=prefix, memory_budget=memory_budget, progress=bar)
+    summary = {
+        t: {k: d[k] for k in ("name", "table", "batches", "ids", "distinct_rows", "empty_batches")}
+        for t, d in docs.items()
+    }
+    lines = [f"trace {d['name']}: {d['batches']} batches over {d['table']}, {d['ids']:,} ids" for d in docs.values()]
+    emit(as_json, summary, None if quiet else "\n".join(lines))
+
+
+def _type_span(text: str) -> tuple[str, tuple[int, int, str]]:
+    name, _, rest = text.partition("=")
+    parts = rest.split(":")
+    try:
+        return name, (int(parts[0]), int(parts[1]), parts[2])
+    except (ValueError, IndexError):
+        raise InvalidInputError(
+            f"--type {text!r}: expected NAME=LO:HI:TABLE, e.g. paper=0:1000:node/paper/feat"
+        ) from None
 
 
 @trace.command("list")

@@ -7,8 +7,9 @@ sample set carries one; any other workload that knows its future row accesses
 serves its batches from the tiers (``open_reader(store, trace=...)``).
 """
 
+from .bytype import traces_by_type
 from .files import open_trace_source
 from .trace import Trace
 from .write import add_trace, drop_trace, list_traces
 
-__all__ = ["Trace", "add_trace", "drop_trace", "list_traces", "open_trace_source"]
+__all__ = ["Trace", "add_trace", "drop_trace", "list_traces", "open_trace_source", "traces_by_type"]

@@ -73,7 +73,8 @@ class Trace:
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.num_batches // self.epochs
+        lo, hi = self.groups()[0]
+        return hi - lo
 
     @property
     def num_nodes(self) -> int:
@@ -85,8 +86,11 @@ class Trace:
         return {"train": (0, self.num_batches)}
 
     def groups(self) -> list[tuple[int, int]]:
-        """Batch ranges served together: each epoch."""
-        bpe = self.batches_per_epoch
+        """Batch ranges served together: each epoch (and, for a trace split from a sample set, each
+        evaluation split after them)."""
+        if "groups" in self.doc:
+            return [(int(lo), int(hi)) for lo, hi in self.doc["groups"]]
+        bpe = self.num_batches // self.epochs
         return [(e * bpe, (e + 1) * bpe) for e in range(self.epochs)]
 
     def same_as(self, store: Store) -> bool:

@@ -9,12 +9,13 @@ input stops the write and leaves nothing behind.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,14 @@ def add_trace(
     epochs: int = 1,
     memory_budget: int = DEFAULT_BUDGET,
     progress: Progress = None,
+    groups: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Store ``batches`` (each an array of row ids of ``table``) as the trace ``name``; returns its document.
 
     Each batch is stored as its distinct ids, sorted (a batch reads a row once). ``epochs``
-    splits the batches into that many equal runs, served (and packed) as epochs. Holds
+    splits the batches into that many equal runs, served (and packed) as epochs; ``groups`` instead
+    gives the batch ranges served together, in order, the first ``epochs`` of them training epochs
+    (a sample set's epochs and evaluation splits, as :func:`traces_by_type` passes them). Holds
     4 bytes per table row (the read counts) and one batch at a time."""
     store.require_writable()
     rel = f"{TRACES}/{child(store.root / TRACES, name, 'trace name').name}"
@@ -68,8 +72,7 @@ def add_trace(
         try:
             started = time.perf_counter()
             files, stats = _write(tmp, rel, batches, rows, progress)
-            if stats["batches"] % epochs:
-                raise InvalidInputError(f"{stats['batches']} batches do not split into {epochs} equal epochs")
+            _check_groups(stats["batches"], epochs, groups)
             doc = {
                 "name": name,
                 "table": table,
@@ -77,6 +80,7 @@ def add_trace(
                 "num_rows": rows,
                 "id_dtype": id_dtype(rows).str,
                 "epochs": epochs,
+                **({"groups": [[int(lo), int(hi)] for lo, hi in groups]} if groups is not None else {}),
                 **stats,
                 "uid": uuid.uuid4().hex,
                 "table_uid": store.table_info(table).get("uid"),
@@ -130,6 +134,19 @@ def _write(
         "bytes": w.size,
     }
     return files, stats
+
+
+def _check_groups(n: int, epochs: int, groups: Sequence[tuple[int, int]] | None) -> None:
+    if groups is None:
+        if n % epochs:
+            raise InvalidInputError(f"{n} batches do not split into {epochs} equal epochs")
+        return
+    bounds = [b for lo, hi in groups for b in (lo, hi)]
+    tiles = bool(groups) and bounds[0] == 0 and bounds[-1] == n and all(a <= b for a, b in itertools.pairwise(bounds))
+    if not tiles or any(lo == hi for lo, hi in groups) or epochs > len(groups):
+        raise InvalidInputError(
+            f"groups {list(groups)} must cover batches 0..{n} in order, each non-empty, the first {epochs} the epochs"
+        )
 
 
 def _batch_ids(arr: Any, rows: int, b: int) -> NDArray[Any]:
