@@ -115,11 +115,12 @@ def serve(a: argparse.Namespace, mode: str) -> dict[str, Any]:
     pending = deque(fetch(b) for b in range(min(a.queue_depth, a.batches)))
     for b in range(a.batches):
         t = time.perf_counter()
-        rows, index = pending.popleft()()  # rows of the batch's distinct ids, and each lookup's row
+        rows, index, release = pending.popleft()()  # the batch's distinct rows, each lookup's row, release
         wait += time.perf_counter() - t
         if b + a.queue_depth < a.batches:
             pending.append(fetch(b + a.queue_depth))
         emb = torch.from_numpy(rows)[torch.from_numpy(index)].reshape(a.samples, a.lookups, a.dim).mean(1)
+        release()  # (featdb: the rows were a view of a pooled buffer; the gather copied them)
         label = (emb @ w_true > 0).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(emb).squeeze(1), label)
         opt.zero_grad()
@@ -158,12 +159,12 @@ def _fetcher(st: featdb.Store, mode: str, a: argparse.Namespace) -> tuple[Any, A
         def fetch(b: int) -> Any:
             fut = reader.read_batch_async(b)
 
-            def get() -> tuple[np.ndarray, np.ndarray]:
-                with fut.result() as br:  # rows in serving order: row i is trace id order[i]
-                    inv = np.empty(len(br.order), dtype=np.int64)
-                    inv[br.order] = np.arange(len(br.order))
-                    index = inv[np.searchsorted(trace.input_ids(b), lookups(b, a).ravel())]
-                    return np.array(br.rows), index
+            def get() -> tuple[np.ndarray, np.ndarray, Any]:
+                br = fut.result()  # rows in serving order: row i is trace id order[i]
+                inv = np.empty(len(br.order), dtype=np.int64)
+                inv[br.order] = np.arange(len(br.order))
+                index = inv[np.searchsorted(trace.input_ids(b), lookups(b, a).ravel())]
+                return br.rows, index, br.release
 
             return get
 
@@ -188,9 +189,9 @@ def _fetcher(st: featdb.Store, mode: str, a: argparse.Namespace) -> tuple[Any, A
         def read(ids: np.ndarray) -> np.ndarray:
             return st.read(KEY, ids)
 
-    def work(b: int) -> tuple[np.ndarray, np.ndarray]:
+    def work(b: int) -> tuple[np.ndarray, np.ndarray, Any]:
         ids = trace.input_ids(b)  # sorted, distinct
-        return read(ids), np.searchsorted(ids, lookups(b, a).ravel())
+        return read(ids), np.searchsorted(ids, lookups(b, a).ravel()), lambda: None
 
     def stats() -> dict[str, Any]:
         counted = st.stats().get(KEY, {}).get("bytes_read") if mode == "direct" else None
