@@ -389,3 +389,62 @@ def test_cli_trace_split(store: featdb.Store) -> None:
     )
     bad = ["--type", "paper=0:600:node/paper/feat"]
     assert_one_error_line(run(cli, ["trace", "split", root, "--sample-set", "s", *bad]), "700 rows")
+
+
+def write_mag_like(root: Path, rng: np.random.Generator) -> dict[str, int]:
+    """A tiny heterogeneous OGB folder in ogbn-mag's layout."""
+    import gzip
+
+    counts = {"author": 300, "field_of_study": 20, "paper": 500}
+
+    def csv(path: Path, arr: np.ndarray, fmt: str = "%d") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "wt") as f:
+            np.savetxt(f, arr, fmt=fmt, delimiter=",")
+
+    raw = root / "raw"
+    raw.mkdir(parents=True)
+    with gzip.open(raw / "num-node-dict.csv.gz", "wt") as f:
+        f.write("paper,author,field_of_study\n500,300,20\n")  # not in name order: featdb sorts
+    csv(raw / "node-feat/paper/node-feat.csv.gz", rng.standard_normal((500, 4)), "%.6f")
+    csv(raw / "node-feat/author/node-feat.csv.gz", rng.standard_normal((300, 4)), "%.6f")
+    csv(raw / "node-label/paper/node-label.csv.gz", rng.integers(0, 3, (500, 1)))
+    rels = {"author___writes___paper": (300, 500), "paper___cites___paper": (500, 500)}
+    rels["paper___has_topic___field_of_study"] = (500, 20)
+    for name, (ns, nd) in rels.items():
+        csv(
+            raw / "relations" / name / "edge.csv.gz",
+            np.stack([rng.integers(0, ns, 2000), rng.integers(0, nd, 2000)], 1),
+        )
+    perm = rng.permutation(500)
+    for name, ids in (("train", perm[:300]), ("valid", perm[300:400]), ("test", perm[400:])):
+        csv(root / "split/time/paper" / f"{name}.csv.gz", ids.reshape(-1, 1))
+    return counts
+
+
+def test_a_heterogeneous_ogb_folder_is_sampled_split_by_type_packed_and_served(
+    store: featdb.Store, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    write_mag_like(tmp_path / "mag", rng)
+    doc = featdb.ingest_ogb(store, tmp_path / "mag")
+    assert doc["node_types"] == {"author": [0, 300], "field_of_study": [300, 320], "paper": [320, 820]}
+    assert doc["num_nodes"] == 820 and doc["num_edges"] == 2 * 3 * 2000 and doc["num_train"] == 300
+    assert store.schema("node/paper/feat").rows == 500 and not store.has_table("node/field_of_study/feat")
+    g = featdb.load_graph(store)
+    assert (g.labels[:320] == -1).all() and (g.labels[320:] >= 0).all() and (g.train >= 320).all()
+    featdb.sample(store, featdb.SampleConfig("train", fanouts=(5, 5), batch_size=64, epochs=1))
+    root = str(store.root)
+    store.close()
+    res = CliRunner().invoke(cli, ["trace", "split", root, "--sample-set", "train", "--json"])  # types from the graph
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(res.output)) == {"author", "paper"}
+    with featdb.open(root, mode="a") as st:
+        for t in ("author", "paper"):
+            featdb.pack(st, None, None, Budgets(host_cache=50 * 16), trace=f"train.{t}")
+        with featdb.SampleSet(st, "train") as ss, open_reader(st, trace="train.paper") as pr:
+            for b in range(ss.num_batches):
+                rows, ids = served(pr, b)
+                want = ss.input_ids(b)
+                np.testing.assert_array_equal(ids + 320, np.sort(want[(want >= 320) & (want < 820)]))
+                assert_rows_equal(rows, st.read("node/paper/feat", ids))
+        assert st.verify() == []

@@ -90,6 +90,10 @@ def ingest_ogb(
 ) -> None:
     """Ingest an OGB node-property-prediction FOLDER (raw/*.csv.gz, split/<name>/*.csv.gz).
 
+    A heterogeneous folder (raw/num-node-dict.csv.gz, ogbn-mag's layout) is stored
+    numbered type by type (node_types in featdb info), each type's features as
+    node/<type>/feat; featdb trace split then gives one trace per type.
+
     Example: featdb ingest-ogb ./store ./ogbn_arxiv
     """
     t = time.perf_counter()

@@ -68,9 +68,9 @@ def add(
     "--type",
     "types",
     multiple=True,
-    required=True,
     metavar="NAME=LO:HI:TABLE",
-    help="A node type: its ids [LO, HI) in the graph and its table (HI - LO rows). Repeat per type.",
+    help="A node type: its ids [LO, HI) in the graph and its table (HI - LO rows). Repeat per type. "
+    "Default: the graph's node types (ingest-ogb of a heterogeneous folder) that have a node/<type>/feat table.",
 )
 @click.option("--prefix", help="Traces are named PREFIX.NAME (default: the sample set's name).")
 @memory_option
@@ -95,6 +95,7 @@ def split(
     """
     spans = dict(_type_span(t) for t in types)
     with store_mod.open(store, mode="a") as st:
+        spans = spans or _graph_types(st)
         from ..sampling import SampleSet
 
         with SampleSet(st, sample_set) as ss:
@@ -107,6 +108,16 @@ def split(
     }
     lines = [f"trace {d['name']}: {d['batches']} batches over {d['table']}, {d['ids']:,} ids" for d in docs.values()]
     emit(as_json, summary, None if quiet else "\n".join(lines))
+
+
+def _graph_types(st: store_mod.Store) -> dict[str, tuple[int, int, str]]:
+    from ..graph import graph_info
+
+    types = graph_info(st).get("node_types") or {}
+    spans = {t: (lo, hi, f"node/{t}/feat") for t, (lo, hi) in types.items() if st.has_table(f"node/{t}/feat")}
+    if not spans:
+        raise InvalidInputError("the stored graph names no node types with a node/<type>/feat table: pass --type")
+    return spans
 
 
 def _type_span(text: str) -> tuple[str, tuple[int, int, str]]:

@@ -2,7 +2,7 @@
 
 - :mod:`.features`: feature tables from ``.npy`` (memory-mapped) or raw row-major binary;
 - :mod:`.edges`: a graph from ``.npy`` edge lists, labels and splits;
-- :mod:`.ogb`: an OGB node-property-prediction folder;
+- :mod:`.ogb`: an OGB node-property-prediction folder (:mod:`.ogb_hetero`: a heterogeneous one);
 - :mod:`.synth`: the seeded generator of the embedded default dataset.
 """
 

@@ -251,9 +251,18 @@ def ingest_ogb(
     ``raw/num-node-list.csv.gz`` and the splits of ``split/<split>`` (the only
     one when ``split`` is None). Everything is streamed. ``progress`` gets CSV
     lines parsed: label and feature lines once, edge lines twice (once per CSC pass).
-    Feature rows holding NaN or infinity are refused unless ``allow_nonfinite``.
+    Feature rows holding NaN or infinity are refused unless ``allow_nonfinite``. A heterogeneous
+    folder (``raw/num-node-dict.csv.gz``, ogbn-mag's layout) goes to
+    :func:`~featdb.ingest.ogb_hetero.ingest_ogb_hetero` (one table per node type).
     """
     store.require_writable()
+    if (Path(folder) / "raw" / "num-node-dict.csv.gz").exists():  # heterogeneous (ogbn-mag's layout)
+        from .ogb_hetero import ingest_ogb_hetero
+
+        return ingest_ogb_hetero(
+            store, folder, memory_budget, progress, symmetric=symmetric, split=split, replace=replace,
+            allow_nonfinite=allow_nonfinite,
+        )  # fmt: skip
     f = OgbFolder.find(folder, split)
     with GraphWriter(store, replace=replace) as gw:
         if f.feat is not None:
