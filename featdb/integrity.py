@@ -4,7 +4,6 @@ reported, never a crash."""
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from .errors import FeatDBError
 from .io import round_up, verify_file
+from .pagesums import crc_function
 
 if TYPE_CHECKING:
     from .store import Store
@@ -70,6 +70,7 @@ def _extents(root: Path, rel: str, rec: dict[str, Any]) -> list[str]:
     index = np.fromfile(path.parent / rec["index"], dtype="<i8").reshape(-1, rec["width"])
     off_col, rows_col, crc_col = rec["cols"]
     rb = int(rec["row_bytes"])
+    crc = crc_function(rec.get("checksum"))
     problems = []
     with open(path, "rb", buffering=0) as f:
         for i, row in enumerate(index.tolist()):
@@ -78,6 +79,6 @@ def _extents(root: Path, rel: str, rec: dict[str, Any]) -> list[str]:
             length = round_up(row[rows_col] * rb)
             f.seek(row[off_col])
             data = f.read(length)
-            if len(data) != length or zlib.crc32(data) != row[crc_col]:
+            if len(data) != length or crc(data, 0) != row[crc_col]:
                 problems.append(f"{rel}: extent {i} (bytes {row[off_col]}..{row[off_col] + length}) fails its checksum")
     return problems

@@ -1,23 +1,44 @@
-"""Per-page checksums of a base table: a crc32 for every 4 KiB page of ``rows.tbl``, kept beside it in
-``rows.crc`` (little-endian uint32, 0.1 % of the table), so every read checks exactly the pages it
-read, however few. The sidecar itself is covered by the catalog's block checksums (``verify``)."""
+"""Read-path checksums: a crc for every 4 KiB page of a data file (a base table's ``rows.tbl``, a
+layout's ``copies.dat`` and ``l3.dat``) kept beside it in a ``.crc`` sidecar (little-endian uint32,
+0.1 % of the file), so every read checks exactly the pages it read, however few; and the crc of
+whole extents read whole. The sidecars are covered by the catalog's block checksums (``verify``).
+
+The crc is CRC-32C (the ``crc32c`` package: the CPU's crc32 instruction, about 18 GB/s whole and
+13 GB/s page by page here, against zlib's crc32 at 2.3 and 3.4), so checking every byte a training
+epoch reads costs about 0.3 s of CPU per 5 GB. Files written before it was chosen name no algorithm
+and are checked with zlib's crc32."""
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import numpy as np
 
 from .errors import CorruptDataError
 from .io import PAGE, PageRuns
 
+Crc = Callable[[Any, int], int]
+CRCS: dict[str, Crc] = {"crc32": zlib.crc32, "crc32c": crc32c.crc32c}
+DEFAULT = "crc32c"
+
+
+def crc_function(name: str | None) -> Crc:
+    """The crc a document names (``None``: zlib's crc32, what files written before the choice used)."""
+    try:
+        return CRCS[name or "crc32"]
+    except KeyError:
+        raise CorruptDataError(f"unknown checksum algorithm {name!r}") from None
+
 
 class PageCrcs:
-    """crc32 of every page of a stream written in pieces of any size (the stream is page-padded)."""
+    """The crc of every page of a stream written in pieces of any size (the stream is page-padded)."""
 
-    def __init__(self) -> None:
+    def __init__(self, algorithm: str = DEFAULT) -> None:
+        self.algorithm, self.crc = algorithm, crc_function(algorithm)
         self.pending = bytearray()
         self.crcs: list[int] = []
 
@@ -27,24 +48,27 @@ class PageCrcs:
             pos = min(len(mv), PAGE - len(self.pending))
             self.pending += mv[:pos]
             if len(self.pending) == PAGE:
-                self.crcs.append(zlib.crc32(self.pending))
+                self.crcs.append(self.crc(self.pending, 0))
                 self.pending.clear()
         whole = pos + (len(mv) - pos) // PAGE * PAGE
-        self.crcs += [zlib.crc32(mv[p : p + PAGE]) for p in range(pos, whole, PAGE)]
+        crc = self.crc
+        self.crcs += [crc(mv[p : p + PAGE], 0) for p in range(pos, whole, PAGE)]
         self.pending += mv[whole:]
 
     def finish(self) -> bytes:
         if self.pending:
-            self.crcs.append(zlib.crc32(self.pending))
+            self.crcs.append(self.crc(self.pending, 0))
             self.pending.clear()
         return np.asarray(self.crcs, dtype="<u4").tobytes()
 
 
 class PageChecksums:
-    """Checks pages read from ``table`` against its ``rows.crc`` (memory-mapped: only what is read)."""
+    """Checks pages read from ``table`` (any data file) against its sidecar (memory-mapped: only
+    what is read)."""
 
-    def __init__(self, sidecar: Path, table: Path, table_bytes: int) -> None:
+    def __init__(self, sidecar: Path, table: Path, table_bytes: int, algorithm: str | None = None) -> None:
         self.table = table
+        self.crc = crc_function(algorithm)
         self.crcs: Any = np.memmap(sidecar, dtype="<u4", mode="r")
         if len(self.crcs) * PAGE != table_bytes:
             raise CorruptDataError(f"{sidecar}: {len(self.crcs)} page checksums for {table_bytes} bytes of {table}")
@@ -59,9 +83,15 @@ class PageChecksums:
         before = np.cumsum(runs.npages) - runs.npages
         self._check(mv, np.repeat(runs.start - before, runs.npages) + np.arange(total))
 
+    def check_reads(self, mv: memoryview, file_off: list[int], buf_off: list[int], sizes: list[int]) -> None:
+        """Reads of whole pages (file offset, buffer offset, length; page-aligned) into ``mv``."""
+        for f, b, n in zip(file_off, buf_off, sizes, strict=True):
+            self.check(mv[b : b + n], f // PAGE)
+
     def _check(self, mv: memoryview, pages: Any) -> None:
         want = self.crcs[pages].tolist()
-        got = [zlib.crc32(mv[o : o + PAGE]) for o in range(0, len(want) * PAGE, PAGE)]
+        crc = self.crc
+        got = [crc(mv[o : o + PAGE], 0) for o in range(0, len(want) * PAGE, PAGE)]
         if got != want:
             p = int(pages[next(i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w)])
             raise CorruptDataError(

@@ -176,6 +176,7 @@ class Store:
             pages = {}
             if "pages" in rec:
                 pages["page_crcs"] = rel.removesuffix(".tbl") + ".crc"
+                pages["page_checksum"] = rec["page_checksum"]
                 t.put(f"file/{pages['page_crcs']}", {**rec["pages"], "kind": "table"})
             t.put(
                 f"table/{key}",
@@ -227,16 +228,21 @@ class Store:
             self._pid = os.getpid()
         r = self._readers.get(key)
         if r is None:
-            info = self.table_info(key)
-            crc = info.get("page_crcs") if self.verify_reads else None
-            r = TableReader(
-                self.root / info["file"],
-                direct=self.direct,
-                threads=self.read_threads,
-                page_crcs=self.root / crc if crc else None,
-            )
-            self._readers[key] = r
+            r = self._readers[key] = self.open_table(key)
         return r
+
+    def open_table(self, key: str, threads: int | None = None, verify: bool | None = None) -> TableReader:
+        """A new reader of table ``key`` (the caller closes it), checking every page it reads against
+        the table's page checksums when ``verify`` (default: ``verify_reads``)."""
+        info = self.table_info(key)
+        crc = info.get("page_crcs") if (self.verify_reads if verify is None else verify) else None
+        return TableReader(
+            self.root / info["file"],
+            direct=self.direct,
+            threads=self.read_threads if threads is None else threads,
+            page_crcs=self.root / crc if crc else None,
+            page_checksum=info.get("page_checksum"),
+        )
 
     def check_table(self, key: str) -> None:
         """:class:`CorruptDataError` naming the damage unless the table's files match their checksums

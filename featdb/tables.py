@@ -111,6 +111,7 @@ class TableWriter:
         if self._pages is not None:
             size, crcs = write_atomic(self.path.with_suffix(".crc"), self._pages.finish())
             rec["pages"] = {"size": size, "crcs": crcs}
+            rec["page_checksum"] = self._pages.algorithm
         self._w.commit()
         return {"size": self._w.size, "crcs": self._w.crcs, **rec}
 
@@ -195,10 +196,18 @@ def check_ids(ids: Any, rows: int) -> NDArray[Any]:
 class TableReader:
     """Reads rows of one table file: coalesced page runs, O_DIRECT, a small thread pool."""
 
-    def __init__(self, path: Path, direct: bool = True, threads: int = 8, page_crcs: Path | None = None) -> None:
-        """``page_crcs``: the table's ``rows.crc``; every page read is then checked against it."""
+    def __init__(
+        self,
+        path: Path,
+        direct: bool = True,
+        threads: int = 8,
+        page_crcs: Path | None = None,
+        page_checksum: str | None = None,
+    ) -> None:
+        """``page_crcs``: the table's ``rows.crc`` (of ``page_checksum``, the table document's
+        algorithm); every page read is then checked against it."""
         self.file = PageFile(path, direct=direct)
-        self.pages = PageChecksums(page_crcs, path, self.file.size) if page_crcs is not None else None
+        self.pages = PageChecksums(page_crcs, path, self.file.size, page_checksum) if page_crcs is not None else None
         head = aligned_buffer(HEADER_BYTES)
         self.file.read_into(memoryview(head), 0)
         if self.pages is not None:

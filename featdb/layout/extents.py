@@ -1,11 +1,10 @@
 """Streaming the base table in and extents out: chunks read ahead on a thread, rows written to
-their extents on another, and the crc32 of extents whose rows were written out of order."""
+their extents on another, and the crc (CRC-32C) of extents whose rows were written out of order."""
 
 from __future__ import annotations
 
 import itertools
 import os
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -14,7 +13,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..io import PAGE, aligned_buffer, round_up
+from ..pagesums import DEFAULT as EXTENT_CHECKSUM
+from ..pagesums import PageCrcs, crc_function
 from ..tables import TableReader
+
+EXTENT_CRC = crc_function(EXTENT_CHECKSUM)  # what a layout's extents and pages are checked with
 
 
 def base_chunks(reader: TableReader, chunk_rows: int) -> Iterator[tuple[int, int, NDArray[Any]]]:
@@ -66,7 +69,7 @@ class ExtentWriter:
         for i, j in itertools.pairwise(bounds):
             piece = mv[i * rb : j * rb]
             os.pwrite(self.fd, piece, int(d[i]))
-            self.crc[int(e[i])] = zlib.crc32(piece, self.crc[int(e[i])])
+            self.crc[int(e[i])] = EXTENT_CRC(piece, self.crc[int(e[i])])
 
     def drain(self) -> None:
         while self._inflight:
@@ -82,15 +85,18 @@ class ExtentWriter:
             self._pool.shutdown(wait=True)
 
 
-def extent_crcs(fd: int, index: list[tuple[int, int, int]], rb: int) -> list[tuple[int, int, int]]:
-    """Each copy's crc32 over its page-padded extent, read back once it is whole."""
+def extent_crcs(fd: int, index: list[tuple[int, int, int]], rb: int) -> tuple[list[tuple[int, int, int]], bytes]:
+    """Each copy's crc over its page-padded extent, read back once it is whole, and the crc of every
+    page of the file (the copies lie back to back from offset 0, as the index lists them)."""
     out = []
+    pages = PageCrcs(EXTENT_CHECKSUM)
     for off, rows, _ in index:
         crc, pos, end = 0, off, off + round_up(rows * rb)
         while pos < end:
             data = os.pread(fd, min(64 << 20, end - pos), pos)
             data += bytes(min(64 << 20, end - pos) - len(data))  # the zero padding past the last row
-            crc = zlib.crc32(data, crc)
+            crc = EXTENT_CRC(data, crc)
+            pages.update(memoryview(data))
             pos += len(data)
         out.append((off, rows, crc))
-    return out
+    return out, pages.finish()

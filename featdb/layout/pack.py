@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, SchemaMismatchError
-from ..io import ChecksumWriter, round_up, write_atomic
+from ..io import PAGE, ChecksumWriter, round_up, write_atomic
 from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
+from ..pagesums import DEFAULT as EXTENT_CHECKSUM
+from ..pagesums import PageCrcs
 from ..progress import Progress
 from ..sampling.sampleset import SampleSet
 from ..store import Store
@@ -36,7 +37,7 @@ from ..traces import Trace
 from . import generation
 from .budget import plan
 from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, serving_groups
-from .extents import ExtentWriter, base_chunks, extent_crcs
+from .extents import EXTENT_CRC, ExtentWriter, base_chunks, extent_crcs
 from .plan import Budgets, Copies, Placement, Predictor, SegmentPlan, assign_segment
 
 BATCH_COLS = 8  # n4, n3, n2, n1, l4_offset, l4_crc, map_offset, segment
@@ -114,6 +115,7 @@ def pack(
             doc |= _source_fields(ss)  # a set sampled (a trace added) again under the same name is another one
             doc["pack_s"] = round(time.perf_counter() - started, 3)
             doc["warnings"] = warnings
+            doc["checksum"] = EXTENT_CHECKSUM  # extents and the .crc sidecars' pages (read paths check them)
             generation.publish(store, gen_id, tmp, doc, files)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -169,13 +171,14 @@ def _write(
     scratch = np.full(p.num_nodes, -1, dtype=np.int32)
     batches = np.zeros((p.num_batches, BATCH_COLS), dtype=np.int64)
     segs = np.zeros((len(p.segments()), SEG_COLS), dtype=np.int64)
-    reader = TableReader(store.root / store.table_info(table)["file"], direct=store.direct)
+    reader = store.open_table(table, threads=8, verify=True)  # what is copied is checked first
     fd4 = os.open(tmp / "l4.dat", os.O_RDWR | os.O_CREAT, 0o644)
     fd3 = os.open(tmp / "l3.dat", os.O_RDWR | os.O_CREAT, 0o644)
     fdc = os.open(tmp / "copies.dat", os.O_RDWR | os.O_CREAT, 0o644)
     fds = (fd4, fd3, fdc)
     copies = Copies(p, ss.inputs_of, tier)
-    copy_index: list[tuple[int, int, int]] = []  # offset, rows, crc32 per copy
+    copy_index: list[tuple[int, int, int]] = []  # offset, rows, crc per copy
+    l3_pages: dict[int, list[int]] = {}  # each L3 extent's offset -> the crcs of its pages
     files: dict[str, dict[str, Any]] = {}
     hot_all = _HotWriters(tmp, p, schema)
     try:
@@ -206,15 +209,15 @@ def _write(
                 if progress:
                     progress(hi - lo)
                 if group.bytes > memory_budget * 2 // 5:
-                    _base_pass(reader, group, hot, fds, batches, segs, memory_budget, progress)
+                    _base_pass(reader, group, hot, fds, batches, segs, l3_pages, memory_budget, progress)
                     group, hot = _Group(), None
             if not group.empty() or hot is not None:
-                _base_pass(reader, group, hot, fds, batches, segs, memory_budget, progress)
+                _base_pass(reader, group, hot, fds, batches, segs, l3_pages, memory_budget, progress)
             mapw.commit()
             blocksw.commit()
             files["map.bin"] = {"size": mapw.size, "crcs": mapw.crcs, "kind": "layout"}
             files["blocks.i64"] = {"size": blocksw.size, "crcs": blocksw.crcs, "kind": "layout"}
-        copy_index = extent_crcs(fdc, copy_index, rb)
+        copy_index, copy_pages = extent_crcs(fdc, copy_index, rb)
         indexes = {
             "l4.dat": ("batches.i64", BATCH_COLS, [4, 0, 5]),
             "l3.dat": ("segments.i64", SEG_COLS, [2, 3, 4]),
@@ -228,11 +231,18 @@ def _write(
                 "size": total,
                 "crcs": [],
                 "kind": "extents",
+                "checksum": EXTENT_CHECKSUM,
                 "index": index,
                 "width": width,
                 "cols": cols,
                 "row_bytes": rb,
             }
+        l3_crcs = np.zeros(cursor["l3"] // PAGE, dtype="<u4")
+        for off, crcs in l3_pages.items():
+            l3_crcs[off // PAGE : off // PAGE + len(crcs)] = crcs
+        for name, raw in (("copies.crc", copy_pages), ("l3.crc", l3_crcs.tobytes())):  # pages read piecemeal
+            size, crcs = write_atomic(tmp / name, raw)
+            files[name] = {"size": size, "crcs": crcs, "kind": "layout"}
         for name, arr in (
             ("batches.i64", batches),
             ("segments.i64", segs),
@@ -319,6 +329,7 @@ def _base_pass(
     fds: tuple[int, int, int],
     batches: NDArray[Any],
     segs: NDArray[Any],
+    l3_pages: dict[int, list[int]],
     memory_budget: int,
     progress: Progress,
 ) -> None:
@@ -328,7 +339,7 @@ def _base_pass(
     csrc, cdst, cext = _targets(g.cp_ids, g.cp_off, g.cp_key, rb)
     l3src, l3row, l3buf = _l3_targets(g, rb)
     crc = {b: 0 for b in g.l4_batch}
-    unused = {k: 0 for k in g.cp_key}  # a copy's crc32 is taken when it is whole (its rows come out of order)
+    unused = {k: 0 for k in g.cp_key}  # a copy's crc is taken when it is whole (its rows come out of order)
     # two read buffers and two gathered slices in flight, a fifth each of the working budget
     chunk_rows = max(1, (memory_budget // 5) // rb)
     slice_rows = max(1, (memory_budget // 20) // rb)
@@ -351,8 +362,8 @@ def _base_pass(
                 progress(0)
     for bid in g.l4_batch:
         n = int(batches[bid, 0]) * rb
-        batches[bid, 5] = zlib.crc32(bytes(round_up(n) - n), crc[bid])
-    _write_l3(fd3, g, l3buf, segs, rb)
+        batches[bid, 5] = EXTENT_CRC(bytes(round_up(n) - n), crc[bid])
+    _write_l3(fd3, g, l3buf, segs, l3_pages, rb)
     if hot is not None:
         hot.commit()
 
@@ -384,11 +395,16 @@ def _l3_targets(g: _Group, rb: int) -> tuple[NDArray[Any], NDArray[Any], NDArray
     return src[order], order, np.zeros((len(src), rb), dtype=np.uint8)
 
 
-def _write_l3(fd: int, g: _Group, l3buf: NDArray[Any], segs: NDArray[Any], rb: int) -> None:
+def _write_l3(
+    fd: int, g: _Group, l3buf: NDArray[Any], segs: NDArray[Any], pages: dict[int, list[int]], rb: int
+) -> None:
     pos = 0
     for ids, si, off in zip(g.l3_ids, g.l3_seg, g.l3_off, strict=True):
         raw = l3buf[pos : pos + len(ids)].tobytes()
         raw += bytes(round_up(len(raw)) - len(raw))
         os.pwrite(fd, raw, off)
-        segs[si, 4] = zlib.crc32(raw)
+        segs[si, 4] = EXTENT_CRC(raw, 0)
+        crcs = PageCrcs(EXTENT_CHECKSUM)
+        crcs.update(memoryview(raw))
+        pages[off] = crcs.crcs
         pos += len(ids)

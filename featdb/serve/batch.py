@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import CorruptDataError
 from ..sampling.sampleset import SampleSet
 from ..traces import Trace
 
@@ -46,16 +45,6 @@ class BatchRows:
         self.release()
 
 
-class Fd:
-    """A raw file descriptor with a ``close()``, kept among a reader's files."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 class Once:
     """Calls ``fn(arg)`` once, however often it is invoked."""
 
@@ -71,15 +60,14 @@ class Once:
 
 
 def read_map(
-    fd: int, path: Any, off: int, counts: tuple[int, int, int, int], id_dt: np.dtype[Any]
+    pread: Callable[[int, int], bytes], off: int, counts: tuple[int, int, int, int], id_dt: np.dtype[Any]
 ) -> tuple[NDArray[Any], ...]:
-    """One batch's map record: serving order, L3 rows, L2 slots, L1 slots (each as int64)."""
+    """One batch's map record (``pread(n, off)`` reads ``map.bin``): serving order, L3 rows, L2 slots,
+    L1 slots (each as int64)."""
     n4, n3, n2, n1 = counts
     n = n4 + n3 + n2 + n1
     sizes = [4 * n, id_dt.itemsize * n3, 4 * n2, 4 * n1]
-    raw = os.pread(fd, sum(sizes), off)
-    if len(raw) != sum(sizes):
-        raise CorruptDataError(f"{path}: short read at {off}")
+    raw = pread(sum(sizes), off)
     parts, pos = [], 0
     i4 = np.dtype("<i4")
     for size, dt in zip(sizes, (i4, id_dt, i4, i4), strict=True):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -38,14 +37,15 @@ from ..memory import MemoryBudget
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
 from ..store import Store
-from ..tables import TableReader, check_ids, check_index, id_dtype
+from ..tables import check_ids, check_index, id_dtype
 from ..traces.trace import Trace, layout_trace
 from ..units import format_size
-from .batch import BatchRows, Fd, Once, read_map
+from .batch import BatchRows, Once, read_map
+from .checks import ReadChecks
 from .dynamic import RowCache
 from .pool import BufferPool
 from .segments import segment_cache_for
-from .segread import SegmentReader, segment_bytes, segment_index
+from .segread import SegmentReader, largest_segment, segment_index
 from .stats import ServeStats
 from .tiers import check_budget, lookup, resolve_device
 
@@ -131,36 +131,34 @@ class LayoutReader:
         self.policy = doc["policy"]
         self.segmented = doc["policy"] in ("full", "pack-only", "blocks")
         self.id_dt = id_dtype(int(doc["num_nodes"]))
-        self.batches = self._index("batches.i64", 8, doc["num_batches"])
-        self.segs = segment_index(np.fromfile(self.gen_dir / "segments.i64", dtype="<i8"), doc.get("segment_cols", 5))
-        self.l1_ids = np.fromfile(self.gen_dir / "l1_ids.i64", dtype="<i8")
-        self.l2_ids = np.fromfile(self.gen_dir / "l2_ids.i64", dtype="<i8")
+        self.checks = ck = ReadChecks(self.store, self.gen_dir, doc, self.store.verify_reads)
+        self.batches = ck.index("batches.i64", 8, doc["num_batches"])
+        self.segs = segment_index(ck.index("segments.i64", 1).reshape(-1), doc.get("segment_cols", 5))
+        self.l1_ids, self.l2_ids = (ck.index(f"{t}_ids.i64", 1).reshape(-1) for t in ("l1", "l2"))
         check_budget("host", len(self.l2_ids) * self.rb, host_cache)
         check_budget("device", len(self.l1_ids) * self.rb, device_cache)
         nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
-        largest = int(segment_bytes(self.segs, self.rb).max(initial=0)) if self.segmented else 0
+        largest = largest_segment(self.segs, self.rb) if self.segmented else 0
         want = int(doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes
         buffer_bytes = round_up(nmax * self.rb) + PAGE
         queue_depth = self._charge(device, cache_bytes, buffer_bytes, queue_depth, min(want, 2 * largest))
         self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
-        self.host = self._load_rows("host.tbl")
+        self.host = ck.rows("host.tbl", self.dim, self.dtype, self.store.direct)
         self.device, self.l1 = self._load_device(device)
         self.l4 = self._add(PageFile(self.gen_dir / "l4.dat", direct=self.store.direct))
         self.l3 = self._add(PageFile(self.gen_dir / "l3.dat", direct=self.store.direct))
-        self.base = self._add(TableReader(self.store.root / info["file"], direct=self.store.direct))
-        self._map_fd = os.open(self.gen_dir / "map.bin", os.O_RDONLY)
-        self._files.append(Fd(self._map_fd))
+        self.base = self._add(self.store.open_table(doc["table"]))
+        self._map_file = self._add(ck.blocks("map.bin"))
         self.stats = ServeStats(self.rb)
         self._io = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="featdb-io")
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-read-ahead")
         copies = self.gen_dir / "copies.dat"
         cp = self._add(PageFile(copies, direct=self.store.direct)) if copies.exists() else None
         self.seg_reader = self._add(
-            SegmentReader(
-                self.segs, self.rb, self.l3, self.base, self.gen_dir / "blocks.i64", cp, self._io, threads, self.stats
-            )
+            SegmentReader(self.segs, self.rb, self.l3, self.base, ck, cp, self._io, threads, self.stats)
         )
         self.segments = segment_cache_for(self.memory, largest, want)
+        self.seg_reader.limit = max(largest, self.segments.capacity // 2)
         self._next: dict[int, int] = {}
         self.stats.caches["segments"] = self.segments
         if self.cache is not None:
@@ -191,26 +189,12 @@ class LayoutReader:
         m.check()
         return depth
 
-    def _index(self, name: str, cols: int, rows: int | None) -> NDArray[Any]:
-        arr = np.fromfile(self.gen_dir / name, dtype="<i8")
-        if arr.size % cols or (rows is not None and arr.size != rows * cols):
-            raise CorruptDataError(f"{self.gen_dir / name}: {arr.size} entries do not match the layout")
-        return arr.reshape(-1, cols)
-
     def _add(self, f: Any) -> Any:
         self._files.append(f)
         return f
 
-    def _load_rows(self, name: str) -> NDArray[Any]:
-        r = TableReader(self.gen_dir / name, direct=self.store.direct)
-        try:
-            rows = r.read_range(0, r.schema.rows).copy() if r.schema.rows else np.zeros((0, self.dim), dtype=self.dtype)
-        finally:
-            r.close()
-        return rows.reshape(-1, self.dim)
-
     def _load_device(self, device: str) -> tuple[str, Any]:
-        rows = self._load_rows("device.tbl")
+        rows = self.checks.rows("device.tbl", self.dim, self.dtype, self.store.direct)
         want = resolve_device(device)
         if want == "cpu":
             return "cpu", rows
@@ -259,7 +243,7 @@ class LayoutReader:
         ticket = self.pool.ticket() if _ticket is None else _ticket
         try:
             check_index(b, self.num_batches, "batch")
-            n4, n3, n2, n1, l4_off, _crc, map_off, seg = (int(x) for x in self.batches[b])
+            n4, n3, n2, n1, l4_off, l4_crc, map_off, seg = (int(x) for x in self.batches[b])
             order, l3_rows, l2_slots, l1_slots = self._map(map_off, n4, n3, n2, n1)
         except BaseException:
             self.pool.skip(ticket)
@@ -268,7 +252,7 @@ class LayoutReader:
         try:
             n_host = n4 + n3 + n2 + (0 if self.device != "cpu" else n1)
             out = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.rb).reshape(n_host, self.rb)
-            l4_done = self._start_l4(buf, n4, l4_off)
+            l4_done = self._start_l4(buf, n4, l4_off, l4_crc)
             try:  # the memory tiers are gathered while the device reads the batch extent
                 self._read_l3(out[n4 : n4 + n3], l3_rows, seg)
                 self._gather("l2", self.host, l2_slots, out[n4 + n3 : n4 + n3 + n2])
@@ -291,8 +275,18 @@ class LayoutReader:
     def read_batch_async(self, b: int) -> Future[BatchRows]:
         """A future for :meth:`read_batch`; buffers go to batches in the order they were asked for."""
         ticket = self.pool.ticket()
+        seg = int(self.batches[b, 7]) if 0 <= b < self.num_batches and self.segmented else -1
+        if seg >= 0:
+            self.segments.want(seg)
         fut = self._exec.submit(self.read_batch, b, ticket)
-        fut.add_done_callback(lambda f: self.pool.skip(ticket) if f.cancelled() else None)
+
+        def done(f: Future[BatchRows]) -> None:
+            if f.cancelled():
+                self.pool.skip(ticket)
+            if seg >= 0:
+                self.segments.want(seg, -1)
+
+        fut.add_done_callback(done)
         return fut
 
     def prefetch(self, batch_ids: Iterable[int]) -> list[Future[BatchRows]]:
@@ -317,16 +311,16 @@ class LayoutReader:
         return self._sample_set.batch(b).reordered(order)
 
     def _map(self, off: int, n4: int, n3: int, n2: int, n1: int) -> tuple[NDArray[Any], ...]:
-        return read_map(self._map_fd, self.gen_dir / "map.bin", off, (n4, n3, n2, n1), self.id_dt)
+        return read_map(self._map_file.pread, off, (n4, n3, n2, n1), self.id_dt)
 
-    def _start_l4(self, buf: Any, n4: int, off: int) -> Callable[[], None]:
+    def _start_l4(self, buf: Any, n4: int, off: int, crc: int) -> Callable[[], None]:
         """Start reading the batch extent straight into the head of ``buf``: one sequential
         read, split into a few large pieces read in parallel so the device sees more than one
         request. Returns the function that waits for it (it must be called, error or not).
 
         Direct reads fill whole pages, so the extent's last partial page goes to a page of
         its own and is copied in when done: the rows gathered meanwhile right after the
-        extent are never overwritten.
+        extent are never overwritten. The extent (page-padded) is checked against ``crc``.
         """
         if not n4:
             return lambda: None
@@ -340,6 +334,12 @@ class LayoutReader:
 
         def done() -> None:
             n = sum(wait() for wait in waits)
+            if self.checks.on:
+                got = self.checks.crc(memoryview(buf)[:whole], 0)
+                if last is not None:
+                    got = self.checks.crc(last, got)
+                if got != crc:
+                    raise CorruptDataError(f"{self.gen_dir}/l4.dat: the extent at byte {off} fails its checksum")
             if last is not None:
                 buf[whole:size] = last[: size - whole]
             self.stats.add("l4", n4, n, time.perf_counter() - t)
@@ -355,13 +355,13 @@ class LayoutReader:
             self.stats.add("base", len(rows), nbytes, time.perf_counter() - t)
             return
         sr = self.seg_reader
-        extent = self.segments.get(seg, sr.nbytes(seg), sr.load)
-        self._read_ahead(seg)
-        if extent is None:  # too large to hold: only this batch's pages
-            sr.read_rows(seg, rows, out)
-            return
-        t = time.perf_counter()
-        take_rows(extent, rows, out)
+        with self.segments.use(seg, sr.nbytes(seg), sr.load) as held:
+            self._read_ahead(seg)
+            if held is None:  # too large to hold: only this batch's pages
+                sr.read_rows(seg, rows, out)
+                return
+            t = time.perf_counter()
+            held.take(rows, out)
         self.stats.add(sr.tier(seg), len(rows), 0, time.perf_counter() - t)
 
     def _read_ahead(self, seg: int) -> None:

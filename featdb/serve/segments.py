@@ -47,8 +47,7 @@ class Held:
 
     def rows(self) -> NDArray[Any]:
         """The rows as an (n, rb) uint8 array (compact segments only)."""
-        if self.pos is not None:
-            raise ValueError("rows() of a segment read in place")
+        assert self.pos is None, "rows() of a segment read in place"
         return np.frombuffer(self.buf, dtype=np.uint8, count=self.n * self.rb).reshape(self.n, self.rb)
 
     def take(self, rows: NDArray[Any], out: NDArray[Any]) -> None:

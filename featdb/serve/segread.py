@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +26,10 @@ from ..io import (
     read_scattered,
 )
 from ..layout.document import SEG_COLS
+from ..pagesums import PageChecksums
 from ..runs import QUEUE_DEPTH, Window, windows
 from ..tables import HEADER_BYTES, TableReader
+from .checks import ReadChecks
 from .segments import Held, buffer_size
 from .stats import ServeStats
 
@@ -79,8 +80,14 @@ def _in_place_bytes(wins: list[Window], n: int) -> int:
     return int(buffer_size(sum(int(w.nbytes.sum()) for w in wins))) + 8 * n
 
 
-def _read_list(src: PageFile, mv: memoryview, offsets: list[int], at: list[int], sizes: list[int]) -> int:
-    return sum(src.read_into(mv[b : b + n], f) for f, b, n in zip(offsets, at, sizes, strict=True))
+def _read_list(
+    src: PageFile, pages: PageChecksums | None, mv: memoryview, offsets: list[int], at: list[int], sizes: list[int]
+) -> int:
+    """Reads (file offset, buffer offset, length) in turn; each checked against ``pages`` when given."""
+    done = sum(src.read_into(mv[b : b + n], f) for f, b, n in zip(offsets, at, sizes, strict=True))
+    if pages is not None:
+        pages.check_reads(mv, offsets, at, sizes)
+    return done
 
 
 class SegmentReader:
@@ -92,7 +99,7 @@ class SegmentReader:
         row_bytes: int,
         l3: PageFile,
         base: TableReader,
-        blocks_path: Any,
+        checks: ReadChecks,
         copies: PageFile | None,
         io: Executor,
         threads: int,
@@ -104,7 +111,12 @@ class SegmentReader:
         self.scratch = ScratchBuffers()
         self._windows: list[Any] = []  # the two window buffers compact loads share, one load at a time
         self._windows_lock = threading.Lock()
-        self._fd = os.open(blocks_path, os.O_RDONLY) if os.path.exists(blocks_path) else -1
+        self.checks, self._blocks = checks, checks.blocks("blocks.i64")
+        self._pages = {  # what each source's pages are checked against (None: not checked)
+            id(l3): checks.pages("l3.dat", l3.size),
+            id(base.file): base.pages,
+            **({id(copies): checks.pages("copies.dat", copies.size)} if copies is not None else {}),
+        }
         self.sizes = segment_bytes(segs, row_bytes)
         # a blocks segment is kept as read (runs and all) when that fits in ``limit`` (the reader sets it
         # to half its segment cache, so one fits beside another): serving it then costs no whole-segment copy
@@ -149,9 +161,7 @@ class SegmentReader:
     def ids(self, seg: int) -> NDArray[Any]:
         """A blocks segment's rows, ascending: node ids, or positions in its copy."""
         off, n = int(self.segs[seg, 5]), int(self.segs[seg, 6])
-        raw = os.pread(self._fd, 8 * n, 8 * off)
-        if len(raw) != 8 * n:
-            raise CorruptDataError(f"blocks.i64: short read for segment {seg}")
+        raw = self._blocks.pread(8 * n, 8 * off)
         ids = np.frombuffer(raw, dtype="<i8")
         if n and (ids[0] < 0 or ids[-1] >= self.base.schema.rows or np.any(np.diff(ids) <= 0)):
             raise CorruptDataError(f"blocks.i64: segment {seg}'s rows are not ascending rows of the table")
@@ -182,11 +192,10 @@ class SegmentReader:
                 nbytes = self._read_windows(self._source(seg)[0], wins, held.rows())
             self.stats.add(self.tier(seg), 0, nbytes, time.perf_counter() - t)
             return held
-        n = int(self.segs[seg, 3])
-        buf = alloc(-(-n * self.rb // PAGE) * PAGE)
-        nbytes = read_pieces(
-            self.l3, self.io, memoryview(buf)[: -(-n * self.rb // PAGE) * PAGE], int(self.segs[seg, 2]), PIECE
-        )
+        n, size = int(self.segs[seg, 3]), -(-int(self.segs[seg, 3]) * self.rb // PAGE) * PAGE
+        buf = alloc(size)
+        nbytes = read_pieces(self.l3, self.io, memoryview(buf)[:size], int(self.segs[seg, 2]), PIECE)
+        self.checks.extent(memoryview(buf)[:size], int(self.segs[seg, 4]), f"l3.dat: segment {seg}'s extent")
         self.stats.add("l3", 0, nbytes, time.perf_counter() - t)
         return Held(buf, n, self.rb)
 
@@ -216,7 +225,10 @@ class SegmentReader:
             self.stats.add(self.tier(seg), len(rows), nbytes, time.perf_counter() - t)
             return
         starts = int(self.segs[seg, 2]) + uniq * self.rb
-        nbytes = read_scattered(self.l3, self.io, self.threads, self.scratch, starts, self.rb, out, order=inv)
+        pages = self._pages[id(self.l3)]
+        nbytes = read_scattered(
+            self.l3, self.io, self.threads, self.scratch, starts, self.rb, out, inv, pages.check_runs if pages else None
+        )
         self.stats.add("l3", len(rows), nbytes, time.perf_counter() - t)
 
     def _read_base(self, seg: int, ids: NDArray[Any], out: NDArray[Any]) -> int:
@@ -261,7 +273,7 @@ class SegmentReader:
         mv = memoryview(buf)
         cuts = np.searchsorted(np.cumsum(sizes), np.arange(1, QUEUE_DEPTH) * (int(sizes.sum()) / QUEUE_DEPTH))
         futures = [
-            self.pool.submit(_read_list, src, mv, f.tolist(), b.tolist(), n.tolist())
+            self.pool.submit(_read_list, src, self._pages.get(id(src)), mv, f.tolist(), b.tolist(), n.tolist())
             for f, b, n in zip(np.split(file_off, cuts), np.split(buf_off, cuts), np.split(sizes, cuts), strict=True)
             if len(n)
         ]
@@ -274,9 +286,7 @@ class SegmentReader:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._blocks.close()
 
 
 __all__ = ["SegmentReader", "largest_segment", "segment_index"]
