@@ -47,6 +47,11 @@ from .loop import LOADERS, TrainConfig, train
     default=0,
     help="Train only this many batches per epoch and skip evaluation (for slow baselines).",
 )
+@click.option(
+    "--no-verify-reads",
+    is_flag=True,
+    help="Skip checking what is read against its checksums (about 0.3 s of CPU per 5 GB read).",
+)
 @dist_options
 @memory_option
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
@@ -69,6 +74,7 @@ def main(
     resume: bool,
     threads: int,
     max_batches: int,
+    no_verify_reads: bool,
     memory_budget: int,
     as_json: bool,
     quiet: bool,
@@ -102,6 +108,7 @@ def main(
         threads=threads,
         memory_budget=memory_budget,
         max_batches=max_batches,
+        verify_reads=not no_verify_reads,
     )
     bars = _Bars()
     if not (as_json or quiet):

@@ -65,6 +65,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     memory_budget: int = DEFAULT_BUDGET  # bytes the run may hold (featdb loader; baselines report only)
     max_batches: int = 0  # > 0: train this many batches per epoch and skip evaluation (slow baselines)
+    verify_reads: bool = True  # featdb checks what it reads against its checksums
     progress: Callable[[str, int, int], None] | None = field(default=None, repr=False)
 
 
@@ -121,6 +122,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
     memory = MemoryBudget(cfg.memory_budget, "featdb-train")
     with featdb.open(cfg.store) as store:  # read-only: training writes nothing into the store
+        store.verify_reads = cfg.verify_reads
         with SampleSet(store, cfg.sample_set) as ss:
             fanouts, batch_size = list(ss.doc["fanouts"]), int(ss.doc["batch_size"])
             missing = [s for s in ("valid", "test") if not len(ss.part_batches(s))]
