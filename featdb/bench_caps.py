@@ -1,7 +1,8 @@
 """``featdb bench caps``: epoch time and disk bytes against the disk budget, in one run.
 
 For each cap (uncapped, then each ``--max-blowup``; 0 is the blocks policy,
-nothing stored) earlier layouts are garbage-collected, the store is packed,
+nothing stored) earlier layouts are garbage-collected (``featdb gc``), the store is packed
+(a failed pack is reported and nothing trained),
 the page cache dropped, and
 ``featdb-train`` run for a few epochs; the in-memory baseline runs once beside
 them. Every step is a separate process, optionally under one cgroup memory cap.
@@ -65,8 +66,13 @@ def run(
             argv += ["--segment-cache", str(segment_cache), "--memory-budget", str(memory_budget)]
             if c is not None:
                 argv += ["--max-blowup", f"{c:g}"]
+            run_step(cap, featdb_argv("gc", store), store, say, f"{label}: gc")  # earlier layouts fill the disk
             packed = run_step(cap, argv, store, say, f"{label}: pack")
             doc = packed["summary"] or {}
+            if not packed["completed"]:  # training now would read the layout before: no figure at all
+                failed = {"completed": False, "error": packed.get("error"), "summary": None, "peak_rss_bytes": 0}
+                runs.append(_result(c, packed, doc, failed, store) | {"pack_error": packed.get("error")})
+                continue
             train = run_step(
                 cap, _train(store, sample_set, "featdb", epochs, memory_budget), store, say, f"{label}: train"
             )
