@@ -72,11 +72,15 @@ def _extents(root: Path, rel: str, rec: dict[str, Any]) -> list[str]:
     rb = int(rec["row_bytes"])
     crc = crc_function(rec.get("checksum"))
     problems = []
+    size = path.stat().st_size
     with open(path, "rb", buffering=0) as f:
         for i, row in enumerate(index.tolist()):
             if not row[rows_col]:
                 continue
             length = round_up(row[rows_col] * rb)
+            if not 0 <= row[off_col] <= size - length or length < 0:  # a damaged index: never read past the file
+                problems.append(f"{rel}: extent {i} per {rec['index']} lies outside the file ({rec['index']} damaged?)")
+                continue
             f.seek(row[off_col])
             data = f.read(length)
             if len(data) != length or crc(data, 0) != row[crc_col]:

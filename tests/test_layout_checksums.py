@@ -177,3 +177,12 @@ def test_training_stops_with_one_line_on_a_damaged_extent(stores: dict[str, Path
         args = [str(bad), "--sample-set", "tr", "--epochs", "1", "--max-batches", "1000", "-q"]
         args += ["--checkpoint", str(tmp_path / "ck.pt")]
         assert_one_error_line(CliRunner().invoke(main, args), "CorruptDataError", "l4.dat")
+
+
+def test_verify_reports_a_damaged_extent_index_without_reading_past_the_file(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    with _damaged(stores["packed"], tmp_path, "batches.i64", 8 * 0 + 6) as bad:  # batch 0's row count, high byte
+        with featdb.open(bad) as st:
+            problems = verify(st)
+        assert any("batches.i64" in p for p in problems)
