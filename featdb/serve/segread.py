@@ -66,7 +66,7 @@ def segment_bytes(segs: NDArray[Any], row_bytes: int) -> NDArray[Any]:
     """Memory each whole segment takes compact (a blocks segment's rows, a packed extent's pages),
     as :func:`buffer_size` rounds it; a blocks segment read in place may take more (see ``limit``)."""
     raw = np.where(segs[:, 6] > 0, segs[:, 6] * row_bytes, segs[:, 3] * row_bytes)
-    out: NDArray[Any] = buffer_size(raw)
+    out: NDArray[Any] = np.where(raw > 0, buffer_size(raw), 0)  # a segment with no rows holds nothing
     return out
 
 
