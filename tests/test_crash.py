@@ -1,4 +1,4 @@
-"""Crash harness: SIGKILL at a random instant of ingest, ingest-graph, sample, pack and gc.
+"""Crash harness: SIGKILL at a random instant of ingest, ingest-graph, sample, pack, gc and trace add.
 
 Each trial copies a prepared store, starts the command in a driver process that has already imported
 everything (so the kill lands in the command's work, not in Python's start-up), kills the whole
@@ -31,6 +31,7 @@ import featdb
 from featdb.graph import load_graph
 from featdb.layout.gc import gc
 from featdb.sampling import SampleSet
+from featdb.traces import Trace
 
 pytest.importorskip("dgl")
 
@@ -64,6 +65,8 @@ class Fixture:
         self.new_rows = rng.standard_normal((200_000, 16)).astype("float32")
         np.save(root / "rows.npy", self.new_rows)
         np.save(root / "edges.npy", rng.integers(0, NODES, size=(2, 300_000)))
+        self.trace = [rng.integers(0, NODES, 3000) for _ in range(600)]
+        np.savez(root / "trace.npz", ids=np.concatenate(self.trace), offsets=np.arange(601) * 3000)
         with make_synth_store(self.store, nodes=NODES) as st:
             make_sample_set(st, "tr", epochs=2)
             make_sample_set(st, "old", epochs=2)
@@ -91,6 +94,7 @@ class Fixture:
             "sample": ["sample", s, "--name", "c", "--fanouts", "5,5", "--epochs", "3", "--workers", "2", "-q"],
             "pack": ["pack", s, "--sample-set", "tr", "--host-cache", "16KiB", "--max-blowup", "2", "-q"],
             "gc": ["gc", s, "--sample-set", "old", "--sample-set", "old2", "-q"],
+            "trace": ["trace", "add", s, str(self.root / "trace.npz"), "--name", "c", "--table", FEAT, "-q"],
         }[name]
 
 
@@ -133,7 +137,8 @@ def check_store(fx: Fixture, name: str, store: Path) -> None:
     with featdb.open(store, "a") as st:  # recovery: gc takes the debris, and the store stays whole
         gc(st)
         assert st.verify() == []
-    leftovers = [p.name for d in ("tables", "samples", "gens") if (store / d).exists() for p in (store / d).iterdir()]
+    dirs = ("tables", "samples", "gens", "traces")
+    leftovers = [p.name for d in dirs if (store / d).exists() for p in (store / d).iterdir()]
     assert not [p for p in leftovers if ".partial" in p], leftovers
 
 
@@ -174,12 +179,21 @@ def _gc(fx: Fixture, st: featdb.Store) -> None:
     _pack(fx, st)
 
 
+def _trace(fx: Fixture, st: featdb.Store) -> None:
+    if st.catalog.get("trace/c") is not None:  # the whole trace, or none
+        with Trace(st, "c") as t:
+            assert t.num_batches == len(fx.trace)
+            for b in range(0, t.num_batches, 7):
+                np.testing.assert_array_equal(t.input_ids(b), np.unique(fx.trace[b]))
+
+
 CHECKS: dict[str, Callable[[Fixture, featdb.Store], None]] = {
     "ingest": _ingest,
     "ingest-graph": _ingest_graph,
     "sample": _sample,
     "pack": _pack,
     "gc": _gc,
+    "trace": _trace,
 }
 
 
