@@ -139,7 +139,7 @@ def _prepare(ctx: _Ctx, rec: Records, work: Path) -> dict[str, Any]:
         batches = (np.searchsorted(needed, rec.get(r)[0].input_ids) for r in range(n_train))
         add_trace(store, TRACE, TABLE, batches, epochs=cfg.epochs, memory_budget=cfg.memory_budget)
         row_bytes = dim * np.dtype(dtype).itemsize
-        host = int(min(HOST_CACHE_FRACTION * len(needed) * row_bytes, cfg.memory_budget // 4))
+        host = int(min(HOST_CACHE_FRACTION * len(needed) * row_bytes, ctx.memory.left() // 4))
         layout = pack(store, None, None, Budgets(host_cache=host), memory_budget=cfg.memory_budget, trace=TRACE)
     finally:
         store.close()
@@ -205,8 +205,9 @@ def _train(ctx: _Ctx, rec: Records, store: featdb.Store, prep: dict[str, Any]) -
     served(first, np.arange(first.layers[0].num_src))
     with open_reader(store, trace=TRACE, queue_depth=cfg.queue_depth, memory_budget=memory) as reader:
         for epoch in range(cfg.epochs):
-            rng = np.random.default_rng([cfg.seed, ctx.rank, epoch])
-            bids = reader.epoch_order(list(range(epoch * prep["steps"], (epoch + 1) * prep["steps"])), rng)
+            # the order they were sampled in (already shuffled, the same as online mode's); a layout
+            # with shared segments would want reader.epoch_order, but this one stores none (no --max-blowup)
+            bids = list(range(epoch * prep["steps"], (epoch + 1) * prep["steps"]))
             r = _epoch(ctx, ddp, opt, rec, reader, prep["needed"], bids, epoch)
             if not cfg.max_batches:
                 r["val_acc"] = _evaluate(ctx, model, rec, store, prep, "valid")

@@ -199,4 +199,20 @@ def serve(manifest: Manifest | None, part_config: str | None = None) -> dict[str
     finally:
         if remove is not None:
             remove()
-    return {"server_id": server_id, "part": part, "mapped": mapped, "peak_rss_bytes": peak_rss()}
+    return {"server_id": server_id, "part": part, "mapped": mapped, "peak_rss_bytes": peak_rss(), **rss_parts()}
+
+
+def rss_parts() -> dict[str, int]:
+    """This process's resident memory by kind, now: anonymous and shared memory (``RssAnon``,
+    ``RssShmem``: not reclaimable) and file pages mapped in (``RssFile``: clean page cache the kernel
+    takes back under pressure)."""
+    out = {}
+    try:
+        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as f:
+            for line in f:
+                name = line.split(":", 1)[0]
+                if name in ("RssAnon", "RssFile", "RssShmem"):
+                    out[f"{name.lower().replace('rss', 'rss_')}_bytes"] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
