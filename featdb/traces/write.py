@@ -152,8 +152,10 @@ def _check_groups(n: int, epochs: int, groups: Sequence[tuple[int, int]] | None)
 def _batch_ids(arr: Any, rows: int, b: int) -> NDArray[Any]:
     try:
         ids = check_ids(arr, rows)
-    except (InvalidIdsError, IdsOutOfRangeError) as exc:
-        raise type(exc)(f"batch {b}: {exc}") from None
+    except InvalidIdsError as exc:
+        raise InvalidIdsError(f"batch {b}: {exc}") from None
+    except IdsOutOfRangeError as exc:
+        raise IdsOutOfRangeError(f"batch {b}: {exc}") from None
     return ids
 
 
