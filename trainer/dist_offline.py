@@ -46,6 +46,7 @@ from .pipeline import Pipeline
 TABLE = "node/_/feat"
 TRACE = "train"
 PULL_ROWS = 1 << 16  # rows per KVStore pull while preparing
+PHASE_MIN = 64 << 20  # the least a preparation phase (trace, pack) is given
 HOST_CACHE_FRACTION = 0.1  # of the local rows, held in host memory (DiskGNN's ~10 %)
 
 
@@ -137,10 +138,12 @@ def _prepare(ctx: _Ctx, rec: Records, work: Path) -> dict[str, Any]:
         t2 = time.perf_counter()
         n_train = steps * cfg.epochs
         batches = (np.searchsorted(needed, rec.get(r)[0].input_ids) for r in range(n_train))
-        add_trace(store, TRACE, TABLE, batches, epochs=cfg.epochs, memory_budget=cfg.memory_budget)
+        # this process already holds the runtime, model and a step: trace and pack get what is left
+        work_budget = max(PHASE_MIN, ctx.memory.left())
+        add_trace(store, TRACE, TABLE, batches, epochs=cfg.epochs, memory_budget=work_budget)
         row_bytes = dim * np.dtype(dtype).itemsize
         host = int(min(HOST_CACHE_FRACTION * len(needed) * row_bytes, ctx.memory.left() // 4))
-        layout = pack(store, None, None, Budgets(host_cache=host), memory_budget=cfg.memory_budget, trace=TRACE)
+        layout = pack(store, None, None, Budgets(host_cache=host), memory_budget=work_budget, trace=TRACE)
     finally:
         store.close()
     return {
