@@ -102,12 +102,13 @@ def _stop_on_sigterm() -> None:
 @click.argument("partitions")
 @click.option("--stock", is_flag=True, help="Stock DGL server: features from DGL_CONF_PATH's node_feat files.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write what the server measured here (JSON).")
-def dist_server(partitions: str, stock: bool, report: str | None) -> None:
+@output_options
+def dist_server(partitions: str, stock: bool, report: str | None, as_json: bool, quiet: bool) -> None:
     """Run one DGL server (main or backup, per DGL_SERVER_ID) serving PARTITIONS' features from
     its featdb stores; configured by DGL's launch environment (DGL_SERVER_ID, DGL_IP_CONFIG,
     DGL_NUM_SERVER, DGL_NUM_CLIENT, DGL_CONF_PATH). It exits when its clients finish.
 
-    Example: DGL_SERVER_ID=0 ... featdb dist server ./parts --report server0.json
+    Example: featdb dist server ./parts --report server0.json   (with DGL's server environment set)
     """
     from ..distributed.dglhooks import serve
     from ..distributed.manifest import load_manifest
@@ -119,6 +120,12 @@ def dist_server(partitions: str, stock: bool, report: str | None) -> None:
     rep |= {"mode": "stock" if stock else "featdb", "wall_s": round(time.monotonic() - t0, 3)}
     if report:
         Path(report).write_text(json.dumps(rep, indent=2))
+    if not quiet or as_json:
+        emit(
+            as_json,
+            rep,
+            f"server {rep['server_id']} (partition {rep['part']}) done; peak RSS {format_size(rep['peak_rss_bytes'])}",
+        )
 
 
 @dist.command("machine", context_settings={"ignore_unknown_options": True})
@@ -132,6 +139,7 @@ def dist_server(partitions: str, stock: bool, report: str | None) -> None:
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True, help="Seconds before all stop.")
 @click.option("--logs", type=click.Path(file_okay=False), default="dist-logs", show_default=True)
 @click.option("--port", type=int, default=29500, show_default=True, help="torch.distributed master port.")
+@output_options
 def dist_machine(
     ip_config: str,
     partitions: str,
@@ -143,6 +151,8 @@ def dist_machine(
     timeout: int,
     logs: str,
     port: int,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Start this machine's servers and trainers under DGL's environment contract, wait for them,
     and stop every one of them on failure or after --timeout. TRAIN_ARGS (after --) go to each
@@ -170,7 +180,8 @@ def dist_machine(
             p.argv = [command_path("featdb-train"), str(m.root), "--dist", ip_config, "--part-config",
                       c.part_config, "--report", report, *train_args]  # fmt: skip
     result = run_machine(procs, timeout, d)
-    click.echo(json.dumps(result))
+    if not quiet or as_json:
+        emit(as_json, result, f"machine {machine_id}: {result['status']} in {result['wall_s']} s; logs in {d}")
     if not result["ok"]:
         raise click.ClickException(f"machine {machine_id}: {result['failed'] or result['status']}; logs in {d}")
 
@@ -204,7 +215,7 @@ def dist_simulate(
     to every featdb-train. Bounded by --timeout; removes its namespaces, mounts and processes
     afterwards, also on failure.
 
-    Example: sudo featdb dist simulate ./parts --machines 2 -- --sampling online --epochs 2
+    Example: featdb dist simulate ./parts --machines 2 -- --sampling online --epochs 2   (as root)
     """
     from ..distributed import netns
     from ..distributed.simulate import simulate
@@ -234,6 +245,7 @@ def dist_simulate(
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True)
 @click.option("--ssh", default="ssh", show_default=True, help="ssh command (e.g. 'ssh -i key').")
 @click.option("--dry-run", is_flag=True, help="Print the commands only.")
+@output_options
 def dist_launch(
     ip_config: str,
     partitions: str,
@@ -244,6 +256,8 @@ def dist_launch(
     timeout: int,
     ssh: str,
     dry_run: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Run a job on a real cluster: one ssh command per machine in IP_CONFIG, each running
     featdb dist machine there (DGL's launch contract). PARTITIONS must be at the same path on
@@ -262,7 +276,7 @@ def dist_launch(
     )
     cmds = ssh_commands(c, workdir, [*args, "--", *train_args])
     if dry_run:
-        click.echo("\n".join(cmds))
+        emit(as_json, {"commands": cmds}, "\n".join(cmds))
         return
     _stop_on_sigterm()
     procs = [subprocess.Popen(cmd, shell=True, start_new_session=True) for cmd in cmds]
@@ -272,6 +286,6 @@ def dist_launch(
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    emit(as_json, {"exit_statuses": codes}, None if quiet else f"exit statuses {codes}")
     if any(codes):
-        click.echo(f"exit statuses {codes}", err=True)
         sys.exit(1)
