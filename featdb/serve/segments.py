@@ -126,6 +126,7 @@ class SegmentCache:
         self._loading: dict[int, Future[Held]] = {}
         self._held = _Extents(capacity, self._retire)
         self._free: list[mmap.mmap] = []
+        self._loading_bytes = 0  # buffers being filled: neither held nor free, but memory all the same
         self._wanted: collections.Counter[int] = collections.Counter()  # batches asked for, not yet served
         self.hits = self.misses = self.too_large = self.prefetched = self.waited = self.reused = 0
 
@@ -188,7 +189,12 @@ class SegmentCache:
         try:
             with self._lock:  # make room first: memory stays within the budget
                 self._make_room(nbytes, keep)
-            extent = load(seg, self._buffer)
+                self._loading_bytes += nbytes
+            try:
+                extent = load(seg, self._buffer)
+            finally:
+                with self._lock:
+                    self._loading_bytes -= nbytes
         except BaseException as exc:
             with self._lock:
                 self._loading.pop(seg, None)
@@ -227,7 +233,7 @@ class SegmentCache:
         free = sum(len(b) for b in self._free)
         if not loaded and self._reusable(nbytes):
             free -= len(min(self._reusable(nbytes), key=len))
-        return bool(self._held.currsize + free + nbytes > self.capacity)
+        return bool(self._held.currsize + self._loading_bytes + free + nbytes > self.capacity)
 
     def _reusable(self, nbytes: int) -> list[mmap.mmap]:
         size = int(buffer_size(nbytes))
@@ -253,7 +259,7 @@ class SegmentCache:
             return
         held.retired = True
         if isinstance(held.buf, mmap.mmap):
-            kept = self._held.currsize + sum(len(b) for b in self._free) + len(held.buf)
+            kept = self._held.currsize + self._loading_bytes + sum(len(b) for b in self._free) + len(held.buf)
             if kept <= self.capacity:
                 self._free.append(held.buf)
 
