@@ -27,8 +27,9 @@ from .errors import (
     InvalidInputError,
     SchemaMismatchError,
 )
-from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered, take_rows, write_atomic
+from .io import PAGE, ChecksumWriter, PageFile, ScratchBuffers, aligned_buffer, read_scattered, write_atomic
 from .pagesums import PageChecksums, PageCrcs
+from .rowcopy import take_rows
 
 MAGIC = b"FEATDBT\x01"
 FILE_FORMAT = 1

@@ -103,6 +103,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
             "integrity",
             "pagesums",
             "runs",
+            "rowcopy",
             "updates",
         ),
         0,

@@ -33,10 +33,11 @@ from featdb.errors import (
     InvalidInputError,
     ResourceExhaustedError,
 )
-from featdb.io import aligned_buffer, gather_rows
+from featdb.io import aligned_buffer
 from featdb.layout import generation
 from featdb.layout.pack import pack
 from featdb.layout.plan import Budgets
+from featdb.rowcopy import gather_rows
 from featdb.sampling.sampleset import SampleSet
 from featdb.serve.reader import BatchRows, LayoutReader, open_reader
 from featdb.store import Store
@@ -659,7 +660,7 @@ def test_segment_cache_reads_ahead_without_evicting_the_segment_being_served() -
 def test_segment_gather_copies_back_to_back_rows_as_blocks_and_the_same_bytes(rb: int, dense: bool) -> None:
     import mmap
 
-    from featdb.io import gather_rows
+    from featdb.rowcopy import gather_rows
     from featdb.serve.segread import _gather
 
     rng = np.random.default_rng(rb)
@@ -728,7 +729,7 @@ def test_segment_cache_evicts_a_segment_batches_still_wait_for_last() -> None:
 def test_gather_rows_on_a_row_grid_and_off_it_give_the_same_rows(rb: int) -> None:
     import mmap
 
-    from featdb.io import gather_rows
+    from featdb.rowcopy import gather_rows
 
     buf = mmap.mmap(-1, 1 << 16)
     src = np.frombuffer(buf, dtype=np.uint8)

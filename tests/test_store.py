@@ -198,7 +198,7 @@ def test_reads_after_fork(store: featdb.Store, rng: np.random.Generator) -> None
 
 
 def test_take_rows_gathers_in_place_and_rejects_out_of_range_rows() -> None:
-    from featdb.io import take_rows
+    from featdb.rowcopy import take_rows
 
     src = np.arange(40, dtype=np.uint8).reshape(10, 4)
     rows = np.array([9, 0, 3, 3])

@@ -16,11 +16,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import CorruptDataError
-from ..io import CHECKSUM_BLOCK, PAGE, verify_file
+from ..io import CHECKSUM_BLOCK, PAGE, crc32_blocks
 from ..layout import generation
 from ..pagesums import PageChecksums, crc_function
 from ..store import Store
-from ..tables import TableReader
+from ..tables import HEADER_BYTES, decode_header
 
 
 class BlockChecked:
@@ -69,36 +69,43 @@ class ReadChecks:
         prefix = f"file/{generation.GENS}/{doc['id']}/"
         self.records: dict[str, Any] = {k[len(prefix) :]: v for k, v in store.catalog.scan(prefix)} if on else {}
 
-    def whole(self, name: str) -> None:
-        """Check a file read whole at open against the catalog's block checksums."""
+    def _read(self, name: str) -> NDArray[Any]:
+        """A file read whole at open (one read), its bytes checked against the catalog's block crcs."""
+        path = self.gen_dir / name
+        data = np.fromfile(path, dtype=np.uint8)
         rec = self.records.get(name)
-        if rec is None or not (self.gen_dir / name).exists():
-            return
-        bad = verify_file(self.gen_dir / name, rec["crcs"], rec["size"], rec.get("block", CHECKSUM_BLOCK))
-        if bad:
-            b = bad[0]
+        if rec is None:
+            return data
+        if len(data) != rec["size"]:
+            raise CorruptDataError(f"{path}: size {len(data)} bytes, catalog says {rec['size']}; run featdb verify")
+        block = rec.get("block", CHECKSUM_BLOCK)
+        got = crc32_blocks(data.data, block)
+        bad = next((i for i, (g, w) in enumerate(zip(got, rec["crcs"], strict=False)) if g != w), None)
+        if bad is not None or len(got) != len(rec["crcs"]):
+            b = len(got) if bad is None else bad
             raise CorruptDataError(
-                f"{self.gen_dir / name}: block {b} (bytes {b * CHECKSUM_BLOCK}..{(b + 1) * CHECKSUM_BLOCK}) fails "
-                "its checksum; run featdb verify"
+                f"{path}: block {b} (bytes {b * block}..{(b + 1) * block}) fails its checksum; run featdb verify"
             )
+        return data
 
     def index(self, name: str, cols: int, rows: int | None = None) -> NDArray[Any]:
         """An index file (int64, ``cols`` a line), checked; ``rows`` lines if given."""
-        self.whole(name)
-        arr = np.fromfile(self.gen_dir / name, dtype="<i8")
-        if arr.size % cols or (rows is not None and arr.size != rows * cols):
-            raise CorruptDataError(f"{self.gen_dir / name}: {arr.size} entries do not match the layout")
-        return arr.reshape(-1, cols)
+        data = self._read(name)
+        n = len(data) // 8
+        if len(data) % 8 or n % cols or (rows is not None and n != rows * cols):
+            raise CorruptDataError(f"{self.gen_dir / name}: {len(data)} bytes do not match the layout")
+        return data.view("<i8").reshape(-1, cols)
 
-    def rows(self, name: str, dim: int, dtype: np.dtype[Any], direct: bool) -> NDArray[Any]:
-        """A memory tier's rows (``host.tbl``, ``device.tbl``), checked."""
-        self.whole(name)
-        r = TableReader(self.gen_dir / name, direct=direct)
-        try:
-            rows = r.read_range(0, r.schema.rows).copy() if r.schema.rows else np.zeros((0, dim), dtype=dtype)
-        finally:
-            r.close()
-        return rows.reshape(-1, dim)
+    def rows(self, name: str, dim: int, dtype: np.dtype[Any]) -> NDArray[Any]:
+        """A memory tier's rows (``host.tbl``, ``device.tbl``), checked: a view of the file read once."""
+        data = self._read(name)
+        schema = decode_header(data[:HEADER_BYTES].tobytes(), self.gen_dir / name)
+        if schema.dim != dim or np.dtype(schema.dtype) != dtype:
+            raise CorruptDataError(f"{self.gen_dir / name}: rows of {schema.dim} {schema.dtype}, not {dim} {dtype}")
+        end = HEADER_BYTES + schema.rows * schema.row_bytes
+        if len(data) < end:
+            raise CorruptDataError(f"{self.gen_dir / name}: {len(data)} bytes hold fewer than {schema.rows} rows")
+        return data[HEADER_BYTES:end].view(dtype).reshape(-1, dim)
 
     def blocks(self, name: str) -> BlockChecked:
         rec = self.records.get(name)

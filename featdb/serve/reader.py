@@ -29,11 +29,11 @@ from ..io import (
     aligned_buffer,
     round_up,
     start_pieces,
-    take_rows,
 )
 from ..layout import generation
 from ..layout.generation import Pin
 from ..memory import MemoryBudget
+from ..rowcopy import take_rows
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
 from ..store import Store
@@ -143,7 +143,7 @@ class LayoutReader:
         buffer_bytes = round_up(nmax * self.rb) + PAGE
         queue_depth = self._charge(device, cache_bytes, buffer_bytes, queue_depth, min(want, 2 * largest))
         self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
-        self.host = ck.rows("host.tbl", self.dim, self.dtype, self.store.direct)
+        self.host = ck.rows("host.tbl", self.dim, self.dtype)
         self.device, self.l1 = self._load_device(device)
         self.l4 = self._add(PageFile(self.gen_dir / "l4.dat", direct=self.store.direct))
         self.l3 = self._add(PageFile(self.gen_dir / "l3.dat", direct=self.store.direct))
@@ -194,7 +194,7 @@ class LayoutReader:
         return f
 
     def _load_device(self, device: str) -> tuple[str, Any]:
-        rows = self.checks.rows("device.tbl", self.dim, self.dtype, self.store.direct)
+        rows = self.checks.rows("device.tbl", self.dim, self.dtype)
         want = resolve_device(device)
         if want == "cpu":
             return "cpu", rows

@@ -17,8 +17,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import CorruptDataError
-from ..io import PAGE, aligned_buffer, gather_rows, take_rows
+from ..io import PAGE, aligned_buffer
 from ..memory import MemoryBudget
+from ..rowcopy import gather_rows, take_rows
 from ..runs import WINDOW
 from ..units import format_size
 
@@ -30,6 +31,11 @@ def buffer_size(nbytes: Any) -> Any:
     (works on arrays too)."""
     pages = -(-np.maximum(nbytes, 1) // PAGE) * PAGE
     return np.where(pages >= 8 * GRANULE, -(-pages // GRANULE) * GRANULE, pages)
+
+
+def compact_rows(buf: Any, n: int, rb: int) -> NDArray[Any]:
+    """The first ``n`` rows of ``rb`` bytes of ``buf`` as an (n, rb) uint8 array."""
+    return np.frombuffer(buf, dtype=np.uint8, count=n * rb).reshape(n, rb)
 
 
 class Held:
@@ -45,15 +51,10 @@ class Held:
         self.users = 0  # batches gathering from it: its buffer is reused only when none are
         self.retired = False
 
-    def rows(self) -> NDArray[Any]:
-        """The rows as an (n, rb) uint8 array (compact segments only)."""
-        assert self.pos is None, "rows() of a segment read in place"
-        return np.frombuffer(self.buf, dtype=np.uint8, count=self.n * self.rb).reshape(self.n, self.rb)
-
     def take(self, rows: NDArray[Any], out: NDArray[Any]) -> None:
         """``out[i]`` = the segment's row ``rows[i]``; ``CorruptDataError`` for a row out of range."""
         if self.pos is None:
-            take_rows(self.rows(), rows, out)
+            take_rows(compact_rows(self.buf, self.n, self.rb), rows, out)
             return
         if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= self.n):
             raise CorruptDataError(f"segment row outside [0, {self.n}): {int(rows.min())}..{int(rows.max())}")

@@ -21,16 +21,16 @@ from ..io import (
     PageFile,
     ScratchBuffers,
     aligned_buffer,
-    gather_rows,
     read_pieces,
     read_scattered,
 )
 from ..layout.document import SEG_COLS
 from ..pagesums import PageChecksums
+from ..rowcopy import gather_rows
 from ..runs import QUEUE_DEPTH, Window, windows
 from ..tables import HEADER_BYTES, TableReader
 from .checks import ReadChecks
-from .segments import Held, buffer_size
+from .segments import Held, buffer_size, compact_rows
 from .stats import ServeStats
 
 PIECE = 16 << 20  # a sequential read larger than this is split into parallel pieces
@@ -189,7 +189,7 @@ class SegmentReader:
                 held, nbytes = self._read_in_place(seg, wins, n, alloc)
             else:
                 held = Held(alloc(n * self.rb), n, self.rb)
-                nbytes = self._read_windows(self._source(seg)[0], wins, held.rows())
+                nbytes = self._read_windows(self._source(seg)[0], wins, compact_rows(held.buf, n, self.rb))
             self.stats.add(self.tier(seg), 0, nbytes, time.perf_counter() - t)
             return held
         n, size = int(self.segs[seg, 3]), -(-int(self.segs[seg, 3]) * self.rb // PAGE) * PAGE
