@@ -1,11 +1,12 @@
-"""``featdb bench caps``: epoch time and disk bytes against the disk budget, in one run.
+"""``featdb bench caps``: epoch time and disk bytes against the disk budget (and the row format),
+in one run.
 
-For each cap (uncapped, then each ``--max-blowup``; 0 is the blocks policy,
-nothing stored) earlier layouts are garbage-collected (``featdb gc``), the store is packed
-(a failed pack is reported and nothing trained),
-the page cache dropped, and
-``featdb-train`` run for a few epochs; the in-memory baseline runs once beside
-them. Every step is a separate process, optionally under one cgroup memory cap.
+For each row format and each cap (uncapped, then each ``--max-blowup``; 0 is
+the blocks policy, nothing stored) earlier layouts are garbage-collected
+(``featdb gc``), the store is packed (a failed pack is reported and nothing
+trained), the page cache dropped, and ``featdb-train`` run for a few epochs,
+once per seed; the in-memory baseline runs once per seed beside them. Every
+step is a separate process, optionally under one cgroup memory cap.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from .bench_train import featdb_argv, run_step
 from .cgroup import MemoryCap, command_path
 from .errors import ConfigError
+from .rowformat import FORMATS
 
 Say = Callable[[str], None]
 
@@ -41,6 +43,26 @@ def parse_caps(text: str) -> list[float | None]:
     return caps
 
 
+def parse_formats(text: str) -> list[str | None]:
+    """``float32,int8`` -> ["float32", "int8"]; empty -> [None] (the table's own dtype)."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [n for n in names if n not in FORMATS]
+    if bad:
+        raise ConfigError(f"--row-formats {text!r}: {', '.join(bad)} not one of {', '.join(FORMATS)}")
+    return list(names) or [None]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2]."""
+    try:
+        seeds = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: comma-separated integers") from None
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    return seeds
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -56,43 +78,55 @@ def run(
     memory_cap: int | None,
     baseline: bool,
     say: Say,
+    formats: Sequence[str | None] = (None,),
+    seeds: Sequence[int] = (0,),
 ) -> dict[str, Any]:
     cap = MemoryCap(memory_cap, "featdb-bench-caps")
     runs: list[dict[str, Any]] = []
     try:
-        for c in caps:
-            label = "uncapped" if c is None else f"cap {c:g}"
-            argv = featdb_argv("pack", store, "--sample-set", sample_set, "--host-cache", host_cache)
-            argv += ["--segment-cache", str(segment_cache), "--memory-budget", str(memory_budget)]
-            if c is not None:
-                argv += ["--max-blowup", f"{c:g}"]
-            run_step(cap, featdb_argv("gc", store), store, say, f"{label}: gc")  # earlier layouts fill the disk
-            packed = run_step(cap, argv, store, say, f"{label}: pack")
-            doc = packed["summary"] or {}
-            if not packed["completed"]:  # training now would read the layout before: no figure at all
-                failed = {"completed": False, "error": packed.get("error"), "summary": None, "peak_rss_bytes": 0}
-                runs.append(_result(c, packed, doc, failed, store) | {"pack_error": packed.get("error")})
-                continue
-            train = run_step(
-                cap, _train(store, sample_set, "featdb", epochs, memory_budget), store, say, f"{label}: train"
-            )
-            runs.append(_result(c, packed, doc, train, store))
+        for fmt in formats:
+            for c in caps:
+                label = ("uncapped" if c is None else f"cap {c:g}") + (f", {fmt} rows" if fmt else "")
+                argv = featdb_argv("pack", store, "--sample-set", sample_set, "--host-cache", host_cache)
+                argv += ["--segment-cache", str(segment_cache), "--memory-budget", str(memory_budget)]
+                argv += (["--max-blowup", f"{c:g}"] if c is not None else []) + (["--row-format", fmt] if fmt else [])
+                run_step(cap, featdb_argv("gc", store), store, say, f"{label}: gc")  # earlier layouts fill the disk
+                packed = run_step(cap, argv, store, say, f"{label}: pack")
+                doc = packed["summary"] or {}
+                if not packed["completed"]:  # training now would read the layout before: no figure at all
+                    failed = {"completed": False, "error": packed.get("error"), "summary": None, "peak_rss_bytes": 0}
+                    runs.append(_result(c, packed, doc, [failed], store) | {"pack_error": packed.get("error")})
+                    continue
+                trains = [
+                    run_step(cap, _train(store, sample_set, "featdb", epochs, memory_budget, s), store, say,
+                             f"{label}: train, seed {s}")
+                    for s in seeds
+                ]  # fmt: skip
+                runs.append(_result(c, packed, doc, trains, store))
         base = None
         if baseline:
-            step = run_step(cap, _train(store, sample_set, "in-memory", epochs, 0), store, say, "in-memory")
-            base = _train_result(step)
+            base = _seeds_result(
+                [
+                    run_step(cap, _train(store, sample_set, "in-memory", epochs, 0, s), store, say, f"in-memory {s}")
+                    for s in seeds
+                ]
+            )
     finally:
         cap.close()
-    ref = next((r for r in runs if r["cap"] is None and r["epoch_s"]), None)
     for r in runs:
+        ref = next((x for x in runs if x["cap"] is None and x["epoch_s"] and x["row_format"] == r["row_format"]), None)
+        wide = next((x for x in runs if x["cap"] == r["cap"] and x["row_format"] == "float32" and x["test_acc"]), None)
         r["epoch_over_uncapped"] = _ratio(r["epoch_s"], ref["epoch_s"]) if ref else None
         r["epoch_over_inmemory"] = _ratio(r["epoch_s"], base["epoch_s"]) if base else None
+        if wide is not None and r["test_acc"] is not None and wide["test_acc"] is not None:
+            r["test_acc_minus_float32"] = round(r["test_acc"] - wide["test_acc"], 4)
     return {
         "store": str(store),
         "sample_set": sample_set,
         "host_cache": host_cache,
         "segment_cache": segment_cache,
         "epochs": epochs,
+        "seeds": list(seeds),
         "memory_budget": memory_budget,
         "capped": cap.capped,
         "cap_bytes": cap.limit if cap.capped else None,
@@ -101,8 +135,9 @@ def run(
     }
 
 
-def _train(store: Path, sample_set: str, loader: str, epochs: int, budget: int) -> list[str]:
+def _train(store: Path, sample_set: str, loader: str, epochs: int, budget: int, seed: int = 0) -> list[str]:
     argv = [command_path("featdb-train"), str(store), "--sample-set", sample_set, "--loader", loader]
+    argv += ["--seed", str(seed)]
     argv += ["--epochs", str(epochs), "--json", "-q", "--checkpoint", str(store.parent / f"{store.name}-caps.pt")]
     return argv + (["--memory-budget", str(budget)] if budget else [])
 
@@ -123,13 +158,29 @@ def _train_result(step: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _seeds_result(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's figures over its seeds: the first seed's, with epoch time and test accuracy the means
+    over every seed (each seed's accuracy listed)."""
+    per = [_train_result(s) for s in steps]
+    out = dict(per[0])
+    times = [r["epoch_s"] for r in per if r["epoch_s"]]
+    accs = [r["test_acc"] for r in per if r["test_acc"] is not None]
+    out["epoch_s"] = round(statistics.mean(times), 3) if len(times) == len(per) else None
+    out["test_acc"] = round(statistics.mean(accs), 4) if len(accs) == len(per) else None
+    out["test_acc_per_seed"] = [r["test_acc"] for r in per]
+    out["completed"] = all(r["completed"] for r in per)
+    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in per)
+    return out
+
+
 def _result(
-    c: float | None, packed: dict[str, Any], doc: dict[str, Any], train: dict[str, Any], store: Path
+    c: float | None, packed: dict[str, Any], doc: dict[str, Any], trains: list[dict[str, Any]], store: Path
 ) -> dict[str, Any]:
     gen = store / "gens" / str(doc.get("id", ""))
     pred = doc.get("predictions") or {}
     res = {
         "cap": c,
+        "row_format": doc.get("row_format"),
         "packed": packed["completed"],
         "pack_s": doc.get("pack_s"),
         "pack_peak_rss_bytes": packed["peak_rss_bytes"],
@@ -143,7 +194,7 @@ def _result(
         "predicted_amplification_per_epoch": pred.get("predicted_amplification_per_epoch"),
         "candidates": pred.get("candidates"),
         "warnings": doc.get("warnings"),
-    } | _train_result(train)
+    } | _seeds_result(trains)
     amp = res["measured_amplification"]
     want = res["predicted_amplification_per_epoch"] or res["predicted_amplification"]
     if amp and want:
@@ -160,13 +211,14 @@ def render(res: dict[str, Any]) -> str:
         f"{res['store']} / {res['sample_set']}: host cache {res['host_cache'] >> 20} MiB, segment cache "
         f"{res['segment_cache'] >> 20} MiB, {res['epochs']} epochs"
         + (f", cap {res['cap_bytes'] >> 20} MiB" if res["capped"] else ""),
-        f"{'cap':>8} {'blowup':>7} {'layout GB':>9} {'epoch s':>8} {'x uncap':>7} {'x in-mem':>8} "
+        f"{'rows':>8} {'cap':>8} {'blowup':>7} {'layout GB':>9} {'epoch s':>8} {'x uncap':>7} {'x in-mem':>8} "
         f"{'amp pred':>8} {'amp meas':>8} {'test acc':>8}",
     ]
     for r in res["runs"]:
         amp = r["measured_amplification"]
         lines.append(
-            f"{'none' if r['cap'] is None else format(r['cap'], 'g'):>8} {r['blowup'] or 0:>7} "
+            f"{r.get('row_format') or '?':>8} {'none' if r['cap'] is None else format(r['cap'], 'g'):>8} "
+            f"{r['blowup'] or 0:>7} "
             f"{(r['layout_disk_bytes'] or 0) / 1e9:>9.2f} {r['epoch_s'] or float('nan'):>8} "
             f"{r['epoch_over_uncapped'] or float('nan'):>7} {r['epoch_over_inmemory'] or float('nan'):>8} "
             f"{r['predicted_amplification'] or float('nan'):>8} "

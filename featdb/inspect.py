@@ -92,6 +92,8 @@ def render(info: dict[str, Any]) -> str:
     for lay in layouts:
         source = f"trace={lay['trace']}" if lay.get("trace") else f"sample_set={lay['sample_set']}"
         lines.append(f"layout of {lay['table']}: generation {lay['id']} policy={lay['policy']} {source}")
+        fmt = lay.get("row_format", lay.get("dtype"))
+        lines.append(f"  row_format: {fmt} ({lay.get('stored_row_bytes', lay.get('row_bytes'))} bytes a row)")
         for k in (
             "l1_rows",
             "l2_rows",

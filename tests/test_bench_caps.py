@@ -29,6 +29,7 @@ def test_render_shows_each_cap_against_uncapped_and_in_memory() -> None:
         "predicted_amplification": 0.93,
         "measured_amplification": [0.94, 0.94],
         "test_acc": 0.84,
+        "row_format": "float32",
     }
     res = {
         "store": "s",
@@ -41,6 +42,6 @@ def test_render_shows_each_cap_against_uncapped_and_in_memory() -> None:
         "in_memory": {"epoch_s": 12.9, "test_acc": 0.845},
     }
     lines = render(res).splitlines()
-    assert lines[2].split()[0] == "none" and lines[3].split()[:2] == ["5", "4.2"]
+    assert lines[2].split()[:2] == ["float32", "none"] and lines[3].split()[:3] == ["float32", "5", "4.2"]
     assert "1.49" in lines[3] and "0.940" in lines[3]
     assert lines[-1] == "in-memory baseline: 12.9 s per epoch, test acc 0.845"

@@ -376,7 +376,7 @@ def _disk_amplification(before: dict[str, Any], after: dict[str, Any]) -> float 
         return None
     disk = ("l3", "l4", "base")
     read = sum(after["tiers"][t]["bytes_read"] - before["tiers"][t]["bytes_read"] for t in disk)
-    rows = sum(after["tiers"][t]["bytes"] - before["tiers"][t]["bytes"] for t in disk)
+    rows = sum(_stored(after, t) - _stored(before, t) for t in disk)
     return round(read / rows, 4) if rows else None
 
 
@@ -386,8 +386,14 @@ def _packed_amplification(serve: dict[str, Any]) -> float | None:
     tiers = serve.get("tiers")
     if not tiers:
         return None
-    rows = sum(tiers[t]["bytes"] for t in ("l3", "l4"))
+    rows = sum(_stored(serve, t) for t in ("l3", "l4"))
     return round(sum(tiers[t]["bytes_read"] for t in ("l3", "l4")) / rows, 4) if rows else None
+
+
+def _stored(serve: dict[str, Any], tier: str) -> int:
+    """The bytes a tier's rows take as stored (the layout's row format), which is what is read."""
+    t = serve["tiers"][tier]
+    return int(t.get("stored_bytes", t["bytes"]))
 
 
 def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Loader, ckpt: Path) -> dict[str, Any]:
@@ -412,6 +418,7 @@ def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Loader, ckpt: Path
         "eval_s": [r.get("eval_s") for r in hist],
         "epoch_read_amplification": [r.get("read_amplification") for r in hist],
         "eval_read_amplification": [r.get("eval_read_amplification") for r in hist],
+        "row_format": serve.get("row_format"),
         "tier_hit_rates": {k: v["hit_rate"] for k, v in serve.get("tiers", {}).items()},
         "read_amplification": _packed_amplification(serve),
         "checkpoint": str(ckpt),

@@ -203,6 +203,10 @@ def render_train(res: dict) -> str:  # type: ignore[type-arg]
 )
 @click.option("--cap", type=SIZE, help="Also run every step under a cgroup memory cap of this size.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Run the in-memory baseline.")
+@click.option(
+    "--row-formats", default="", help="Pack each cap in each of these row formats (default: the table's dtype)."
+)
+@click.option("--seeds", default="0", show_default=True, help="Train each layout once per seed (comma-separated).")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write a PNG plot here (matplotlib).")
 @output_options
 def bench_caps(
@@ -215,17 +219,22 @@ def bench_caps(
     memory_budget: int,
     cap: int | None,
     baseline: bool,
+    row_formats: str,
+    seeds: str,
     plot_dir: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Epoch time, bytes on disk and read amplification against the disk cap, in one run.
+    """Epoch time, bytes on disk, read amplification and test accuracy against the disk cap
+    (and the row format), in one run.
 
     Repacks STORE for each cap (the last layout packed stays current), drops the
     page cache, trains EPOCHS epochs with featdb-train, and runs the in-memory
     baseline once beside them.
 
     Example: featdb bench caps ./store --sample-set train --caps none,5,3,2,0 --json
+
+    Example: featdb bench caps ./store --sample-set train --caps none --row-formats float32,float16,int8 --seeds 0,1,2
     """
     from pathlib import Path
 
@@ -243,6 +252,8 @@ def bench_caps(
         cap,
         baseline,
         say,
+        bc.parse_formats(row_formats),
+        bc.parse_seeds(seeds),
     )
     if plot_dir:
         res["plots"] = bc.plot(res, Path(plot_dir))

@@ -9,6 +9,7 @@ from ..layout.document import DEFAULT_MAX_AMPLIFICATION
 from ..layout.pack import pack as pack_layout
 from ..layout.plan import POLICIES, Budgets
 from ..memory import peak_rss
+from ..rowformat import FORMATS
 from ..sampling.offline import SampleConfig, default_workers, parse_fanouts
 from ..sampling.offline import sample as run_sample
 from ..units import format_size
@@ -112,7 +113,7 @@ def sample(
     "--max-blowup",
     type=float,
     callback=lambda ctx, param, v: finite_at_least(0.0, v, "--max-blowup"),
-    help="Cap on rows stored on disk / nodes, over the whole sample set (0: store none, read blocks).",
+    help="Cap on bytes stored on disk / the table's bytes, over the whole sample set (0: store none, read blocks).",
 )
 @click.option(
     "--segment-cache",
@@ -130,6 +131,11 @@ def sample(
     help="full: hot tiers + packed extents, blocks where the cap requires; blocks: no copies at all.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--row-format",
+    type=click.Choice(FORMATS),
+    help="How the tiers and extents store rows (default: the table's dtype; the base table stays exact).",
+)
 @click.option(
     "--max-amplification",
     type=float,
@@ -153,6 +159,7 @@ def pack(
     memory_budget: int,
     policy: str,
     seed: int,
+    row_format: str | None,
     max_amplification: float,
     strict: bool,
     dry_run: bool,
@@ -163,6 +170,8 @@ def pack(
 
     Example: featdb pack ./store --sample-set train --host-cache 256MiB --max-blowup 3
 
+    Example: featdb pack ./store --sample-set train --row-format float16 --max-blowup 3
+
     Example: featdb pack ./store --trace clicks --host-cache 64MiB
     """
     if (sample_set is None) == (trace_name is None):
@@ -172,7 +181,17 @@ def pack(
         total = _batches(st, sample_set, trace_name)
         with progress(total, "pack", as_json or quiet or dry_run) as bar:
             doc = pack_layout(
-                st, sample_set, table, budgets, memory_budget, dry_run, bar, max_amplification, strict, trace_name
+                st,
+                sample_set,
+                table,
+                budgets,
+                memory_budget,
+                dry_run,
+                bar,
+                max_amplification,
+                strict,
+                trace_name,
+                row_format,
             )
     summary = {
         k: doc.get(k)
@@ -183,6 +202,8 @@ def pack(
             "sample_set",
             "trace",
             "table",
+            "row_format",
+            "stored_row_bytes",
             "segment_len",
             "segments",
             "blocks_segments",
@@ -205,7 +226,8 @@ def pack(
     per_epoch = doc["predictions"].get("disk_bytes_per_epoch")
     text = (
         f"{'plan' if dry_run else 'packed generation ' + str(doc.get('id'))}: policy={doc['policy']} "
-        f"blowup={doc['blowup']} predicted amplification={doc['predicted_amplification']} "
+        f"rows={doc['row_format']} blowup={doc['predictions'].get('blowup_bytes', doc['blowup'])} "
+        f"predicted amplification={doc['predicted_amplification']} "
         + (f"({format_size(per_epoch)} read per training epoch) " if per_epoch else "")
         + f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "
         f"segments={doc['segments']} (blocks {doc['blocks_segments']}, longest {doc['segment_len']})"

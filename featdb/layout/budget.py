@@ -48,6 +48,7 @@ def plan(
     groups: Groups | None = None,
     predict_costs: bool = True,
     epochs: int = 0,
+    base_row_bytes: int = 0,
 ) -> Placement:
     """Plan a layout and (unless ``predict_costs`` is false and no choice needed a
     prediction) predict what serving it will cost.
@@ -64,9 +65,10 @@ def plan(
     p = Placement(
         len(counts), row_bytes, num_batches, budgets.policy, l1, l2, 1, budgets.seed,
         segment_cache=budgets.segment_cache, epochs=epochs if train else 0, train_batches=train,
+        base_row_bytes=base_row_bytes,
     )  # fmt: skip
     tier = p.tier_map()
-    limit = budgets.segment_limit // max(1, row_bytes)
+    limit = budgets.segment_limit // max(1, row_bytes, base_row_bytes)  # rows of a segment held whole
     candidates: list[Placement] = []
     if budgets.policy == "blocks":
         candidates.append(_mixed(p, trace, spans, tier, limit, np.zeros(num_batches, dtype=np.int64), 0.0))

@@ -30,6 +30,7 @@ from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
 from ..pagesums import DEFAULT as EXTENT_CHECKSUM
 from ..pagesums import PageCrcs
 from ..progress import Progress
+from ..rowformat import ColumnStats, RowFormat
 from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter, id_dtype
@@ -73,9 +74,14 @@ def pack(
     max_amplification: float = DEFAULT_MAX_AMPLIFICATION,
     strict: bool = False,
     trace: str | None = None,
+    row_format: str | None = None,
 ) -> dict[str, Any]:
     """Plan and (unless ``dry_run``) write a new generation from a sample set, or from the
     trace ``trace`` (``sample_set=None``; ``table`` defaults to the trace's); returns its document.
+
+    ``row_format`` (see :mod:`featdb.rowformat`; default the table's dtype) is how the
+    tiers and extents store rows; the cap ``budgets.max_blowup`` counts their bytes
+    against the base table's.
 
     When the plan predicts a read amplification above ``max_amplification`` the
     document carries a warning naming the budgets to raise; ``strict`` refuses
@@ -93,24 +99,26 @@ def pack(
             )
         work = working_budget(memory_budget, ss.num_nodes, schema.row_bytes)
         started = time.perf_counter()
+        fmt = _row_format(store, table, schema, row_format, work)
         groups = ss.groups() if isinstance(ss, Trace) else serving_groups(ss)
         placement = plan(
-            ss.counts(), ss.inputs_of, ss.num_batches, schema.row_bytes, budgets, groups, dry_run, ss.epochs
-        )
+            ss.counts(), ss.inputs_of, ss.num_batches, fmt.row_bytes, _in_rows(budgets, fmt, schema), groups,
+            dry_run, ss.epochs, schema.row_bytes,
+        )  # fmt: skip
         plan_s = time.perf_counter() - started
         warnings = plan_warnings(placement, budgets, max_amplification)
         if strict and warnings:
             raise ConfigError(f"{warnings[0]} (--strict: nothing written)")
         if dry_run:
             doc = layout_doc(placement, sample_set or "", table, schema, budgets, memory_budget, plan_s)
-            return doc | _source_fields(ss) | {"dry_run": True, "warnings": warnings}
+            return doc | fmt.doc() | _source_fields(ss) | {"dry_run": True, "warnings": warnings}
         gen_id = generation.new_id()
         tmp, lock = generation.partial_dir(store, gen_id)
         try:
             acc = Predictor(placement)
-            files = _write(store, ss, placement, schema, table, tmp, work, progress, acc)
+            files = _write(store, ss, placement, fmt, table, tmp, work, progress, acc)
             placement = replace(placement, predictions=placement.predictions | acc.result())
-            doc = layout_doc(placement, sample_set or "", table, schema, budgets, memory_budget, plan_s)
+            doc = layout_doc(placement, sample_set or "", table, schema, budgets, memory_budget, plan_s) | fmt.doc()
             doc["table_file"] = store.table_info(table)["file"]
             doc |= _source_fields(ss)  # a set sampled (a trace added) again under the same name is another one
             doc["pack_s"] = round(time.perf_counter() - started, 3)
@@ -133,6 +141,28 @@ def _source(store: Store, sample_set: str | None, trace: str | None) -> SampleSe
     if (sample_set is None) == (trace is None):
         raise ConfigError("pack from a sample set or from a trace: name exactly one of the two")
     return Trace(store, trace) if trace is not None else SampleSet(store, str(sample_set))
+
+
+def _row_format(store: Store, table: str, schema: Schema, name: str | None, work: int) -> RowFormat:
+    """The format the layout stores rows in; float16 and int8 first take the table's column
+    ranges in one sequential pass (what they cannot hold is refused before anything is written)."""
+    if name is None or name == schema.dtype or name not in ("float16", "int8"):
+        return RowFormat.choose(name, schema.dtype, schema.dim)
+    RowFormat(name, schema.dtype, schema.dim, np.ones((2, schema.dim)))  # a table it cannot convert: refused now
+    reader = store.open_table(table, threads=2, verify=True)
+    try:
+        chunk_rows = max(1, work // 3 // schema.row_bytes)
+        rows = (c.view(schema.dtype).reshape(hi - lo, schema.dim) for lo, hi, c in base_chunks(reader, chunk_rows))
+        return RowFormat.choose(name, schema.dtype, schema.dim, ColumnStats.of(rows, schema.dim))
+    finally:
+        reader.close()
+
+
+def _in_rows(budgets: Budgets, fmt: RowFormat, schema: Schema) -> Budgets:
+    """The blowup cap (bytes against the base table's) as table copies of the stored rows."""
+    if budgets.max_blowup is None or fmt.row_bytes == schema.row_bytes:
+        return budgets
+    return replace(budgets, max_blowup=budgets.max_blowup * schema.row_bytes / fmt.row_bytes)
 
 
 def _source_fields(ss: SampleSet | Trace) -> dict[str, Any]:
@@ -158,14 +188,14 @@ def _write(
     store: Store,
     ss: SampleSet | Trace,
     p: Placement,
-    schema: Schema,
+    fmt: RowFormat,
     table: str,
     tmp: Path,
     memory_budget: int,
     progress: Progress,
     acc: Predictor,
 ) -> dict[str, dict[str, Any]]:
-    rb = schema.row_bytes
+    rb = fmt.row_bytes  # what every extent and tier stores per row
     id_dt = id_dtype(p.num_nodes)
     tier = p.tier_map()
     scratch = np.full(p.num_nodes, -1, dtype=np.int32)
@@ -180,7 +210,7 @@ def _write(
     copy_index: list[tuple[int, int, int]] = []  # offset, rows, crc per copy
     l3_pages: dict[int, list[int]] = {}  # each L3 extent's offset -> the crcs of its pages
     files: dict[str, dict[str, Any]] = {}
-    hot_all = _HotWriters(tmp, p, schema)
+    hot_all = _HotWriters(tmp, p, fmt)
     try:
         with ChecksumWriter(tmp / "map.bin") as mapw, ChecksumWriter(tmp / "blocks.i64") as blocksw:
             cursor = {"l4": 0, "l3": 0, "copies": 0}
@@ -209,10 +239,10 @@ def _write(
                 if progress:
                     progress(hi - lo)
                 if group.bytes > memory_budget * 2 // 5:
-                    _base_pass(reader, group, hot, fds, batches, segs, l3_pages, memory_budget, progress)
+                    _base_pass(reader, fmt, group, hot, fds, batches, segs, l3_pages, memory_budget, progress)
                     group, hot = _Group(), None
             if not group.empty() or hot is not None:
-                _base_pass(reader, group, hot, fds, batches, segs, l3_pages, memory_budget, progress)
+                _base_pass(reader, fmt, group, hot, fds, batches, segs, l3_pages, memory_budget, progress)
             mapw.commit()
             blocksw.commit()
             files["map.bin"] = {"size": mapw.size, "crcs": mapw.crcs, "kind": "layout"}
@@ -240,7 +270,10 @@ def _write(
         l3_crcs = np.zeros(cursor["l3"] // PAGE, dtype="<u4")
         for off, crcs in l3_pages.items():
             l3_crcs[off // PAGE : off // PAGE + len(crcs)] = crcs
-        for name, raw in (("copies.crc", copy_pages), ("l3.crc", l3_crcs.tobytes())):  # pages read piecemeal
+        named = [("copies.crc", copy_pages), ("l3.crc", l3_crcs.tobytes())]  # pages read piecemeal
+        if fmt.scales is not None:
+            named.append(("scales.f32", fmt.scales.astype("<f4").tobytes()))
+        for name, raw in named:
             size, crcs = write_atomic(tmp / name, raw)
             files[name] = {"size": size, "crcs": crcs, "kind": "layout"}
         for name, arr in (
@@ -299,10 +332,10 @@ def _record_segment(
 class _HotWriters:
     """Writes the L1 (device) and L2 (host) row files during the first base-table pass."""
 
-    def __init__(self, tmp: Path, p: Placement, schema: Schema) -> None:
+    def __init__(self, tmp: Path, p: Placement, fmt: RowFormat) -> None:
         self.records: dict[str, dict[str, Any]] = {}
         self.parts = [
-            (name, ids, TableWriter(tmp / name, Schema(schema.dtype, len(ids), schema.dim)))
+            (name, ids, TableWriter(tmp / name, Schema(fmt.stored.name, len(ids), fmt.dim)))
             for name, ids in (("device.tbl", p.l1_ids), ("host.tbl", p.l2_ids))
         ]
 
@@ -324,6 +357,7 @@ class _HotWriters:
 
 def _base_pass(
     reader: TableReader,
+    fmt: RowFormat,
     g: _Group,
     hot: _HotWriters | None,
     fds: tuple[int, int, int],
@@ -333,7 +367,7 @@ def _base_pass(
     memory_budget: int,
     progress: Progress,
 ) -> None:
-    rb = reader.schema.row_bytes
+    rb = fmt.row_bytes
     fd4, fd3, fdc = fds
     src, dst, ext = _targets(g.l4_ids, g.l4_off, g.l4_batch, rb)
     csrc, cdst, cext = _targets(g.cp_ids, g.cp_off, g.cp_key, rb)
@@ -341,10 +375,12 @@ def _base_pass(
     crc = {b: 0 for b in g.l4_batch}
     unused = {k: 0 for k in g.cp_key}  # a copy's crc is taken when it is whole (its rows come out of order)
     # two read buffers and two gathered slices in flight, a fifth each of the working budget
-    chunk_rows = max(1, (memory_budget // 5) // rb)
+    # (a chunk in a narrower row format is converted piece by piece into a sixth more)
+    chunk_rows = max(1, (memory_budget // (5 if fmt.identity else 6)) // reader.schema.row_bytes)
     slice_rows = max(1, (memory_budget // 20) // rb)
     with ExtentWriter(fd4, crc, slice_rows, rb) as writer, ExtentWriter(fdc, unused, slice_rows, rb) as cwriter:
-        for lo, hi, chunk in base_chunks(reader, chunk_rows):
+        for lo, hi, raw in base_chunks(reader, chunk_rows):
+            chunk = fmt.encode_pieces(raw)
             a, b = np.searchsorted(src, [lo, hi])
             if b > a:
                 writer.scatter(chunk, src[a:b] - lo, dst[a:b], ext[a:b])

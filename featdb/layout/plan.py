@@ -85,6 +85,11 @@ class Placement:
     epochs: int = 0  # the first train_batches batches are this many training epochs
     train_batches: int = 0
     segment_cache: int = SEGMENT_CACHE_BYTES
+    base_row_bytes: int = 0  # a base-table row's bytes, when the layout stores rows narrower (0: row_bytes)
+
+    @property
+    def base_rb(self) -> int:
+        return self.base_row_bytes or self.row_bytes
 
     @property
     def packs(self) -> bool:
@@ -268,6 +273,7 @@ class Predictor:
 
     def _add(self, seg: SegmentPlan) -> None:
         p, rb = self.p, self.p.row_bytes
+        brb = p.base_rb if seg.l3_pos is None else rb  # a blocks segment reads the base table or a copy
         self.stored += (0 if seg.blocks else len(seg.l3_ids)) + sum(bp.n4 for bp in seg.batches)
         in_extent = p.packs and not seg.blocks  # positions into a packed extent, else base-table rows
         pages = 0
@@ -277,16 +283,16 @@ class Predictor:
             self.disk_rows += bp.n3 + bp.n4
             self.l4_bytes += round_up(bp.n4 * rb)
             if seg.blocks:  # the reader fetches just these rows when the segment is too large to hold
-                pages += bytes_read(_starts(seg, np.unique(bp.l3_rows), rb), rb)
+                pages += bytes_read(_starts(seg, np.unique(bp.l3_rows), brb), brb)
             else:
-                pages += _pages_touched(bp.l3_rows, rb, in_extent) * PAGE
-        held = len(seg.l3_ids) * rb if seg.blocks else round_up(len(seg.l3_ids) * rb)
+                pages += _pages_touched(bp.l3_rows, rb if in_extent else p.base_rb, in_extent) * PAGE
+        held = len(seg.l3_ids) * brb if seg.blocks else round_up(len(seg.l3_ids) * rb)
         self.segments += 1
         self.blocks_segments += seg.blocks
         self.largest_segment = max(self.largest_segment, held)
         self.l3_page_bytes += pages
         if p.segmented and 0 < held <= p.segment_cache:
-            self.l3_bytes += bytes_read(_starts(seg, np.arange(len(seg.l3_ids)), rb), rb) if seg.blocks else held
+            self.l3_bytes += bytes_read(_starts(seg, np.arange(len(seg.l3_ids)), brb), brb) if seg.blocks else held
         else:
             self.l3_bytes += pages
 
@@ -296,6 +302,7 @@ class Predictor:
         disk = self.l4_bytes + self.l3_bytes
         return {
             "blowup": round(self.stored / p.num_nodes, 4) if p.num_nodes else 0.0,
+            "blowup_bytes": round(self.stored * p.row_bytes / (p.num_nodes * p.base_rb), 4) if p.num_nodes else 0.0,
             "stored_rows": self.stored,
             "l3_l4_bytes": self.stored * p.row_bytes,
             "rows_per_tier": dict(self.rows),

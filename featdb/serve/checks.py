@@ -107,6 +107,15 @@ class ReadChecks:
             raise CorruptDataError(f"{self.gen_dir / name}: {len(data)} bytes hold fewer than {schema.rows} rows")
         return data[HEADER_BYTES:end].view(dtype).reshape(-1, dim)
 
+    def scales(self) -> NDArray[Any] | None:
+        """An int8 layout's per-column scales (lo and step, 2 x dim float32), checked; None if it has none."""
+        if not (self.gen_dir / "scales.f32").exists():
+            return None
+        data = self._read("scales.f32")
+        if len(data) % 8:
+            raise CorruptDataError(f"{self.gen_dir / 'scales.f32'}: {len(data)} bytes are not 2 rows of float32")
+        return data.view("<f4").reshape(2, -1)
+
     def blocks(self, name: str) -> BlockChecked:
         rec = self.records.get(name)
         return BlockChecked(self.gen_dir / name, rec["crcs"] if rec is not None else None)

@@ -34,6 +34,7 @@ from ..layout import generation
 from ..layout.generation import Pin
 from ..memory import MemoryBudget
 from ..rowcopy import take_rows
+from ..rowformat import layout_format
 from ..sampling.mfg import Batch
 from ..sampling.sampleset import SampleSet
 from ..store import Store
@@ -47,7 +48,7 @@ from .pool import BufferPool
 from .segments import segment_cache_for
 from .segread import SegmentReader, largest_segment, segment_index
 from .stats import ServeStats
-from .tiers import check_budget, lookup, resolve_device
+from .tiers import check_budget, read_ids, resolve_device
 
 L4_PIECE = 16 << 20  # an extent larger than this is read as parallel pieces of this size
 PAGE_SCRATCH_BYTES = 8 << 20  # per batch in flight: the page buffer of scattered L3/base reads
@@ -128,34 +129,38 @@ class LayoutReader:
             raise ConfigError(f"table {doc['table']!r} was replaced after the layout was packed: repack")
         self.gen_dir = self.store.root / generation.GENS / doc["id"]
         self.dtype, self.dim, self.rb = np.dtype(doc["dtype"]), int(doc["dim"]), int(doc["row_bytes"])
+        self.checks = ck = ReadChecks(self.store, self.gen_dir, doc, self.store.verify_reads)
+        self.fmt = fmt = layout_format(doc, ck.scales())
+        self.srb = fmt.row_bytes  # a row as the tiers and extents store it (rb: as served)
         self.policy = doc["policy"]
         self.segmented = doc["policy"] in ("full", "pack-only", "blocks")
         self.id_dt = id_dtype(int(doc["num_nodes"]))
-        self.checks = ck = ReadChecks(self.store, self.gen_dir, doc, self.store.verify_reads)
         self.batches = ck.index("batches.i64", 8, doc["num_batches"])
         self.segs = segment_index(ck.index("segments.i64", 1).reshape(-1), doc.get("segment_cols", 5))
         self.l1_ids, self.l2_ids = (ck.index(f"{t}_ids.i64", 1).reshape(-1) for t in ("l1", "l2"))
-        check_budget("host", len(self.l2_ids) * self.rb, host_cache)
-        check_budget("device", len(self.l1_ids) * self.rb, device_cache)
+        check_budget("host", len(self.l2_ids) * self.srb, host_cache)
+        check_budget("device", len(self.l1_ids) * self.srb, device_cache)
         nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
-        largest = largest_segment(self.segs, self.rb) if self.segmented else 0
+        largest = largest_segment(self.segs, self.srb, self.rb) if self.segmented else 0
         want = int(doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes
-        buffer_bytes = round_up(nmax * self.rb) + PAGE
+        # a batch's buffer: its rows as served, then (a narrower row format) as read, decoded from there
+        self._stage_at = 0 if fmt.identity else round_up(nmax * self.rb)
+        buffer_bytes = self._stage_at + round_up(nmax * self.srb) + PAGE
         queue_depth = self._charge(device, cache_bytes, buffer_bytes, queue_depth, min(want, 2 * largest))
         self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
-        self.host = ck.rows("host.tbl", self.dim, self.dtype)
+        self.host = ck.rows("host.tbl", self.dim, fmt.stored)
         self.device, self.l1 = self._load_device(device)
         self.l4 = self._add(PageFile(self.gen_dir / "l4.dat", direct=self.store.direct))
         self.l3 = self._add(PageFile(self.gen_dir / "l3.dat", direct=self.store.direct))
         self.base = self._add(self.store.open_table(doc["table"]))
         self._map_file = self._add(ck.blocks("map.bin"))
-        self.stats = ServeStats(self.rb)
+        self.stats = ServeStats(self.rb, self.srb, fmt.name)
         self._io = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="featdb-io")
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-read-ahead")
         copies = self.gen_dir / "copies.dat"
         cp = self._add(PageFile(copies, direct=self.store.direct)) if copies.exists() else None
         self.seg_reader = self._add(
-            SegmentReader(self.segs, self.rb, self.l3, self.base, ck, cp, self._io, threads, self.stats)
+            SegmentReader(self.segs, self.srb, self.l3, self.base, ck, cp, self._io, threads, self.stats, self.rb)
         )
         self.segments = segment_cache_for(self.memory, largest, want)
         self.seg_reader.limit = max(largest, self.segments.capacity // 2)
@@ -177,9 +182,9 @@ class LayoutReader:
         """
         m = self.memory
         m.charge("reader index", sum(a.nbytes for a in (self.batches, self.segs, self.l1_ids, self.l2_ids)))
-        m.charge("host tier (L2)", len(self.l2_ids) * self.rb)
+        m.charge("host tier (L2)", len(self.l2_ids) * self.srb)
         if resolve_device(device) == "cpu":
-            m.charge("device tier (L1), on the host", len(self.l1_ids) * self.rb)
+            m.charge("device tier (L1), on the host", len(self.l1_ids) * self.srb)
         if cache_bytes:
             m.charge("row cache", cache_bytes)
         room = m.left() - 2 * buffer_bytes - segments  # whole segments come first: they save the most reads
@@ -194,12 +199,14 @@ class LayoutReader:
         return f
 
     def _load_device(self, device: str) -> tuple[str, Any]:
-        rows = self.checks.rows("device.tbl", self.dim, self.dtype)
+        rows = self.checks.rows("device.tbl", self.dim, self.fmt.stored)
         want = resolve_device(device)
         if want == "cpu":
             return "cpu", rows
         import torch
 
+        if not self.fmt.identity:  # kept as stored, decoded on the device as gathered
+            rows = rows.view(np.uint8).reshape(len(rows), self.srb)
         return want, torch.from_numpy(rows).to(want)
 
     # -- serving -------------------------------------------------------------------------
@@ -252,13 +259,18 @@ class LayoutReader:
         try:
             n_host = n4 + n3 + n2 + (0 if self.device != "cpu" else n1)
             out = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.rb).reshape(n_host, self.rb)
-            l4_done = self._start_l4(buf, n4, l4_off, l4_crc)
+            stage = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.srb, offset=self._stage_at)
+            stage = stage.reshape(n_host, self.srb)  # ``out`` itself when rows are stored as served
+            l4_done = self._start_l4(memoryview(buf)[self._stage_at :], n4, l4_off, l4_crc)
             try:  # the memory tiers are gathered while the device reads the batch extent
-                self._read_l3(out[n4 : n4 + n3], l3_rows, seg)
-                self._gather("l2", self.host, l2_slots, out[n4 + n3 : n4 + n3 + n2])
-                dev = self._gather_l1(l1_slots, out[n4 + n3 + n2 :])
+                l3_stored = self._read_l3(out[n4 : n4 + n3], stage[n4 : n4 + n3], l3_rows, seg)
+                self._gather("l2", self.host, l2_slots, stage[n4 + n3 : n4 + n3 + n2])
+                dev = self._gather_l1(l1_slots, stage[n4 + n3 + n2 :])
             finally:
                 l4_done()
+            if not self.fmt.identity:  # decoded here, on the batch's thread, not the consumer's
+                for lo, hi in ((0, n_host),) if l3_stored else ((0, n4), (n4 + n3, n_host)):
+                    self.fmt.decode(stage[lo:hi], out[lo:hi])
         except BaseException:
             self.pool.release(buf)
             raise
@@ -313,7 +325,7 @@ class LayoutReader:
     def _map(self, off: int, n4: int, n3: int, n2: int, n1: int) -> tuple[NDArray[Any], ...]:
         return read_map(self._map_file.pread, off, (n4, n3, n2, n1), self.id_dt)
 
-    def _start_l4(self, buf: Any, n4: int, off: int, crc: int) -> Callable[[], None]:
+    def _start_l4(self, buf: memoryview, n4: int, off: int, crc: int) -> Callable[[], None]:
         """Start reading the batch extent straight into the head of ``buf``: one sequential
         read, split into a few large pieces read in parallel so the device sees more than one
         request. Returns the function that waits for it (it must be called, error or not).
@@ -325,9 +337,9 @@ class LayoutReader:
         if not n4:
             return lambda: None
         t = time.perf_counter()
-        size = n4 * self.rb
+        size = n4 * self.srb
         whole = size - size % PAGE
-        waits = [start_pieces(self.l4, self._io, memoryview(buf)[:whole], off, L4_PIECE)] if whole else []
+        waits = [start_pieces(self.l4, self._io, buf[:whole], off, L4_PIECE)] if whole else []
         last = aligned_buffer(PAGE) if whole < size else None
         if last is not None:
             waits.append(start_pieces(self.l4, self._io, memoryview(last), off + whole, PAGE))
@@ -335,7 +347,7 @@ class LayoutReader:
         def done() -> None:
             n = sum(wait() for wait in waits)
             if self.checks.on:
-                got = self.checks.crc(memoryview(buf)[:whole], 0)
+                got = self.checks.crc(buf[:whole], 0)
                 if last is not None:
                     got = self.checks.crc(last, got)
                 if got != crc:
@@ -346,23 +358,28 @@ class LayoutReader:
 
         return done
 
-    def _read_l3(self, out: NDArray[Any], rows: NDArray[Any], seg: int) -> None:
+    def _read_l3(self, out: NDArray[Any], stage: NDArray[Any], rows: NDArray[Any], seg: int) -> bool:
+        """The batch's L3 rows: into ``out`` when read from the base table, else into ``stage`` as
+        stored (returns True: they need decoding)."""
         if not len(rows):
-            return
+            return not self.fmt.identity
         if not self.segmented:
             t = time.perf_counter()
             nbytes = self.base.read_counted(rows, out.view(self.dtype).reshape(len(rows), self.dim))
             self.stats.add("base", len(rows), nbytes, time.perf_counter() - t)
-            return
+            return False
         sr = self.seg_reader
+        stored = sr.row_bytes_of(seg) == self.srb and not self.fmt.identity
+        dst = stage if stored else out
         with self.segments.use(seg, sr.nbytes(seg), sr.load) as held:
             self._read_ahead(seg)
             if held is None:  # too large to hold: only this batch's pages
-                sr.read_rows(seg, rows, out)
-                return
+                sr.read_rows(seg, rows, dst)
+                return stored
             t = time.perf_counter()
-            held.take(rows, out)
+            held.take(rows, dst)
         self.stats.add(sr.tier(seg), len(rows), 0, time.perf_counter() - t)
+        return stored
 
     def _read_ahead(self, seg: int) -> None:
         nxt = self._next.get(seg)
@@ -376,7 +393,7 @@ class LayoutReader:
         if not len(slots):
             return
         t = time.perf_counter()
-        take_rows(src.view(np.uint8).reshape(len(src), self.rb), slots, out)
+        take_rows(src.view(np.uint8).reshape(len(src), self.srb), slots, out)
         self.stats.add(tier, len(slots), 0, time.perf_counter() - t)
 
     def _gather_l1(self, slots: NDArray[Any], out: NDArray[Any]) -> Any:
@@ -387,35 +404,15 @@ class LayoutReader:
 
         t = time.perf_counter()
         rows = self.l1[torch.from_numpy(slots).to(self.device)]
+        if not self.fmt.identity:
+            rows = self.fmt.decode_torch(rows)
         self.stats.add("l1", len(slots), 0, time.perf_counter() - t)
         return rows
 
     # -- arbitrary ids -------------------------------------------------------------------
     def read(self, ids: Any) -> NDArray[Any]:
         """Rows for any ids: hot tiers first, then the dynamic cache, then the base table."""
-        ids = check_ids(ids, int(self.doc["num_nodes"]))
-        out = np.empty((len(ids), self.dim), dtype=self.dtype)
-        done = np.zeros(len(ids), dtype=bool)
-        for tier, keys, rows in (("l1", self.l1_ids, self.l1), ("l2", self.l2_ids, self.host)):
-            slot, hit = lookup(keys, ids)
-            if hit.any():
-                t = time.perf_counter()
-                src = rows[slot[hit]] if tier != "l1" or self.device == "cpu" else self.l1[slot[hit]].cpu().numpy()
-                out[hit] = src
-                done |= hit
-                self.stats.add(tier, int(hit.sum()), 0, time.perf_counter() - t)
-        rest = np.flatnonzero(~done)
-        if len(rest) and self.cache is not None:
-            rest = self.cache.fill(ids, rest, out, self.stats)
-        if len(rest):
-            t = time.perf_counter()
-            rows = np.empty((len(rest), self.dim), dtype=self.dtype)
-            nbytes = self.base.read_counted(ids[rest], rows)
-            out[rest] = rows
-            self.stats.add("base", len(rest), nbytes, time.perf_counter() - t)
-            if self.cache is not None:
-                self.cache.put(ids[rest], out[rest])
-        return out
+        return read_ids(self, check_ids(ids, int(self.doc["num_nodes"])))
 
     # -- lifecycle -----------------------------------------------------------------------
     @property

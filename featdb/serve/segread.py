@@ -62,17 +62,19 @@ def _gather(buf: Any, pos: NDArray[Any], rb: int, out: NDArray[Any]) -> None:
         flat[lo * rb : hi * rb] = src[p : p + (hi - lo) * rb]
 
 
-def segment_bytes(segs: NDArray[Any], row_bytes: int) -> NDArray[Any]:
+def segment_bytes(segs: NDArray[Any], row_bytes: int, base_row_bytes: int = 0) -> NDArray[Any]:
     """Memory each whole segment takes compact (a blocks segment's rows, a packed extent's pages),
-    as :func:`buffer_size` rounds it; a blocks segment read in place may take more (see ``limit``)."""
-    raw = np.where(segs[:, 6] > 0, segs[:, 6] * row_bytes, segs[:, 3] * row_bytes)
+    as :func:`buffer_size` rounds it; a blocks segment read in place may take more (see ``limit``).
+    Rows read from the base table are ``base_row_bytes`` each (when the layout stores them narrower)."""
+    blocks_rb = np.where(segs[:, 7] < 0, base_row_bytes or row_bytes, row_bytes)
+    raw = np.where(segs[:, 6] > 0, segs[:, 6] * blocks_rb, segs[:, 3] * row_bytes)
     out: NDArray[Any] = np.where(raw > 0, buffer_size(raw), 0)  # a segment with no rows holds nothing
     return out
 
 
-def largest_segment(segs: NDArray[Any], row_bytes: int) -> int:
+def largest_segment(segs: NDArray[Any], row_bytes: int, base_row_bytes: int = 0) -> int:
     """The memory the largest segment takes compact, as the segment cache plans for it."""
-    return int(segment_bytes(segs, row_bytes).max(initial=0))
+    return int(segment_bytes(segs, row_bytes, base_row_bytes).max(initial=0))
 
 
 def _in_place_bytes(wins: list[Window], n: int) -> int:
@@ -91,7 +93,10 @@ def _read_list(
 
 
 class SegmentReader:
-    """Loads segment ``s`` whole, or reads just some of its rows when it is too large to hold."""
+    """Loads segment ``s`` whole, or reads just some of its rows when it is too large to hold.
+
+    Rows of a packed extent or a copy are ``row_bytes`` each (the layout's row format); rows
+    read from the base table ``base_row_bytes`` (the table's, when that differs)."""
 
     def __init__(
         self,
@@ -104,8 +109,10 @@ class SegmentReader:
         io: Executor,
         threads: int,
         stats: ServeStats,
+        base_row_bytes: int = 0,
     ) -> None:
         self.segs, self.rb, self.l3, self.base, self.copies = segs, row_bytes, l3, base, copies
+        self.brb = base_row_bytes or row_bytes
         self.io, self.threads, self.stats = io, threads, stats
         self.pool = ThreadPoolExecutor(max_workers=QUEUE_DEPTH, thread_name_prefix="featdb-segment-io")
         self.scratch = ScratchBuffers()
@@ -117,16 +124,20 @@ class SegmentReader:
             id(base.file): base.pages,
             **({id(copies): checks.pages("copies.dat", copies.size)} if copies is not None else {}),
         }
-        self.sizes = segment_bytes(segs, row_bytes)
+        self.sizes = segment_bytes(segs, row_bytes, self.brb)
         # a blocks segment is kept as read (runs and all) when that fits in ``limit`` (the reader sets it
         # to half its segment cache, so one fits beside another): serving it then costs no whole-segment copy
-        self.limit = largest_segment(segs, row_bytes)
+        self.limit = int(self.sizes.max(initial=0))
         # planned reads (rows, windows, in place?) of the segments served and read ahead: ~8 B a row
         self._plans: cachetools.LRUCache[int, tuple[int, list[Window], bool]] = cachetools.LRUCache(2)
         self._plan_lock = threading.Lock()
 
     def is_blocks(self, seg: int) -> bool:
         return bool(self.segs[seg, 6])
+
+    def row_bytes_of(self, seg: int) -> int:
+        """The bytes of one of the segment's rows as it is held: the base table's or the layout's."""
+        return self.brb if self.is_blocks(seg) and self.segs[seg, 7] < 0 else self.rb
 
     def tier(self, seg: int) -> str:
         """Where the segment's rows count: "base" when read from the base table, else "l3"."""
@@ -153,7 +164,8 @@ class SegmentReader:
             if got is None:
                 ids = self.ids(seg)
                 first = self._source(seg)[1]
-                wins = windows(first + ids * self.rb, self.rb) if len(ids) else []
+                rb = self.row_bytes_of(seg)
+                wins = windows(first + ids * rb, rb) if len(ids) else []
                 n = len(ids)
                 got = self._plans[seg] = (n, wins, bool(n) and _in_place_bytes(wins, n) <= self.limit)
         return got
@@ -185,11 +197,12 @@ class SegmentReader:
         t = time.perf_counter()
         if self.is_blocks(seg):
             n, wins, in_place = self._plan(seg)
+            rb = self.row_bytes_of(seg)
             if in_place:
                 held, nbytes = self._read_in_place(seg, wins, n, alloc)
             else:
-                held = Held(alloc(n * self.rb), n, self.rb)
-                nbytes = self._read_windows(self._source(seg)[0], wins, compact_rows(held.buf, n, self.rb))
+                held = Held(alloc(n * rb), n, rb)
+                nbytes = self._read_windows(self._source(seg)[0], wins, compact_rows(held.buf, n, rb), rb)
             self.stats.add(self.tier(seg), 0, nbytes, time.perf_counter() - t)
             return held
         n, size = int(self.segs[seg, 3]), -(-int(self.segs[seg, 3]) * self.rb // PAGE) * PAGE
@@ -212,14 +225,15 @@ class SegmentReader:
         ]
         src, _ = self._source(seg)
         nbytes = self._start(src, reads[0], reads[1], reads[2], buf)()
-        return Held(buf, n, self.rb, pos), nbytes
+        return Held(buf, n, self.row_bytes_of(seg), pos), nbytes
 
     def read_rows(self, seg: int, rows: NDArray[Any], out: NDArray[Any]) -> None:
-        """Only ``rows`` (positions in the segment) into ``out``, reading just their pages."""
+        """Only ``rows`` (positions in the segment) into ``out`` (rows of :meth:`row_bytes_of`),
+        reading just their pages."""
         t = time.perf_counter()
         uniq, inv = np.unique(rows, return_inverse=True)
         if self.is_blocks(seg):
-            got = np.empty((len(uniq), self.rb), dtype=np.uint8)
+            got = np.empty((len(uniq), self.row_bytes_of(seg)), dtype=np.uint8)
             nbytes = self._read_base(seg, self.ids(seg)[uniq], got)
             out[...] = got[inv]
             self.stats.add(self.tier(seg), len(rows), nbytes, time.perf_counter() - t)
@@ -236,9 +250,10 @@ class SegmentReader:
         if not len(ids):
             return 0
         src, first = self._source(seg)
-        return self._read_windows(src, windows(first + ids * self.rb, self.rb), out, shared=False)
+        rb = self.row_bytes_of(seg)
+        return self._read_windows(src, windows(first + ids * rb, rb), out, rb, shared=False)
 
-    def _read_windows(self, src: PageFile, wins: list[Window], out: NDArray[Any], shared: bool = True) -> int:
+    def _read_windows(self, src: PageFile, wins: list[Window], out: NDArray[Any], rb: int, shared: bool = True) -> int:
         """Rows into ``out`` window by window: each window's page runs (reading through gaps of up
         to GAP_PAGES, cheaper than another request) read as parallel pieces while the previous
         window is gathered."""
@@ -254,7 +269,7 @@ class SegmentReader:
                 if i + 1 < len(wins):
                     nxt = wins[i + 1]
                     pending = self._start(src, nxt.file_off, nxt.buf_off, nxt.nbytes, bufs[(i + 1) % 2])
-                _gather(bufs[i % 2], w.pos, self.rb, out[w.lo : w.hi])
+                _gather(bufs[i % 2], w.pos, rb, out[w.lo : w.hi])
         return nbytes
 
     def _window_buffers(self, size: int) -> list[Any]:

@@ -21,7 +21,9 @@ class TierCounter:
 class ServeStats:
     """Thread-safe counters for one reader."""
 
-    row_bytes: int
+    row_bytes: int  # a row as served (decoded)
+    stored_row_bytes: int = 0  # a row as the layout's tiers store it (0: row_bytes; the base table's is row_bytes)
+    row_format: str = ""  # the layout's row format (featdb.rowformat)
     tiers: dict[str, TierCounter] = field(default_factory=lambda: {t: TierCounter() for t in TIERS})
     batches: int = 0
     caches: dict[str, Any] = field(default_factory=dict)  # name -> a cache with as_dict() (hits, misses, ...)
@@ -41,28 +43,33 @@ class ServeStats:
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
             total = sum(c.rows for c in self.tiers.values())
-            disk_rows = sum(self.tiers[t].rows for t in ("l3", "l4", "base"))
+            disk_stored = sum(self.tiers[t].rows * self._stored(t) for t in ("l3", "l4", "base"))
             disk_bytes = sum(c.bytes_read for c in self.tiers.values())
             out: dict[str, Any] = {
                 "batches": self.batches,
+                "row_format": self.row_format,
                 "rows": total,
                 "disk_bytes": disk_bytes,
-                "read_amplification": _ratio(disk_bytes, disk_rows * self.row_bytes),
+                "read_amplification": _ratio(disk_bytes, disk_stored),
                 "tiers": {},
                 "caches": {name: c.as_dict() for name, c in self.caches.items()},
             }
             for name, c in self.tiers.items():
                 out["tiers"][name] = {
                     "rows": c.rows,
-                    "bytes": c.rows * self.row_bytes,
+                    "bytes": c.rows * self.row_bytes,  # as served, decoded
+                    "stored_bytes": c.rows * self._stored(name),  # as the tier holds them
                     "bytes_read": c.bytes_read,
                     "hit_rate": _ratio(c.rows, total),
                     "seconds": round(c.seconds, 4),
-                    "read_amplification": _ratio(c.bytes_read, c.rows * self.row_bytes)
+                    "read_amplification": _ratio(c.bytes_read, c.rows * self._stored(name))
                     if name in ("l3", "l4", "base")
                     else None,
                 }
             return out
+
+    def _stored(self, tier: str) -> int:
+        return self.row_bytes if tier in ("base", "cache") or not self.stored_row_bytes else self.stored_row_bytes
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2)

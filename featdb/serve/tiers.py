@@ -1,7 +1,9 @@
-"""Hot-tier helpers: looking ids up in a sorted tier, tier budgets, and where the device tier lives."""
+"""Hot-tier helpers: looking ids up in a sorted tier, tier budgets, where the device tier lives, and
+reading rows by id through the tiers."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -41,3 +43,32 @@ def resolve_device(device: str) -> str:
             return "cpu"
         raise ConfigError("device 'cuda' asked for, but torch sees no CUDA device")
     return "cuda" if device == "auto" else device
+
+
+def read_ids(r: Any, ids: NDArray[Any]) -> NDArray[Any]:
+    """A :class:`~featdb.serve.reader.LayoutReader`'s rows for checked ids: hot tiers first (decoded
+    from the layout's row format), then its dynamic cache, then the base table."""
+    out = np.empty((len(ids), r.dim), dtype=r.dtype)
+    done = np.zeros(len(ids), dtype=bool)
+    for tier, keys, rows in (("l1", r.l1_ids, r.l1), ("l2", r.l2_ids, r.host)):
+        slot, hit = lookup(keys, ids)
+        if hit.any():
+            t = time.perf_counter()
+            src = rows[slot[hit]] if tier != "l1" or r.device == "cpu" else r.l1[slot[hit]].cpu().numpy()
+            got = np.empty((len(src), r.dim), dtype=r.dtype)
+            r.fmt.decode(src.view(np.uint8).reshape(len(src), r.srb), got)
+            out[hit] = got
+            done |= hit
+            r.stats.add(tier, int(hit.sum()), 0, time.perf_counter() - t)
+    rest = np.flatnonzero(~done)
+    if len(rest) and r.cache is not None:
+        rest = r.cache.fill(ids, rest, out, r.stats)
+    if len(rest):
+        t = time.perf_counter()
+        rows = np.empty((len(rest), r.dim), dtype=r.dtype)
+        nbytes = r.base.read_counted(ids[rest], rows)
+        out[rest] = rows
+        r.stats.add("base", len(rest), nbytes, time.perf_counter() - t)
+        if r.cache is not None:
+            r.cache.put(ids[rest], out[rest])
+    return out
