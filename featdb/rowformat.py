@@ -92,6 +92,7 @@ class RowFormat:
             if scales is None or scales.shape != (2, self.dim) or not np.isfinite(scales).all():
                 raise CorruptDataError(f"int8 rows need 2 x {self.dim} finite scales (lo, step)")
             self.scales = np.ascontiguousarray(scales, dtype=np.float32)
+            self._offset = self.scales[0] + np.float32(128) * self.scales[1]
 
     @staticmethod
     def native(dtype: Any, dim: int) -> RowFormat:
@@ -187,10 +188,8 @@ class RowFormat:
                 dst[...] = np.left_shift(src, 16, dtype=np.uint32).view(np.float32)
         elif self.name == "int8":
             assert self.scales is not None
-            lo, step = self.scales
-            np.add(src, 128, out=dst, dtype=dst.dtype, casting="unsafe")
-            dst *= step
-            dst += lo
+            np.multiply(src, self.scales[1], out=dst, casting="unsafe")  # q * step + (lo + 128 * step)
+            dst += self._offset
         else:
             dst[...] = src
 
