@@ -119,6 +119,19 @@ def dir_unlocked(d: Path) -> bool:
         return bool(free)
 
 
+def write_all(fd: int, data: Any, offset: int | None = None) -> None:
+    """Write every byte of ``data`` to ``fd`` (at ``offset``, or at the file position): a write that
+    stops short (the disk filling up) is continued, and one that writes nothing raises ENOSPC."""
+    mv = memoryview(data).cast("B")
+    while len(mv):
+        n = os.write(fd, mv) if offset is None else os.pwrite(fd, mv, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        mv = mv[n:]
+        if offset is not None:
+            offset += n
+
+
 class ChecksumWriter:
     """Sequential writer that pads, checksums per block and publishes atomically.
 
@@ -148,7 +161,7 @@ class ChecksumWriter:
             data = np.ascontiguousarray(data)
         mv = (data.data if isinstance(data, np.ndarray) else memoryview(data)).cast("B")
         try:
-            self._f.write(mv)
+            write_all(self._f.fileno(), mv)
         except OSError as exc:
             raise os_error(exc, f"writing {self.partial}") from exc
         self.size += len(mv)

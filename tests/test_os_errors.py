@@ -118,3 +118,35 @@ def test_os_error_names_what_ran_out() -> None:
     err = errors.os_error(OSError(errno.ENOSPC, "No space left on device", "/s/tables/x"), "writing /s/tables/x")
     assert isinstance(err, errors.DiskFullError) and isinstance(err, OSError)
     assert str(err).startswith("disk full while writing /s/tables/x")
+
+
+def test_a_short_write_is_continued_and_a_write_of_nothing_is_disk_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk filling up makes write() stop short: the rest is written, or (nothing written) the
+    file is refused as disk full and never published at its claimed size."""
+    from featdb import io as fio
+
+    real_write = os.write
+    data = bytes(range(256)) * 1200
+    monkeypatch.setattr(fio.os, "write", lambda fd, mv: real_write(fd, bytes(mv)[:1000]))
+    size, _ = fio.write_atomic(tmp_path / "short.bin", data)
+    assert size == len(data) and (tmp_path / "short.bin").read_bytes() == data
+    calls = iter(range(1_000_000))
+    monkeypatch.setattr(fio.os, "write", lambda fd, mv: real_write(fd, bytes(mv)[:1000]) if next(calls) < 3 else 0)
+    with pytest.raises(errors.DiskFullError):
+        fio.write_atomic(tmp_path / "full.bin", data)
+    assert not (tmp_path / "full.bin").exists() and not list(tmp_path.glob("full.bin*"))
+
+
+def test_a_short_positioned_write_of_an_extent_is_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from featdb import io as fio
+
+    real = os.pwrite
+    monkeypatch.setattr(fio.os, "pwrite", lambda fd, mv, off: real(fd, bytes(mv)[:100], off))
+    fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT)
+    try:
+        fio.write_all(fd, b"a" * 1000, 4096)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "x").read_bytes()[4096:] == b"a" * 1000

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..io import PAGE, aligned_buffer, round_up
+from ..io import PAGE, aligned_buffer, round_up, write_all
 from ..pagesums import DEFAULT as EXTENT_CHECKSUM
 from ..pagesums import PageCrcs, crc_function
 from ..tables import TableReader
@@ -68,7 +68,7 @@ class ExtentWriter:
         mv = gathered.data.cast("B")
         for i, j in itertools.pairwise(bounds):
             piece = mv[i * rb : j * rb]
-            os.pwrite(self.fd, piece, int(d[i]))
+            write_all(self.fd, piece, int(d[i]))
             self.crc[int(e[i])] = EXTENT_CRC(piece, self.crc[int(e[i])])
 
     def drain(self) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, SchemaMismatchError
-from ..io import PAGE, ChecksumWriter, round_up, write_atomic
+from ..io import PAGE, ChecksumWriter, round_up, write_all, write_atomic
 from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
 from ..pagesums import DEFAULT as EXTENT_CHECKSUM
 from ..pagesums import PageCrcs
@@ -438,7 +438,7 @@ def _write_l3(
     for ids, si, off in zip(g.l3_ids, g.l3_seg, g.l3_off, strict=True):
         raw = l3buf[pos : pos + len(ids)].tobytes()
         raw += bytes(round_up(len(raw)) - len(raw))
-        os.pwrite(fd, raw, off)
+        write_all(fd, raw, off)
         segs[si, 4] = EXTENT_CRC(raw, 0)
         crcs = PageCrcs(EXTENT_CHECKSUM)
         crcs.update(memoryview(raw))
