@@ -130,6 +130,17 @@ class RowFormat:
             scales[1, short] = np.nextafter(scales[1, short], np.float32(np.inf))
         return RowFormat(name, dtype, dim, scales)
 
+    def serves_stored(self, out_dtype: str | None) -> bool:
+        """Whether a reader asked for rows as ``out_dtype`` serves them as stored (True) or decoded to
+        the table's dtype (False): None, ``"table"`` or the table's dtype decode; ``"stored"`` or the
+        format's name do not (bfloat16 rows then come as their uint16 bit patterns, int8 rows as the
+        codes :meth:`decode` or :meth:`decode_torch` turn back into values)."""
+        if out_dtype in (None, "table", self.dtype.name):
+            return False
+        if out_dtype in ("stored", self.name):
+            return not self.identity
+        raise ConfigError(f"out_dtype {out_dtype!r}: 'table' ({self.dtype.name}) or 'stored' ({self.name})")
+
     @property
     def needs_stats(self) -> bool:
         return self.name in ("float16", "int8") and not self.identity

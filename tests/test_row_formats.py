@@ -165,6 +165,28 @@ def test_every_format_serves_rows_within_its_bound(
     assert stats["tiers"]["base"]["stored_bytes"] == stats["tiers"]["base"]["rows"] * 64
 
 
+@pytest.mark.parametrize("fmt", ["float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("cap", [None, 0.0])
+def test_out_dtype_stored_serves_the_stored_rows_which_decode_to_the_served_ones(
+    small: Path, fmt: str, cap: float | None
+) -> None:
+    with featdb.open(small, mode="a") as st:
+        _pack(st, fmt, max_blowup=cap)
+        with LayoutReader(st, device="cpu") as r, LayoutReader(st, device="cpu", out_dtype="stored") as raw:
+            assert raw.serve_stored and not r.serve_stored
+            for b in range(r.num_batches):
+                with r.read_batch(b) as want, raw.read_batch(b) as got:
+                    assert got.rows.dtype == raw.fmt.stored and got.rows.shape == want.rows.shape
+                    decoded = np.empty_like(want.rows)
+                    raw.fmt.decode(got.rows.view(np.uint8).reshape(len(got.rows), -1), decoded)
+                    # rows served from the base table come exact by default and encoded when stored
+                    np.testing.assert_array_equal(decoded, roundtrip(raw.fmt, want.rows))
+                    np.testing.assert_array_equal(got.order, want.order)
+            assert (r.stats.as_dict()["tiers"]["base"]["rows"] > 0) == (cap == 0.0)
+        with pytest.raises(ConfigError, match="out_dtype"):
+            LayoutReader(st, out_dtype="int4")
+
+
 def test_the_cap_counts_bytes_so_a_narrower_format_stores_more_rows(small: Path) -> None:
     with featdb.open(small, mode="a") as st:
         wide = _pack(st, None, max_blowup=1.0)

@@ -23,13 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, CorruptDataError
-from ..io import (
-    PAGE,
-    PageFile,
-    aligned_buffer,
-    round_up,
-    start_pieces,
-)
+from ..io import PAGE, PageFile, aligned_buffer, round_up, start_pieces
 from ..layout import generation
 from ..layout.generation import Pin
 from ..memory import MemoryBudget
@@ -55,7 +49,10 @@ PAGE_SCRATCH_BYTES = 8 << 20  # per batch in flight: the page buffer of scattere
 
 
 class LayoutReader:
-    """Serves the current generation of a store; pins it while open."""
+    """Serves the current generation of a store; pins it while open.
+
+    Rows come in the table's dtype, decoded from the layout's row format; ``out_dtype="stored"``
+    serves :meth:`read_batch`'s rows as the layout stores them (``reader.fmt`` decodes them)."""
 
     def __init__(
         self,
@@ -74,8 +71,9 @@ class LayoutReader:
         memory_budget: int | MemoryBudget | None = None,
         trace: str | None = None,
         table: str | None = None,
+        out_dtype: str | None = None,
     ) -> None:
-        self.store, self._trace = store, trace
+        self.store, self._trace, self._out_dtype = store, trace, out_dtype
         self.memory = (
             memory_budget
             if isinstance(memory_budget, MemoryBudget)
@@ -131,7 +129,8 @@ class LayoutReader:
         self.dtype, self.dim, self.rb = np.dtype(doc["dtype"]), int(doc["dim"]), int(doc["row_bytes"])
         self.checks = ck = ReadChecks(self.store, self.gen_dir, doc, self.store.verify_reads)
         self.fmt = fmt = layout_format(doc, ck.scales())
-        self.srb = fmt.row_bytes  # a row as the tiers and extents store it (rb: as served)
+        self.srb = fmt.row_bytes  # a row as the tiers and extents store it (rb: as the table has it)
+        self.serve_stored = fmt.serves_stored(self._out_dtype)  # read_batch's rows as stored, not decoded
         self.policy = doc["policy"]
         self.segmented = doc["policy"] in ("full", "pack-only", "blocks")
         self.id_dt = id_dtype(int(doc["num_nodes"]))
@@ -268,16 +267,19 @@ class LayoutReader:
                 dev = self._gather_l1(l1_slots, stage[n4 + n3 + n2 :])
             finally:
                 l4_done()
-            if not self.fmt.identity:  # decoded here, on the batch's thread, not the consumer's
+            if self.serve_stored and not l3_stored:  # L3 rows read from the base table, as stored
+                stage[n4 : n4 + n3] = self.fmt.encode(out[n4 : n4 + n3])
+            elif not self.fmt.identity and not self.serve_stored:  # decoded on the batch's thread
                 for lo, hi in ((0, n_host),) if l3_stored else ((0, n4), (n4 + n3, n_host)):
                     self.fmt.decode(stage[lo:hi], out[lo:hi])
         except BaseException:
             self.pool.release(buf)
             raise
         self.stats.count_batch()
+        rows, dt = (stage, self.fmt.stored) if self.serve_stored else (out, self.dtype)
         return BatchRows(
             b,
-            out.view(self.dtype).reshape(n_host, self.dim),
+            rows.view(dt).reshape(n_host, self.dim),
             order,
             dev,
             Once(self.pool.release, buf),
@@ -404,7 +406,7 @@ class LayoutReader:
 
         t = time.perf_counter()
         rows = self.l1[torch.from_numpy(slots).to(self.device)]
-        if not self.fmt.identity:
+        if not self.fmt.identity and not self.serve_stored:
             rows = self.fmt.decode_torch(rows)
         self.stats.add("l1", len(slots), 0, time.perf_counter() - t)
         return rows
