@@ -109,6 +109,11 @@ def test_bad_arguments(tmp_path: Path) -> None:
         {"dtype": "int32"},
         {"label_noise": -0.1},
         {"nodes": 3, "classes": 5},
+        {"noise": float("nan")},
+        {"noise": float("inf")},
+        {"avg_degree": float("nan")},
+        {"train_frac": float("nan")},
+        {"test_frac": float("inf")},
     ):
         args = {"nodes": 100, "avg_degree": 4, "dim": 4, "classes": 3, **kw}
         with pytest.raises(InvalidInputError):

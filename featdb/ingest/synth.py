@@ -31,6 +31,8 @@ never held whole in memory; features are generated once and streamed.
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,6 +208,11 @@ def _check(
     fracs: tuple[float, float, float],
     label_noise: float,
 ) -> None:
+    numbers = {"avg_degree": avg_degree, "homophily": homophily, "noise": noise, "label_noise": label_noise}
+    numbers.update(zip(("train_frac", "valid_frac", "test_frac"), fracs, strict=True))
+    for name, value in numbers.items():
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{name} must be a finite number, got {value}")
     if nodes < 1 or dim < 1 or classes < 1:
         raise InvalidInputError(f"nodes, dim and classes must be >= 1 (got {nodes}, {dim}, {classes})")
     if classes > nodes:
