@@ -174,5 +174,7 @@ def check_fresh_set(store: Store, doc: dict[str, Any]) -> None:
         raise StaleDataError(
             f"sample set {name!r} is stale: {why}; sample it again: featdb gc {store.root} --sample-set {name} --force "
             f"&& featdb sample {store.root} --name {name} --fanouts {fanouts} --batch-size {doc['batch_size']} "
-            f"--epochs {doc['epochs']}"
+            f"--epochs {doc['epochs']} --seed {doc.get('seed', 0)}"
+            + ("" if doc.get("split", "train") == "train" else f" --split {doc['split']}")
+            + ("" if doc.get("parts", {}).keys() - {doc.get("split", "train")} else " --no-eval")
         )
