@@ -138,7 +138,8 @@ def run(
 def _train(store: Path, sample_set: str, loader: str, epochs: int, budget: int, seed: int = 0) -> list[str]:
     argv = [command_path("featdb-train"), str(store), "--sample-set", sample_set, "--loader", loader]
     argv += ["--seed", str(seed)]
-    argv += ["--epochs", str(epochs), "--json", "-q", "--checkpoint", str(store.parent / f"{store.name}-caps.pt")]
+    ckpt = store.resolve().parent / f"{store.resolve().name}-caps.pt"  # beside the store, also for "."
+    argv += ["--epochs", str(epochs), "--json", "-q", "--checkpoint", str(ckpt)]
     return argv + (["--memory-budget", str(budget)] if budget else [])
 
 

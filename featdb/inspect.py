@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .sampling.sampleset import stale_reason
 from .store import FORMAT_VERSION, Store
 
 
@@ -25,7 +26,8 @@ def info(store: Store) -> dict[str, Any]:
     ]
     graph = store.catalog.get("graph")
     samples = [
-        {k: v for k, v in doc.items() if k not in ("index", "files")} for _, doc in store.catalog.scan("sampleset/")
+        {**{k: v for k, v in doc.items() if k not in ("index", "files")}, "stale": stale_reason(store, doc) or None}
+        for _, doc in store.catalog.scan("sampleset/")
     ]
     traces = [{k: v for k, v in doc.items() if k != "files"} for _, doc in store.catalog.scan("trace/")]
     current = store.catalog.get("layout/current")
@@ -79,6 +81,7 @@ def render(info: dict[str, Any]) -> str:
         lines.append(
             f"  {s['name']:<16} epochs={s['epochs']} batches={s['batches']} "
             f"fanouts={s['fanouts']} batch_size={s['batch_size']} bytes={s['bytes']:,}"
+            + (f"  STALE: {s['stale']}" if s.get("stale") else "")
         )
     lines.append(f"traces: {len(info.get('traces', []))}")
     for t in info.get("traces", []):

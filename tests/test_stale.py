@@ -49,6 +49,9 @@ def test_a_set_sampled_from_a_replaced_graph_is_refused(base: Path, tmp_path: Pa
             SampleSet(st, "tr")
         assert SampleSet(st, "tr", check_fresh=False).num_batches > 0  # still inspectable
         old = st.catalog.get("sampleset/tr")
+        stale = [s["stale"] for s in featdb.info(st)["sample_sets"]]
+        assert stale == ["its graph has been replaced since it was sampled"]
+    assert "STALE: its graph has been replaced" in CliRunner().invoke(cli, ["info", str(store)]).output
     from trainer.cli import main
 
     res = CliRunner().invoke(main, [str(store), "--sample-set", "tr", "--epochs", "1", "-q"])
@@ -66,6 +69,8 @@ def test_a_set_sampled_from_a_replaced_graph_is_refused(base: Path, tmp_path: Pa
         assert SampleSet(st, "tr").num_batches == old["batches"]
     for k in ("fanouts", "batch_size", "epochs", "seed", "split", "parts"):
         assert new[k] == old[k], k
+    with featdb.open(store) as st:
+        assert [s["stale"] for s in featdb.info(st)["sample_sets"]] == [None]
 
 
 def test_a_table_gets_a_new_content_id_when_replaced(base: Path, tmp_path: Path) -> None:

@@ -373,6 +373,17 @@ def test_train_default_checkpoint_path_is_outside_the_store(
     assert sorted(p.name for p in store_dir.iterdir()) == before
 
 
+def test_the_default_checkpoint_is_named_after_the_store_also_when_given_as_dot(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    shutil.copytree(store_dir, tmp_path / "mystore")
+    monkeypatch.chdir(tmp_path / "mystore")
+    s = train(config(Path("."), tmp_path, model="mlp", checkpoint=None, seed=7))
+    assert Path(s["checkpoint"]) == Path("checkpoints") / f"mystore-{SET}-mlp-featdb-s7.pt"
+
+
 def test_a_set_without_evaluation_batches_is_refused_with_the_fix(store_dir: Path, tmp_path: Path) -> None:
     from featdb.errors import ConfigError
     from featdb.sampling import SampleConfig, sample

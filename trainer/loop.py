@@ -200,7 +200,7 @@ def _run(r: _Run) -> dict[str, Any]:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckpt = Path(
         cfg.checkpoint
-        or Path("checkpoints") / f"{store.root.name}-{cfg.sample_set}-{cfg.model}-{cfg.loader}-s{cfg.seed}.pt"
+        or Path("checkpoints") / f"{store.root.resolve().name}-{cfg.sample_set}-{cfg.model}-{cfg.loader}-s{cfg.seed}.pt"
     )
     check_writable(ckpt)
     state: dict[str, Any] = (

@@ -32,7 +32,6 @@ never held whole in memory; features are generated once and streamed.
 from __future__ import annotations
 
 import math
-
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass

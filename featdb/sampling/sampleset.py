@@ -158,17 +158,21 @@ class SampleSet:
         self.close()
 
 
-def check_fresh_set(store: Store, doc: dict[str, Any]) -> None:
-    """:class:`StaleDataError` if the sample set ``doc`` was sampled from a graph other than the stored one
-    (compared by content id; by node count for sets and graphs written before content ids)."""
+def stale_reason(store: Store, doc: dict[str, Any]) -> str:
+    """Why the sample set ``doc`` is stale ("" when it is not): sampled from a graph other than the stored
+    one (compared by content id; by node count for sets and graphs written before content ids)."""
     graph = store.catalog.get("graph")
-    name = doc["name"]
     if graph is None:
-        why = "the store no longer holds a graph"
-    elif doc.get("graph_uid") and graph.get("uid"):
-        why = "" if doc["graph_uid"] == graph["uid"] else "its graph has been replaced since it was sampled"
-    else:
-        why = "" if int(doc["num_nodes"]) == int(graph["num_nodes"]) else "the graph now has a different node count"
+        return "the store no longer holds a graph"
+    if doc.get("graph_uid") and graph.get("uid"):
+        return "" if doc["graph_uid"] == graph["uid"] else "its graph has been replaced since it was sampled"
+    return "" if int(doc["num_nodes"]) == int(graph["num_nodes"]) else "the graph now has a different node count"
+
+
+def check_fresh_set(store: Store, doc: dict[str, Any]) -> None:
+    """:class:`StaleDataError`, with the commands that rebuild it, if the sample set ``doc`` is stale."""
+    name = doc["name"]
+    why = stale_reason(store, doc)
     if why:
         fanouts = ",".join(map(str, doc["fanouts"]))
         raise StaleDataError(

@@ -48,6 +48,8 @@ class ServeStats:
             out: dict[str, Any] = {
                 "batches": self.batches,
                 "row_format": self.row_format,
+                "row_bytes": self.row_bytes,  # a row as served
+                "stored_row_bytes": self.stored_row_bytes or self.row_bytes,  # as the tiers and extents hold it
                 "rows": total,
                 "disk_bytes": disk_bytes,
                 "read_amplification": _ratio(disk_bytes, disk_stored),
