@@ -204,6 +204,21 @@ class RowFormat:
         else:
             dst[...] = src
 
+    def decode_forward(self, raw: NDArray[Any], out: NDArray[Any], chunk_bytes: int = 1 << 20) -> None:
+        """:meth:`decode` for ``raw`` lying in the tail of the buffer ``out`` fills from its head (row j
+        of ``raw`` starts no earlier than row j of ``out`` ends): a chunk of rows at a time, front to back,
+        through a small temporary, so every stored row is read before its bytes are overwritten."""
+        if self.identity or not len(raw):
+            self.decode(raw, out)
+            return
+        dst = out.view(self.dtype).reshape(len(raw), self.dim)
+        step = max(1, chunk_bytes // (self.dim * self.dtype.itemsize))
+        tmp = np.empty((min(step, len(raw)), self.dim), dtype=self.dtype)
+        for lo in range(0, len(raw), step):
+            hi = min(len(raw), lo + step)
+            self.decode(raw[lo:hi], tmp[: hi - lo])
+            dst[lo:hi] = tmp[: hi - lo]
+
     def decode_torch(self, t: Any) -> Any:
         """Stored rows as a torch tensor (n, ``row_bytes``, uint8; any device) -> rows of the table's dtype."""
         import torch

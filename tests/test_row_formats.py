@@ -83,6 +83,32 @@ def test_int8_roundtrip_within_half_a_step_per_column(x: np.ndarray) -> None:
     assert within_bound("int8", x, got, fmt.scales[1].astype(np.float64)).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["float16", "bfloat16", "int8"]),
+    st.integers(1, 3000),
+    st.integers(1, 40),
+    st.integers(0, 2),
+    st.sampled_from([64, 4096, 1 << 20]),
+)
+def test_decode_forward_decodes_rows_stored_in_the_tail_of_the_buffer_they_are_decoded_into(
+    name: str, n: int, dim: int, slack: int, chunk: int
+) -> None:
+    """A batch's stored rows sit in the tail of its buffer and are decoded over it, front to back."""
+    x = np.random.default_rng(n * 41 + dim).normal(size=(n, dim)).astype(np.float32)
+    fmt = RowFormat.choose(name, np.float32, dim, ColumnStats.of([x], dim))
+    raw = fmt.encode(x.view(np.uint8).reshape(n, -1))
+    want = np.empty_like(x)
+    fmt.decode(raw, want)
+    rb = 4 * dim
+    at = n * (rb - fmt.row_bytes) + slack  # as close behind as the reader places them, or a little more
+    buf = np.zeros(at + n * fmt.row_bytes, dtype=np.uint8)
+    buf[at:] = raw.reshape(-1)
+    stage = buf[at:].reshape(n, fmt.row_bytes)
+    fmt.decode_forward(stage, buf[: n * rb].reshape(n, rb), chunk_bytes=chunk)
+    np.testing.assert_array_equal(buf[: n * rb].view(np.float32).reshape(n, dim), want)
+
+
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
 def test_float_formats_keep_nan_and_infinities(name: str) -> None:
     x = np.array([[np.nan, np.inf, -np.inf, -0.0, 1.5]], dtype=np.float32)
@@ -129,11 +155,13 @@ def _pack(st: Store, fmt: str | None, **kw: object) -> dict:
     return pack(st, "tr", FEAT, budgets, memory_budget=64 << 20, row_format=fmt)
 
 
-def _served(st: Store) -> tuple[float, dict, int]:
-    """The largest error of every batch's served rows against the base table, the stats and the batches."""
+def _served(st: Store, tight: bool | None = None) -> tuple[float, dict, int]:
+    """The largest error of every batch's served rows against the base table, the stats and the batches
+    (``tight``: whether the reader should decode in place, over the rows' own buffer)."""
     want = base_rows(st)
     err = 0.0
     with LayoutReader(st, device="cpu") as r, SampleSet(st, "tr") as ss:
+        assert tight is None or r._tight == tight
         r.attach(ss)
         for b in range(r.num_batches):
             with r.read_batch(b) as br:
@@ -157,7 +185,7 @@ def test_every_format_serves_rows_within_its_bound(
         doc = _pack(st, fmt, max_blowup=cap)
         assert doc["row_format"] == (fmt or "float32") and doc["stored_row_bytes"] == stored
         assert verify(st) == []
-        err, stats, _ = _served(st)
+        err, stats, _ = _served(st, tight=fmt in ("float16", "bfloat16", "int8") and cap != 0.0)
     assert err <= bound
     for tier in ("l1", "l2", "l3", "l4"):
         t = stats["tiers"][tier]
@@ -185,6 +213,19 @@ def test_out_dtype_stored_serves_the_stored_rows_which_decode_to_the_served_ones
             assert (r.stats.as_dict()["tiers"]["base"]["rows"] > 0) == (cap == 0.0)
         with pytest.raises(ConfigError, match="out_dtype"):
             LayoutReader(st, out_dtype="int4")
+
+
+def test_a_narrower_format_is_decoded_in_its_rows_own_buffer(small: Path) -> None:
+    """Batch buffers are as large as float32's (stored rows are read into their tail and decoded over it),
+    so a narrower format leaves the segment cache all the memory float32 would."""
+    sizes = {}
+    with featdb.open(small, mode="a") as st:
+        for fmt in ("float32", "float16", "int8"):
+            _pack(st, fmt, max_blowup=1.0)
+            with LayoutReader(st, device="cpu") as r:
+                sizes[fmt] = r.pool.nbytes
+                assert r._tight == (fmt != "float32")
+    assert sizes["float16"] == sizes["int8"] == sizes["float32"]
 
 
 def test_the_cap_counts_bytes_so_a_narrower_format_stores_more_rows(small: Path) -> None:

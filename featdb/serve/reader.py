@@ -142,9 +142,12 @@ class LayoutReader:
         nmax = int(self.batches[:, :4].sum(axis=1).max(initial=0))
         largest = largest_segment(self.segs, self.srb, self.rb) if self.segmented else 0
         want = int(doc.get("segment_cache", 512 << 20)) if segment_cache_bytes is None else segment_cache_bytes
-        # a batch's buffer: its rows as served, then (a narrower row format) as read, decoded from there
-        self._stage_at = 0 if fmt.identity else round_up(nmax * self.rb)
-        buffer_bytes = self._stage_at + round_up(nmax * self.srb) + PAGE
+        # a batch's buffer holds its rows as served; a narrower row format is read into the buffer's tail
+        # and decoded forward over it, or (rows also come from the base table) into a region of its own
+        from_base = (self.segs[:, 6] > 0) & (self.segs[:, 7] < 0) if self.segmented else self.batches[:, 1] > 0
+        self._tight = not fmt.identity and not bool(from_base.any())
+        self._stage_at = 0 if fmt.identity or self._tight else round_up(nmax * self.rb)
+        buffer_bytes = self._stage_at + round_up(nmax * (self.rb if self._tight else self.srb)) + 2 * PAGE
         queue_depth = self._charge(device, cache_bytes, buffer_bytes, queue_depth, min(want, 2 * largest))
         self.cache = RowCache(cache_bytes, cache_policy, self.rb) if cache_bytes else None
         self.host = ck.rows("host.tbl", self.dim, fmt.stored)
@@ -258,9 +261,10 @@ class LayoutReader:
         try:
             n_host = n4 + n3 + n2 + (0 if self.device != "cpu" else n1)
             out = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.rb).reshape(n_host, self.rb)
-            stage = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.srb, offset=self._stage_at)
+            at = round_up(n_host * (self.rb - self.srb)) if self._tight else self._stage_at
+            stage = np.frombuffer(buf, dtype=np.uint8, count=n_host * self.srb, offset=at)
             stage = stage.reshape(n_host, self.srb)  # ``out`` itself when rows are stored as served
-            l4_done = self._start_l4(memoryview(buf)[self._stage_at :], n4, l4_off, l4_crc)
+            l4_done = self._start_l4(memoryview(buf)[at:], n4, l4_off, l4_crc)
             try:  # the memory tiers are gathered while the device reads the batch extent
                 l3_stored = self._read_l3(out[n4 : n4 + n3], stage[n4 : n4 + n3], l3_rows, seg)
                 self._gather("l2", self.host, l2_slots, stage[n4 + n3 : n4 + n3 + n2])
@@ -269,7 +273,9 @@ class LayoutReader:
                 l4_done()
             if self.serve_stored and not l3_stored:  # L3 rows read from the base table, as stored
                 stage[n4 : n4 + n3] = self.fmt.encode(out[n4 : n4 + n3])
-            elif not self.fmt.identity and not self.serve_stored:  # decoded on the batch's thread
+            elif self._tight and not self.serve_stored:  # decoded on the batch's thread
+                self.fmt.decode_forward(stage, out)
+            elif not self.fmt.identity and not self.serve_stored:
                 for lo, hi in ((0, n_host),) if l3_stored else ((0, n4), (n4 + n3, n_host)):
                     self.fmt.decode(stage[lo:hi], out[lo:hi])
         except BaseException:
@@ -328,14 +334,10 @@ class LayoutReader:
         return read_map(self._map_file.pread, off, (n4, n3, n2, n1), self.id_dt)
 
     def _start_l4(self, buf: memoryview, n4: int, off: int, crc: int) -> Callable[[], None]:
-        """Start reading the batch extent straight into the head of ``buf``: one sequential
-        read, split into a few large pieces read in parallel so the device sees more than one
-        request. Returns the function that waits for it (it must be called, error or not).
-
-        Direct reads fill whole pages, so the extent's last partial page goes to a page of
-        its own and is copied in when done: the rows gathered meanwhile right after the
-        extent are never overwritten. The extent (page-padded) is checked against ``crc``.
-        """
+        """Start reading the batch extent into the head of ``buf`` (one sequential read, in large pieces
+        read in parallel); returns the function that waits for it (call it, error or not). Its last partial
+        page goes to a page of its own, copied in when done (direct reads fill whole pages: the rows gathered
+        meanwhile after the extent are never overwritten). The extent is checked against ``crc``."""
         if not n4:
             return lambda: None
         t = time.perf_counter()
@@ -361,8 +363,7 @@ class LayoutReader:
         return done
 
     def _read_l3(self, out: NDArray[Any], stage: NDArray[Any], rows: NDArray[Any], seg: int) -> bool:
-        """The batch's L3 rows: into ``out`` when read from the base table, else into ``stage`` as
-        stored (returns True: they need decoding)."""
+        """The batch's L3 rows: into ``out`` from the base table, else into ``stage`` as stored (True)."""
         if not len(rows):
             return not self.fmt.identity
         if not self.segmented:
