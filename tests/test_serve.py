@@ -655,6 +655,48 @@ def test_segment_cache_reads_ahead_without_evicting_the_segment_being_served() -
     assert d["bytes"] <= 250
 
 
+def test_a_read_ahead_larger_than_planned_never_pushes_out_the_segment_being_served() -> None:
+    """With room for exactly two segments, a segment read ahead whose buffer came out larger than
+    planned evicted the one being served on insertion; that one was read again for its next batch, and
+    the next read ahead evicted it again (the 2 M-node float16 layout read each of them ~10 times)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featdb.serve.segments import Held, SegmentCache
+
+    loads: list[int] = []
+
+    def load(seg: int, alloc: Any) -> Held:
+        loads.append(seg)
+        return Held(alloc(4096 if seg != 2 else 2 * 4096), 1, 4096)  # 2 needs more than it said
+
+    cache = SegmentCache(2 * 4096)
+    with ThreadPoolExecutor(1) as pool:
+        with cache.use(1, 4096, load):
+            pass
+        for _ in range(3):  # each batch of 1 tries to read 2 ahead
+            with cache.use(1, 4096, load) as one:
+                assert one is not None
+            cache.prefetch(2, 4096, load, pool, keep=1)
+            pool.submit(lambda: None).result()  # the read ahead is done
+        with cache.use(2, 4096, load) as two:
+            assert two is not None
+    assert loads == [1, 2, 2]  # 1 read once; 2 read ahead once (not kept), then when asked for
+
+
+def test_a_freed_buffer_is_reused_only_when_it_leaves_room_for_the_next_segment() -> None:
+    from featdb.serve.segments import Held, SegmentCache
+
+    def load(seg: int, alloc: Any) -> Held:
+        return Held(alloc(4096 * (5 if seg == 1 else 4)), 1, 4096)
+
+    cache = SegmentCache(8 * 4096)
+    with cache.use(1, 5 * 4096, load):  # a larger segment, then gone: its buffer is free
+        pass
+    with cache.use(2, 4 * 4096, load) as two:  # would fit in 1's buffer, which is more than half the cache
+        assert two is not None and two.nbytes == 4 * 4096
+    assert cache.as_dict()["buffers_reused"] == 0
+
+
 @pytest.mark.parametrize("rb", [512, 96, 4])
 @pytest.mark.parametrize("dense", [True, False])
 def test_segment_gather_copies_back_to_back_rows_as_blocks_and_the_same_bytes(rb: int, dense: bool) -> None:

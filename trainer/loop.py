@@ -421,6 +421,7 @@ def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Loader, ckpt: Path
         "row_format": serve.get("row_format"),
         "tier_hit_rates": {k: v["hit_rate"] for k, v in serve.get("tiers", {}).items()},
         "read_amplification": _packed_amplification(serve),
+        "segment_cache": serve.get("caches", {}).get("segments"),
         "checkpoint": str(ckpt),
         "allocator": retain_large_allocations(trim_threshold(cfg.memory_budget)),
         "peak_rss_bytes": peak_rss(),

@@ -129,6 +129,7 @@ class SegmentCache:
         self._free: list[mmap.mmap] = []
         self._loading_bytes = 0  # buffers being filled: neither held nor free, but memory all the same
         self._wanted: collections.Counter[int] = collections.Counter()  # batches asked for, not yet served
+        self._declined: dict[int, int] = {}  # segments read ahead that did not fit beside the one served
         self.hits = self.misses = self.too_large = self.prefetched = self.waited = self.reused = 0
 
     @contextlib.contextmanager
@@ -172,12 +173,15 @@ class SegmentCache:
                     return held
 
     def prefetch(self, seg: int, nbytes: int, load: Load, pool: Executor, keep: int) -> bool:
-        """Start reading ``seg`` on ``pool`` if it fits beside ``keep`` (the segment being served)."""
+        """Start reading ``seg`` on ``pool`` if it fits beside ``keep`` (the segment being served), the
+        segments batches still want, and the loads under way."""
         with self._lock:
-            if seg in self._held or seg in self._loading or nbytes > self.capacity:
+            if seg in self._held or seg in self._loading or nbytes > self.capacity or self._declined.get(seg) == keep:
                 return False
-            beside = self._held.get(keep)
-            if nbytes + (0 if beside is None else beside.nbytes) > self.capacity:
+            # beside the segment being served and every one a batch still asks for or gathers from: a read
+            # ahead that evicted one of those would have it read again (asked again once they are done)
+            busy = sum(h.nbytes for k, h in self._held.items() if k == keep or k in self._wanted or h.users)
+            if nbytes + busy + self._loading_bytes > self.capacity:
                 return False
             fut: Future[Held] = Future()
             fut.set_running_or_notify_cancel()
@@ -192,7 +196,7 @@ class SegmentCache:
                 self._make_room(nbytes, keep)
                 self._loading_bytes += nbytes
             try:
-                extent = load(seg, self._buffer)
+                extent = load(seg, lambda n: self._buffer(n, nbytes))
             finally:
                 with self._lock:
                     self._loading_bytes -= nbytes
@@ -203,7 +207,12 @@ class SegmentCache:
             return
         with self._lock:
             self._make_room(extent.nbytes, keep, loaded=True)  # it may be a little larger than asked
-            self._held[seg] = extent
+            if keep in self._held and self._held.currsize + extent.nbytes > self.capacity:
+                # read ahead, it does not fit beside the segment being served: that one stays (else it would
+                # be read again for its next batch, and this one again after it); not read ahead again
+                self._declined[seg] = keep
+            else:
+                self._held[seg] = extent
             self._loading.pop(seg, None)
         fut.set_result(extent)
 
@@ -240,10 +249,16 @@ class SegmentCache:
         size = int(buffer_size(nbytes))
         return [b for b in self._free if size <= len(b) <= size * 1.25]
 
-    def _buffer(self, nbytes: int) -> Any:
-        """A page-aligned buffer for ``nbytes`` (see :func:`buffer_size`): a freed one if one fits."""
+    def _buffer(self, nbytes: int, reserved: int) -> Any:
+        """A page-aligned buffer for ``nbytes`` (see :func:`buffer_size`) for a load that made room for
+        ``reserved``: a freed one if one fits it and what is held beside it (one a little larger would
+        push out a segment being served when the load is added), and no larger than half the cache
+        when the segment needs no more (so that the next one still fits beside it)."""
+        extra = max(0, reserved - nbytes)  # what the segment holds beside its buffer (row positions)
         with self._lock:
-            fits = self._reusable(nbytes)
+            room = self.capacity - self._held.currsize - self._loading_bytes + reserved
+            most = min(room, max(self.capacity // 2, reserved)) - extra
+            fits = [b for b in self._reusable(nbytes) if len(b) <= most]
             if fits:
                 buf = min(fits, key=len)
                 self._free.remove(buf)
