@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,22 @@ def test_decode_forward_decodes_rows_stored_in_the_tail_of_the_buffer_they_are_d
     stage = buf[at:].reshape(n, fmt.row_bytes)
     fmt.decode_forward(stage, buf[: n * rb].reshape(n, rb), chunk_bytes=chunk)
     np.testing.assert_array_equal(buf[: n * rb].view(np.float32).reshape(n, dim), want)
+
+
+def test_float16_decodes_alike_with_and_without_torch_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float16 rows decode through torch when the process has loaded it (faster), else numpy: same values."""
+    pytest.importorskip("torch")
+    x = np.random.default_rng(3).normal(scale=1e3, size=(500, 24)).astype(np.float32)
+    x[0, :6] = [np.nan, np.inf, -np.inf, 1e-7, -0.0, 65504]
+    fmt = RowFormat.choose("float16", np.float32, 24)
+    raw = fmt.encode(x.view(np.uint8).reshape(len(x), -1))
+    with_torch = np.empty_like(x)
+    fmt.decode(raw, with_torch)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    without = np.empty_like(x)
+    fmt.decode(raw, without)
+    np.testing.assert_array_equal(with_torch, without)
+    assert np.isnan(without[0, 0]) and np.signbit(without[0, 4])
 
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
