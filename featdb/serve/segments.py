@@ -207,7 +207,7 @@ class SegmentCache:
             return
         with self._lock:
             self._make_room(extent.nbytes, keep, loaded=True)  # it may be a little larger than asked
-            if keep in self._held and self._held.currsize + extent.nbytes > self.capacity:
+            if keep is not None and keep in self._held and self._held.currsize + extent.nbytes > self.capacity:
                 # read ahead, it does not fit beside the segment being served: that one stays (else it would
                 # be read again for its next batch, and this one again after it); not read ahead again
                 self._declined[seg] = keep
