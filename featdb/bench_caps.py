@@ -82,6 +82,7 @@ def run(
     seeds: Sequence[int] = (0,),
 ) -> dict[str, Any]:
     cap = MemoryCap(memory_cap, "featdb-bench-caps")
+    capped, why_uncapped = cap.capped, cap.why_uncapped  # as run (closing the group forgets it)
     runs: list[dict[str, Any]] = []
     try:
         for fmt in formats:
@@ -128,8 +129,9 @@ def run(
         "epochs": epochs,
         "seeds": list(seeds),
         "memory_budget": memory_budget,
-        "capped": cap.capped,
-        "cap_bytes": cap.limit if cap.capped else None,
+        "capped": capped,
+        "cap_bytes": cap.limit if capped else None,
+        "why_uncapped": why_uncapped,
         "runs": runs,
         "in_memory": base,
     }
