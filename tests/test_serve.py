@@ -683,18 +683,24 @@ def test_a_read_ahead_larger_than_planned_never_pushes_out_the_segment_being_ser
     assert loads == [1, 2, 2]  # 1 read once; 2 read ahead once (not kept), then when asked for
 
 
-def test_a_freed_buffer_is_reused_only_when_it_leaves_room_for_the_next_segment() -> None:
+def test_a_freed_buffer_is_reused_at_the_size_the_next_segment_needs() -> None:
+    """A freed buffer a little larger than the next segment is shrunk to its size when reused, so the
+    cache counts (and holds) exactly what the segment needs and the one after still fits beside it."""
     from featdb.serve.segments import Held, SegmentCache
 
     def load(seg: int, alloc: Any) -> Held:
-        return Held(alloc(4096 * (5 if seg == 1 else 4)), 1, 4096)
+        buf = alloc(4096 * (5 if seg == 1 else 4))
+        np.frombuffer(buf, dtype=np.uint8)[:] = seg
+        return Held(buf, 1, 4096)
 
     cache = SegmentCache(8 * 4096)
-    with cache.use(1, 5 * 4096, load):  # a larger segment, then gone: its buffer is free
+    with cache.use(1, 5 * 4096, load):  # a larger segment; 2 does not fit beside it: 1 leaves, buffer freed
         pass
-    with cache.use(2, 4 * 4096, load) as two:  # would fit in 1's buffer, which is more than half the cache
-        assert two is not None and two.nbytes == 4 * 4096
-    assert cache.as_dict()["buffers_reused"] == 0
+    with cache.use(2, 4 * 4096, load) as two:
+        assert two is not None and two.nbytes == len(two.buf) == 4 * 4096 and (two.buf[:] == b"\x02" * 4 * 4096)
+    assert cache.as_dict()["buffers_reused"] == 1 and cache.as_dict()["evictions"] == 1
+    with cache.use(3, 4 * 4096, load) as three:  # beside 2: exactly the capacity, nothing else leaves
+        assert three is not None and cache.as_dict()["evictions"] == 1
 
 
 @pytest.mark.parametrize("rb", [512, 96, 4])

@@ -196,7 +196,7 @@ class SegmentCache:
                 self._make_room(nbytes, keep)
                 self._loading_bytes += nbytes
             try:
-                extent = load(seg, lambda n: self._buffer(n, nbytes))
+                extent = load(seg, self._buffer)
             finally:
                 with self._lock:
                     self._loading_bytes -= nbytes
@@ -249,23 +249,29 @@ class SegmentCache:
         size = int(buffer_size(nbytes))
         return [b for b in self._free if size <= len(b) <= size * 1.25]
 
-    def _buffer(self, nbytes: int, reserved: int) -> Any:
-        """A page-aligned buffer for ``nbytes`` (see :func:`buffer_size`) for a load that made room for
-        ``reserved``: a freed one if one fits it and what is held beside it (one a little larger would
-        push out a segment being served when the load is added), and no larger than half the cache
-        when the segment needs no more (so that the next one still fits beside it)."""
-        extra = max(0, reserved - nbytes)  # what the segment holds beside its buffer (row positions)
+    def _buffer(self, nbytes: int) -> Any:
+        """A page-aligned buffer of exactly ``buffer_size(nbytes)``: a freed one, shrunk to that size
+        (its tail's pages go back to the system), if one is large enough, else a new one. Exact sizes
+        keep two segments that fit the cache on paper fitting it in fact (a freed buffer a little larger
+        than the segment, kept whole, pushed the segment being served out when a read ahead came in)."""
+        size = int(buffer_size(nbytes))
         with self._lock:
-            room = self.capacity - self._held.currsize - self._loading_bytes + reserved
-            most = min(room, max(self.capacity // 2, reserved)) - extra
-            fits = [b for b in self._reusable(nbytes) if len(b) <= most]
-            if fits:
-                buf = min(fits, key=len)
+            fits = self._reusable(nbytes)
+            buf = min(fits, key=len) if fits else None
+            if buf is not None:
                 self._free.remove(buf)
-                self.reused += 1
+            else:
+                self._free.clear()  # none fits: let them go rather than hold them beside a new one
+        if buf is not None:
+            try:
+                if len(buf) != size:
+                    buf.resize(size)  # mremap: shrinking keeps the address (page-aligned) and the rest's pages
+                with self._lock:
+                    self.reused += 1
                 return buf
-            self._free.clear()  # none fits: let them go rather than hold them beside a new one
-        return aligned_buffer(int(buffer_size(nbytes)))
+            except (BufferError, OSError, ValueError, SystemError):  # a view still holds it: a new one
+                pass
+        return aligned_buffer(size)
 
     def _retire(self, held: Held) -> None:
         """Called under the lock when a segment leaves or a batch is done with one: once both, its
