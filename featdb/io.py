@@ -119,14 +119,15 @@ def dir_unlocked(d: Path) -> bool:
         return bool(free)
 
 
-def write_all(fd: int, data: Any, offset: int | None = None) -> None:
+def write_all(fd: int, data: Any, offset: int | None = None, name: str = "a layout file") -> None:
     """Write every byte of ``data`` to ``fd`` (at ``offset``, or at the file position): a write that
-    stops short (the disk filling up) is continued, and one that writes nothing raises ENOSPC."""
+    stops short (the disk filling up) is continued, and one that writes nothing is a
+    :class:`DiskFullError` naming ``name``."""
     mv = memoryview(data).cast("B")
     while len(mv):
         n = os.write(fd, mv) if offset is None else os.pwrite(fd, mv, offset)
         if n <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise DiskFullError(f"disk full while writing {name}: {len(mv):,} bytes would not go; free some space")
         mv = mv[n:]
         if offset is not None:
             offset += n
@@ -161,7 +162,7 @@ class ChecksumWriter:
             data = np.ascontiguousarray(data)
         mv = (data.data if isinstance(data, np.ndarray) else memoryview(data)).cast("B")
         try:
-            write_all(self._f.fileno(), mv)
+            write_all(self._f.fileno(), mv, name=str(self.partial))
         except OSError as exc:
             raise os_error(exc, f"writing {self.partial}") from exc
         self.size += len(mv)

@@ -95,7 +95,6 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
             "tables",
             "store",
             "memory",
-            "inspect",
             "progress",
             "names",
             "locks",
@@ -115,7 +114,9 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
     "traces": 3,
     "layout": 4,
     "serve": 5,
-    **dict.fromkeys(("bench", "bench_train", "bench_caps", "bench_plots", "cgroup", "cli", "distributed"), 6),
+    **dict.fromkeys(
+        ("bench", "bench_train", "bench_caps", "bench_plots", "cgroup", "cli", "distributed", "inspect"), 6
+    ),  # inspect describes every stage's data (a stale sample set included)
     "adapters": 7,  # other libraries' faces over the whole of featdb
 }
 

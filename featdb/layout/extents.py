@@ -46,8 +46,8 @@ class ExtentWriter:
     At most two slices are in flight.
     """
 
-    def __init__(self, fd: int, crc: dict[int, int], slice_rows: int, rb: int) -> None:
-        self.fd, self.crc, self.slice_rows, self.rb = fd, crc, slice_rows, rb
+    def __init__(self, fd: int, crc: dict[int, int], slice_rows: int, rb: int, name: str = "l4.dat") -> None:
+        self.fd, self.crc, self.slice_rows, self.rb, self.name = fd, crc, slice_rows, rb, name
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featdb-pack-write")
         self._inflight: list[Future[None]] = []
 
@@ -68,7 +68,7 @@ class ExtentWriter:
         mv = gathered.data.cast("B")
         for i, j in itertools.pairwise(bounds):
             piece = mv[i * rb : j * rb]
-            write_all(self.fd, piece, int(d[i]))
+            write_all(self.fd, piece, int(d[i]), name=self.name)
             self.crc[int(e[i])] = EXTENT_CRC(piece, self.crc[int(e[i])])
 
     def drain(self) -> None:

@@ -378,7 +378,10 @@ def _base_pass(
     # (a chunk in a narrower row format is converted piece by piece into a sixth more)
     chunk_rows = max(1, (memory_budget // (5 if fmt.identity else 6)) // reader.schema.row_bytes)
     slice_rows = max(1, (memory_budget // 20) // rb)
-    with ExtentWriter(fd4, crc, slice_rows, rb) as writer, ExtentWriter(fdc, unused, slice_rows, rb) as cwriter:
+    with (
+        ExtentWriter(fd4, crc, slice_rows, rb) as writer,
+        ExtentWriter(fdc, unused, slice_rows, rb, "copies.dat") as cwriter,
+    ):
         for lo, hi, raw in base_chunks(reader, chunk_rows):
             chunk = fmt.encode_pieces(raw)
             a, b = np.searchsorted(src, [lo, hi])
@@ -438,7 +441,7 @@ def _write_l3(
     for ids, si, off in zip(g.l3_ids, g.l3_seg, g.l3_off, strict=True):
         raw = l3buf[pos : pos + len(ids)].tobytes()
         raw += bytes(round_up(len(raw)) - len(raw))
-        write_all(fd, raw, off)
+        write_all(fd, raw, off, name="l3.dat")
         segs[si, 4] = EXTENT_CRC(raw, 0)
         crcs = PageCrcs(EXTENT_CHECKSUM)
         crcs.update(memoryview(raw))
