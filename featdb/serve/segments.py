@@ -264,8 +264,9 @@ class SegmentCache:
                 self._free.clear()  # none fits: let them go rather than hold them beside a new one
         if buf is not None:
             try:
-                if len(buf) != size:
-                    buf.resize(size)  # mremap: shrinking keeps the address (page-aligned) and the rest's pages
+                if len(buf) != size:  # the tail's pages are freed first: the map is shared memory, which
+                    buf.madvise(mmap.MADV_REMOVE, size, len(buf) - size)  # mremap alone would keep them
+                    buf.resize(size)  # shrinking keeps the address (page-aligned)
                 with self._lock:
                     self.reused += 1
                 return buf
