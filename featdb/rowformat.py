@@ -200,8 +200,12 @@ class RowFormat:
                 dst[...] = np.left_shift(src, 16, dtype=np.uint32).view(np.float32)
         elif self.name == "int8":
             assert self.scales is not None
-            np.multiply(src, self.scales[1], out=dst, casting="unsafe")  # q * step + (lo + 128 * step)
-            dst += self._offset
+            kernel = _int8_kernel()
+            if kernel is not None and dst.dtype == np.float32 and dst.flags.writeable:
+                kernel(src, self.scales[1], self._offset, dst)  # one pass (numba, when installed)
+            else:
+                np.multiply(src, self.scales[1], out=dst, casting="unsafe")  # q * step + (lo + 128 * step)
+                dst += self._offset
         else:
             torch = sys.modules.get("torch")  # already loaded (the trainer): its conversion is ~4x numpy's
             if torch is not None and src.flags.writeable and dst.flags.writeable and dst.flags.c_contiguous:
@@ -245,6 +249,20 @@ class RowFormat:
 
     def __repr__(self) -> str:
         return f"RowFormat({self.name!r}, {self.dtype}, dim={self.dim})"
+
+
+_KERNEL: list[Any] = []
+
+
+def _int8_kernel() -> Any:
+    """The compiled int8 decoder when numba is installed (the GNN extra), else None (numpy's two passes)."""
+    if not _KERNEL:
+        try:
+            from .rowkernels import int8_decode
+        except ImportError:
+            int8_decode = None
+        _KERNEL.append(int8_decode)
+    return _KERNEL[0]
 
 
 def layout_format(doc: dict[str, Any], scales: NDArray[Any] | None) -> RowFormat:

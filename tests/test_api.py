@@ -104,6 +104,7 @@ RANK = {  # the data flow: a module may import only modules of its own rank or l
             "runs",
             "rowcopy",
             "rowformat",
+            "rowkernels",
             "updates",
         ),
         0,

@@ -126,6 +126,23 @@ def test_float16_decodes_alike_with_and_without_torch_loaded(monkeypatch: pytest
     assert np.isnan(without[0, 0]) and np.signbit(without[0, 4])
 
 
+def test_int8_decodes_alike_compiled_and_with_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 rows decode through the numba kernel when numba is installed, else numpy: the same values."""
+    pytest.importorskip("numba")
+    from featdb import rowformat
+
+    x = np.random.default_rng(4).normal(scale=50, size=(700, 33)).astype(np.float32)
+    fmt = RowFormat.choose("int8", np.float32, 33, ColumnStats.of([x], 33))
+    raw = fmt.encode(x.view(np.uint8).reshape(len(x), -1))
+    compiled = np.empty_like(x)
+    fmt.decode(raw, compiled)
+    assert rowformat._int8_kernel() is not None
+    monkeypatch.setattr(rowformat, "_KERNEL", [None])
+    plain = np.empty_like(x)
+    fmt.decode(raw, plain)
+    np.testing.assert_array_equal(compiled, plain)
+
+
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
 def test_float_formats_keep_nan_and_infinities(name: str) -> None:
     x = np.array([[np.nan, np.inf, -np.inf, -0.0, 1.5]], dtype=np.float32)
