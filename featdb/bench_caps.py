@@ -140,7 +140,8 @@ def run(
 def _train(store: Path, sample_set: str, loader: str, epochs: int, budget: int, seed: int = 0) -> list[str]:
     argv = [command_path("featdb-train"), str(store), "--sample-set", sample_set, "--loader", loader]
     argv += ["--seed", str(seed)]
-    ckpt = store.resolve().parent / f"{store.resolve().name}-caps.pt"  # beside the store, also for "."
+    at = store.resolve()  # beside the store, also when it is given as "."
+    ckpt = at.parent / f"{at.name}-caps.pt"
     argv += ["--epochs", str(epochs), "--json", "-q", "--checkpoint", str(ckpt)]
     return argv + (["--memory-budget", str(budget)] if budget else [])
 

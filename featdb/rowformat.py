@@ -88,12 +88,14 @@ class RowFormat:
         if not self.identity and self.dtype.kind != "f":
             raise ConfigError(f"row format {name}: the table's rows are {self.dtype}, only float tables convert")
         self.row_bytes = self.stored.itemsize * self.dim
-        self.scales = None
+        self.scales = None  # int8's (lo, step) per column, as the generation stores them
+        self._lo = self._step = self._offset = np.zeros(self.dim, dtype=np.float32)
         if name == "int8" and not self.identity:
             if scales is None or scales.shape != (2, self.dim) or not np.isfinite(scales).all():
                 raise CorruptDataError(f"int8 rows need 2 x {self.dim} finite scales (lo, step)")
             self.scales = np.ascontiguousarray(scales, dtype=np.float32)
-            self._offset = self.scales[0] + np.float32(128) * self.scales[1]
+            self._lo, self._step = self.scales
+            self._offset = self._lo + np.float32(128) * self._step
 
     @staticmethod
     def native(dtype: Any, dim: int) -> RowFormat:
@@ -168,9 +170,7 @@ class RowFormat:
                 out16[nan] = (x32[nan] >> np.uint32(16)).astype(np.uint16) | np.uint16(0x0040)
             out = out16
         elif self.name == "int8":
-            assert self.scales is not None
-            lo, step = self.scales
-            q = np.rint((x.astype(np.float64) - lo) / step) - 128.0
+            q = np.rint((x.astype(np.float64) - self._lo) / self._step) - 128.0
             out = np.clip(q, -128, 127).astype(np.int8)
         else:
             out = x.astype(self.stored)
@@ -199,12 +199,11 @@ class RowFormat:
             else:
                 dst[...] = np.left_shift(src, 16, dtype=np.uint32).view(np.float32)
         elif self.name == "int8":
-            assert self.scales is not None
             kernel = _int8_kernel()
             if kernel is not None and dst.dtype == np.float32 and dst.flags.writeable:
-                kernel(src, self.scales[1], self._offset, dst)  # one pass (numba, when installed)
+                kernel(src, self._step, self._offset, dst)  # one pass (numba, when installed)
             else:
-                np.multiply(src, self.scales[1], out=dst, casting="unsafe")  # q * step + (lo + 128 * step)
+                np.multiply(src, self._step, out=dst, casting="unsafe")  # q * step + (lo + 128 * step)
                 dst += self._offset
         else:
             torch = sys.modules.get("torch")  # already loaded (the trainer): its conversion is ~4x numpy's
@@ -238,8 +237,7 @@ class RowFormat:
         if self.name == "bfloat16":
             return t.view(torch.bfloat16).to(want)
         if self.name == "int8":
-            assert self.scales is not None
-            lo, step = (torch.from_numpy(s).to(t.device) for s in self.scales)
+            lo, step = (torch.from_numpy(s).to(t.device) for s in (self._lo, self._step))
             return ((t.view(torch.int8).to(torch.float32) + 128.0) * step + lo).to(want)
         return t.view(getattr(torch, self.stored.name)).to(want)
 
