@@ -38,9 +38,13 @@ def round_up(n: int, to: int = PAGE) -> int:
     return -(-n // to) * to
 
 
-def aligned_buffer(nbytes: int) -> mmap.mmap:
-    """An anonymous, page-aligned buffer usable as an O_DIRECT target."""
-    return mmap.mmap(-1, max(PAGE, round_up(nbytes)))
+def aligned_buffer(nbytes: int, populate: bool = False) -> mmap.mmap:
+    """An anonymous, page-aligned buffer usable as an O_DIRECT target: private, so it can grow in
+    place (``resize``) and shrinking it frees its tail. ``populate``: its pages are mapped now, in
+    one call, rather than one fault at a time as they are first written (for a buffer that will be
+    filled whole: 0.3 ms a MiB here against 0.4 ms, and 0.5 ms for shared memory)."""
+    flags = mmap.MAP_PRIVATE | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+    return mmap.mmap(-1, max(PAGE, round_up(nbytes)), flags=flags)
 
 
 def crc32_blocks(data: memoryview | bytes, block: int = CHECKSUM_BLOCK) -> list[int]:

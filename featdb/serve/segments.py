@@ -246,33 +246,36 @@ class SegmentCache:
         return bool(self._held.currsize + self._loading_bytes + free + nbytes > self.capacity)
 
     def _reusable(self, nbytes: int) -> list[mmap.mmap]:
+        """Free buffers a load of ``nbytes`` may take, closest in size first: from 0.8 to 1.25 times
+        its size (a smaller one grows; segments of one layout differ by a few MiB)."""
         size = int(buffer_size(nbytes))
-        return [b for b in self._free if size <= len(b) <= size * 1.25]
+        return sorted((b for b in self._free if size * 0.8 <= len(b) <= size * 1.25), key=lambda b: abs(len(b) - size))
 
     def _buffer(self, nbytes: int) -> Any:
-        """A page-aligned buffer of exactly ``buffer_size(nbytes)``: a freed one, shrunk to that size
-        (its tail's pages go back to the system), if one is large enough, else a new one. Exact sizes
+        """A page-aligned buffer of exactly ``buffer_size(nbytes)``: a freed one of about that size,
+        shrunk (its tail's pages go back to the system) or grown to it, else a new one. Exact sizes
         keep two segments that fit the cache on paper fitting it in fact (a freed buffer a little larger
-        than the segment, kept whole, pushed the segment being served out when a read ahead came in)."""
+        than the segment, kept whole, pushed the segment being served out when a read ahead came in);
+        growing one keeps all but the new pages mapped (taking a new buffer instead for a segment 1 MiB
+        larger than the free one cost a page fault for each of its pages)."""
         size = int(buffer_size(nbytes))
         with self._lock:
             fits = self._reusable(nbytes)
-            buf = min(fits, key=len) if fits else None
+            buf = fits[0] if fits else None
             if buf is not None:
                 self._free.remove(buf)
             else:
                 self._free.clear()  # none fits: let them go rather than hold them beside a new one
         if buf is not None:
             try:
-                if len(buf) != size:  # the tail's pages are freed first: the map is shared memory, which
-                    buf.madvise(mmap.MADV_REMOVE, size, len(buf) - size)  # mremap alone would keep them
-                    buf.resize(size)  # shrinking keeps the address (page-aligned)
+                if len(buf) != size:
+                    buf.resize(size)  # a private map: mremap, page-aligned wherever it lands
                 with self._lock:
                     self.reused += 1
                 return buf
             except (BufferError, OSError, ValueError, SystemError):  # a view still holds it: a new one
                 pass
-        return aligned_buffer(size)
+        return aligned_buffer(size, populate=True)
 
     def _retire(self, held: Held) -> None:
         """Called under the lock when a segment leaves or a batch is done with one: once both, its
