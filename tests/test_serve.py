@@ -703,6 +703,24 @@ def test_a_freed_buffer_is_reused_at_the_size_the_next_segment_needs() -> None:
         assert three is not None and cache.as_dict()["evictions"] == 1
 
 
+def test_a_freed_buffer_a_little_smaller_than_the_next_segment_grows_to_its_size() -> None:
+    """Segments of one layout differ by a few MiB: a freed buffer slightly too small is grown in place
+    (its pages kept) rather than let go for a new map, whose every page would fault in again."""
+    from featdb.serve.segments import Held, SegmentCache
+
+    def load(seg: int, alloc: Any) -> Held:
+        buf = alloc(4096 * (4 if seg == 1 else 5))
+        np.frombuffer(buf, dtype=np.uint8)[:] = seg
+        return Held(buf, 1, 4096)
+
+    cache = SegmentCache(8 * 4096)
+    with cache.use(1, 4 * 4096, load):
+        pass
+    with cache.use(2, 5 * 4096, load) as two:  # 1 leaves (both do not fit); its buffer grows to 2's size
+        assert two is not None and two.nbytes == len(two.buf) == 5 * 4096 and (two.buf[:] == b"\x02" * 5 * 4096)
+    assert cache.as_dict()["buffers_reused"] == 1 and cache.as_dict()["evictions"] == 1
+
+
 @pytest.mark.parametrize("rb", [512, 96, 4])
 @pytest.mark.parametrize("dense", [True, False])
 def test_segment_gather_copies_back_to_back_rows_as_blocks_and_the_same_bytes(rb: int, dense: bool) -> None:
