@@ -242,7 +242,7 @@ class SegmentCache:
         """Would ``nbytes`` more exceed the capacity? A free buffer the load will take only moves."""
         free = sum(len(b) for b in self._free)
         if not loaded and self._reusable(nbytes):
-            free -= len(min(self._reusable(nbytes), key=len))
+            free -= len(self._reusable(nbytes)[0])  # the one it takes
         return bool(self._held.currsize + self._loading_bytes + free + nbytes > self.capacity)
 
     def _reusable(self, nbytes: int) -> list[mmap.mmap]:
