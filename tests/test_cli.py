@@ -135,6 +135,8 @@ def test_end_to_end(synth_store: Path, tmp_path: Path) -> None:
     assert tree(store) == before
     warned = run(*args, "--max-amplification", 1, "--dry-run")
     assert "warning: the plan predicts read amplification" in warned.output
+    largest = run_json(*args, "--dry-run")["predictions"]["largest_segment_bytes"]
+    assert largest > 0 and "serving holds segments whole" in warned.output  # the memory read ahead needs
     assert run_json(*args, "--max-amplification", 1, "--dry-run")["warnings"]
 
     again = run_json("pack", store, "--sample-set", "tr", "--policy", "pack-only")

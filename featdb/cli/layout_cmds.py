@@ -232,6 +232,13 @@ def pack(
         + f"L1={doc['l1_rows']:,} L2={doc['l2_rows']:,} L3={doc['l3_rows']:,} L4={doc['l4_rows']:,} rows "
         f"segments={doc['segments']} (blocks {doc['blocks_segments']}, longest {doc['segment_len']})"
     )
+    largest = int(doc["predictions"].get("largest_segment_bytes") or 0)
+    if largest:  # what the reader needs beside its other parts for read ahead to work
+        held = min(int(doc["predictions"].get("segment_cache_bytes") or 2 * largest), 2 * largest)
+        text += (
+            f"\n  serving holds segments whole: {format_size(held)} of the reader's memory budget for two of "
+            f"up to {format_size(largest)} (one served, one read ahead)"
+        )
     for c in doc["predictions"].get("candidates", []):
         text += (
             f"\n  {'*' if c['chosen'] else ' '} {c['kind']:<7} blowup {c['blowup']:<7} "
