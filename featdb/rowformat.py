@@ -25,6 +25,7 @@ pass, before anything is written):
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -249,18 +250,14 @@ class RowFormat:
         return f"RowFormat({self.name!r}, {self.dtype}, dim={self.dim})"
 
 
-_KERNEL: list[Any] = []
-
-
+@functools.cache
 def _int8_kernel() -> Any:
     """The compiled int8 decoder when numba is installed (the GNN extra), else None (numpy's two passes)."""
-    if not _KERNEL:
-        try:
-            from .rowkernels import int8_decode
-        except ImportError:
-            int8_decode = None
-        _KERNEL.append(int8_decode)
-    return _KERNEL[0]
+    try:
+        from .rowkernels import int8_decode
+    except ImportError:
+        return None
+    return int8_decode
 
 
 def layout_format(doc: dict[str, Any], scales: NDArray[Any] | None) -> RowFormat:

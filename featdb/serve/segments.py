@@ -241,8 +241,9 @@ class SegmentCache:
     def _over(self, nbytes: int, loaded: bool) -> bool:
         """Would ``nbytes`` more exceed the capacity? A free buffer the load will take only moves."""
         free = sum(len(b) for b in self._free)
-        if not loaded and self._reusable(nbytes):
-            free -= len(self._reusable(nbytes)[0])  # the one it takes
+        fits = [] if loaded else self._reusable(nbytes)
+        if fits:
+            free -= len(fits[0])  # the one it takes
         return bool(self._held.currsize + self._loading_bytes + free + nbytes > self.capacity)
 
     def _reusable(self, nbytes: int) -> list[mmap.mmap]:
