@@ -17,7 +17,13 @@ from .loop import LOADERS, TrainConfig, train
 @click.command()
 @click.argument("store")
 @click.option("--sample-set", help="Training sample set (from featdb sample); required unless --dist.")
-@click.option("--model", type=click.Choice(["sage", "gat", "mlp"]), default="sage", show_default=True)
+@click.option(
+    "--model",
+    type=click.Choice(["sage", "gat", "mlp", "rgcn"]),
+    default="sage",
+    show_default=True,
+    help="rgcn: a relational GCN over a typed graph's node and edge types (every typed table; --table unused).",
+)
 @click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
@@ -80,7 +86,8 @@ def main(
     quiet: bool,
     **dist: Any,
 ) -> None:
-    """Train GraphSAGE, GAT or an MLP on STORE, reading features through featdb.
+    """Train GraphSAGE, GAT, an MLP or (on a heterogeneous graph) an R-GCN on STORE, reading
+    features through featdb.
 
     With --dist, STORE is a partition folder (featdb partition) and this is one trainer of a
     DGL distributed job (docs/distributed.md).

@@ -195,21 +195,25 @@ class DGLLoader:
         mode: str,
         sample_set: SampleSet | None = None,
         depth: int = 2,
+        tables: Any = None,
     ) -> None:
+        """``tables``: a typed graph's features (:class:`trainer.hetero.TypedTables`) in place of ``table``."""
         import dgl
 
         from featdb.sampling import dgl_graph
 
         self.name = mode
-        self.g = dgl_graph(graph.indptr, graph.indices)
+        self.g = dgl_graph(graph.indptr, graph.indices, graph.etypes)  # blocks carry relations, if typed
         self.sampler = dgl.dataloading.NeighborSampler(fanouts)
         self.train = torch.from_numpy(np.asarray(graph.train, dtype=np.int64))
         self.batch_size = batch_size
         self.device = device
         self.labels = graph.labels
         self.ss, self.depth = sample_set, depth
-        if mode == "in-memory":
-            self.feats: Any = torch.from_numpy(store.read_all(table))
+        if tables is not None:
+            self.feats: Any = tables
+        elif mode == "in-memory":
+            self.feats = torch.from_numpy(store.read_all(table))
         else:
             self.feats = store.map(table)
 
@@ -269,6 +273,8 @@ class DGLLoader:
     def gather(self, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(self.feats, torch.Tensor):
             return self.feats[ids]
+        if hasattr(self.feats, "gather"):  # a typed graph's tables
+            return self.feats.gather(ids.numpy())  # type: ignore[no-any-return]
         return torch.from_numpy(np.asarray(self.feats[ids.numpy()]))
 
     def serve_stats(self) -> dict[str, Any]:

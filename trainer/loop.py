@@ -27,7 +27,6 @@ from numpy.typing import NDArray
 import featdb
 from featdb import (
     DEFAULT_BUDGET,
-    TORCH_RUNTIME_BYTES,
     MemoryBudget,
     graph_info,
     load_graph,
@@ -39,6 +38,8 @@ from featdb.errors import ConfigError
 from featdb.sampling import SampleSet
 
 from .allocator import retain_large_allocations, trim_threshold
+from .budget import charge_training, step_bytes
+from .hetero import RGCN, NodeTypes, TypedFeatDBLoader, TypedTables, model_params
 from .loaders import DGLLoader, Epoch, FeatDBLoader, Loader
 from .models import build_model
 
@@ -123,10 +124,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     memory = MemoryBudget(cfg.memory_budget, "featdb-train")
     with featdb.open(cfg.store) as store:  # read-only: training writes nothing into the store
         store.verify_reads = cfg.verify_reads
+        types = NodeTypes.of(store) if cfg.model == "rgcn" else None
+        dim = types.width if types else store.schema(cfg.table).dim
         with SampleSet(store, cfg.sample_set) as ss:
             fanouts, batch_size = list(ss.doc["fanouts"]), int(ss.doc["batch_size"])
             missing = [s for s in ("valid", "test") if not len(ss.part_batches(s))]
-            step = _step_bytes(ss, store.schema(cfg.table).dim, cfg)
+            step = step_bytes(ss, dim, cfg, types.num_relations if types else 0)
             mfg = 4 * int(ss.index[:, 2].max(initial=0))  # decoded, then int64 tensors
         if missing and not cfg.max_batches:
             raise ConfigError(
@@ -136,8 +139,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         num_classes = int(graph_info(store).get("num_classes", 0))
         if cfg.loader == "featdb":
             labels = node_labels(store)
-            _charge_training(memory, cfg, store.schema(cfg.table).dim, num_classes, len(fanouts), step, mfg)
-            loader: Loader = FeatDBLoader(store, cfg.sample_set, device, cfg.queue_depth, labels, memory)
+            params = model_params(types, cfg.hidden, num_classes, len(fanouts)) if types else None
+            charge_training(memory, cfg, dim, num_classes, len(fanouts), step, mfg, params)
+            feed = TypedFeatDBLoader if types else FeatDBLoader
+            loader: Loader = feed(store, cfg.sample_set, device, cfg.queue_depth, labels, memory)
         else:
             graph = load_graph(store, mmap=cfg.loader == "dgl-mmap")
             labels = graph.labels
@@ -151,35 +156,13 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 cfg.loader,
                 SampleSet(store, cfg.sample_set),
                 cfg.queue_depth,
+                TypedTables(store, types, mmap=cfg.loader == "dgl-mmap") if types else None,
             )
         try:
-            ctx = _Run(store, cfg, loader, labels, num_classes, len(fanouts), device)
+            ctx = _Run(store, cfg, loader, labels, num_classes, len(fanouts), device, types)
             return _run(ctx) | {"memory": memory.as_dict() | {"enforced": cfg.loader == "featdb"}}
         finally:
             loader.close()
-
-
-def _step_bytes(ss: SampleSet, dim: int, cfg: TrainConfig) -> int:
-    """One training step's working set, from the set's largest batch: input rows (and their
-    dropout copy and gradient), the edge arrays as torch tensors, hidden activations."""
-    rows = int(ss.index[:, 4].max(initial=0))
-    record = int(ss.index[:, 2].max(initial=0))
-    heads = cfg.heads if cfg.model == "gat" else 1
-    edges = record // 8  # a record is mostly int32 (src, dst) pairs: about 8 bytes per edge
-    return 3 * rows * dim * 4 + edges * (6 * 8 + heads * 4 * 6) + rows * cfg.hidden * heads * 4 // 4
-
-
-def _charge_training(
-    memory: MemoryBudget, cfg: TrainConfig, dim: int, classes: int, layers: int, step: int, mfg: int
-) -> None:
-    """The trainer's own parts; the reader charges its tiers and buffers after these."""
-    memory.charge("runtime (torch)", TORCH_RUNTIME_BYTES)
-    width = cfg.hidden * (cfg.heads if cfg.model == "gat" else 1)
-    params = 2 * (dim * width + (layers - 1) * width * width + width * max(1, classes)) + 4 * width
-    memory.charge("model, gradients and optimizer state", 4 * 4 * params)
-    memory.charge("one training step", step)
-    memory.charge("allocator free-list (trim threshold)", trim_threshold(memory.limit))
-    memory.charge(f"batches in flight ({3 * cfg.queue_depth} sampled MFGs)", 3 * cfg.queue_depth * mfg)
 
 
 @dataclass
@@ -191,12 +174,17 @@ class _Run:
     num_classes: int
     layers: int
     device: torch.device
+    types: NodeTypes | None = None  # a relational model's node types
 
 
 def _run(r: _Run) -> dict[str, Any]:
     cfg, store = r.cfg, r.store
-    in_dim = store.schema(cfg.table).dim
-    model = build_model(cfg.model, in_dim, cfg.hidden, r.num_classes, r.layers, cfg.dropout, cfg.heads).to(r.device)
+    if r.types is not None:
+        model: torch.nn.Module = RGCN(r.types, cfg.hidden, r.num_classes, r.layers, cfg.dropout).to(r.device)
+    else:
+        in_dim = store.schema(cfg.table).dim
+        model = build_model(cfg.model, in_dim, cfg.hidden, r.num_classes, r.layers, cfg.dropout, cfg.heads)
+        model = model.to(r.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckpt = Path(
         cfg.checkpoint

@@ -44,6 +44,7 @@ class TorchLayer:
     dst_in_src: torch.Tensor  # int64 [num_dst]
     num_src: int
     num_dst: int
+    etype: torch.Tensor | None = None  # int64 [E], each edge's relation (batches of typed graphs)
 
     @property
     def num_edges(self) -> int:
@@ -124,7 +125,7 @@ def served(batch: Batch, order: npt.ArrayLike) -> Batch:
     dst_in_src = np.empty(first.num_dst, dtype=np.int64)
     if not kernels.relabel_served(order, batch.input_ids, first.src, first.dst_in_src, ids, src, dst_in_src):
         raise ValueError(_BAD_ORDER)
-    layer0 = Layer(src, first.dst.astype(np.int64), dst_in_src, first.num_src, first.num_dst)
+    layer0 = Layer(src, first.dst.astype(np.int64), dst_in_src, first.num_src, first.num_dst, first.etype)
     return Batch(batch.seeds, ids, (layer0, *batch.layers[1:]))
 
 
@@ -138,7 +139,7 @@ def _served_numpy(batch: Batch, order: npt.NDArray[np.int64]) -> Batch:
         raise ValueError(_BAD_ORDER)
     moved = batch.reordered(order)
     m = moved.layers[0]
-    layer0 = Layer(m.src.astype(np.int64), m.dst.astype(np.int64), m.dst_in_src, n, m.num_dst)
+    layer0 = Layer(m.src.astype(np.int64), m.dst.astype(np.int64), m.dst_in_src, n, m.num_dst, m.etype)
     return Batch(moved.seeds, moved.input_ids, (layer0, *moved.layers[1:]))
 
 
@@ -158,6 +159,7 @@ def to_torch(batch: Batch, device: torch.device | str = "cpu", *, pin_memory: bo
             dst_in_src=_index_tensor(layer.dst_in_src, dev, pin_memory),
             num_src=int(layer.num_src),
             num_dst=int(layer.num_dst),
+            etype=None if layer.etype is None else _index_tensor(layer.etype, dev, pin_memory),
         )
         for layer in batch.layers
     )
@@ -175,6 +177,8 @@ def _as_numpy(tensor: Any) -> npt.NDArray[np.int64]:
 
 def _layer_from_block(block: Any) -> Layer:
     """One DGL block as a plain :class:`Layer` (DGL lists dst nodes first among src)."""
+    import dgl
+
     src, dst = block.edges(order="eid")
     num_dst = int(block.num_dst_nodes())
     return Layer(
@@ -183,6 +187,7 @@ def _layer_from_block(block: Any) -> Layer:
         dst_in_src=np.arange(num_dst, dtype=np.int64),
         num_src=int(block.num_src_nodes()),
         num_dst=num_dst,
+        etype=_as_numpy(block.edata[dgl.ETYPE]) if dgl.ETYPE in block.edata else None,
     )
 
 

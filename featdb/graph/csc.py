@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..tables import Schema
 from .model import (
     BYTES_PER_EDGE,
     DEFAULT_BUDGET,
+    ETYPES_KEY,
     INDICES_KEY,
     INDPTR_KEY,
     MAX_STEP,
@@ -52,6 +53,8 @@ def build_csc(
     indptr_key: str = INDPTR_KEY,
     indices_key: str = INDICES_KEY,
     table_writer: Callable[[str, Schema], Any] | None = None,
+    edge_types: int = 0,
+    etypes_key: str = ETYPES_KEY,
 ) -> int:
     """Build the CSC of the edges ``edge_chunks()`` yields; returns the number of edges stored.
 
@@ -63,28 +66,35 @@ def build_csc(
     Ids must lie in ``[0, num_nodes)`` (:class:`IdsOutOfRangeError` otherwise).
     ``progress`` gets edge counts: every edge is reported once per phase
     (count, place, sort/write), :data:`CSC_PHASES` times in all.
+
+    With ``edge_types`` (T > 0) ``edge_chunks`` yields ``(src, dst, etype)`` with
+    types in ``[0, T)``, and each edge's type is stored in ``etypes_key`` (uint8
+    or int16, aligned with the indices; a neighbour list is ordered by source,
+    then type, and ``dedup`` drops repeated (source, type) pairs only). The
+    source and its type travel through the build as one int64, ``src * T + type``.
     """
     n = _check_num_nodes(num_nodes)
+    types = _check_edge_types(edge_types)
     step = edge_step(n, memory_budget)
     open_writer = table_writer or (lambda key, schema: store.table_writer(key, schema, internal=True))
     indptr = np.zeros(n + 1, dtype=np.int64)
-    fp1 = _count_in_degrees(edge_chunks, n, step, indptr, progress)
+    fp1 = _count_in_degrees(edge_chunks, n, step, indptr, progress, types)
     np.cumsum(indptr, out=indptr)
     total = int(indptr[-1])
     with _scratch_array(store, total) as scratch:
-        fp2 = _place_sources(edge_chunks, step, indptr, scratch, progress)
+        fp2 = _place_sources(edge_chunks, step, indptr, scratch, progress, types)
         if fp1 != fp2:
             raise InvalidInputError("the edge source yielded different edges on its second pass")
         _shift_right(indptr, step)  # each cursor ended at its node's end: that is indptr[v + 1]
         stored = _write_indices(
             scratch,
             indptr,
-            n,
+            n * max(1, types),
             step,
             sort,
             dedup,
             progress,
-            lambda rows: open_writer(indices_key, Schema("int64", rows, 1)),
+            lambda rows: _IndexWriter(open_writer, indices_key, etypes_key, rows, types),
         )
     with open_writer(indptr_key, Schema("int64", n + 1, 1)) as w:
         w.write(indptr)
@@ -132,21 +142,76 @@ def _fingerprint(s: NDArray[Any], d: NDArray[Any]) -> tuple[int, int, int]:
         return len(s), int(np.sum(s * 1_000_003 + d)), int(np.sum(d * (s + 7)))
 
 
-def _chunks(edge_chunks: EdgeChunks, step: int) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
-    for src, dst in edge_chunks():
-        s, d = _as_edge_arrays(src, dst)
+def _check_edge_types(edge_types: Any) -> int:
+    if isinstance(edge_types, bool) or not isinstance(edge_types, (int, np.integer)) or not 0 <= edge_types < 1 << 15:
+        raise InvalidInputError(f"edge_types must be an integer in [0, 32768), got {edge_types!r}")
+    return int(edge_types)
+
+
+def _chunks(edge_chunks: EdgeChunks, step: int, types: int = 0) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
+    """Step-sized ``(src, dst)`` chunks; with ``types``, ``src`` is ``src * types + etype``."""
+    for chunk in edge_chunks():
+        if len(chunk) != 2 + bool(types):
+            raise SchemaMismatchError(
+                f"edge chunk: expected (src, dst{', etype' if types else ''}), got {len(chunk)} arrays"
+            )
+        s, d = _as_edge_arrays(chunk[0], chunk[1])
+        if types:
+            s = _typed_sources(s, chunk[2], types)
         for lo in range(0, len(s), step):
             yield s[lo : lo + step], d[lo : lo + step]
 
 
+def _typed_sources(s: NDArray[Any], etype: Any, types: int) -> NDArray[Any]:
+    t = np.asarray(etype)
+    if t.shape != s.shape or (t.size and not np.issubdtype(t.dtype, np.integer)):
+        raise SchemaMismatchError(f"edge types must be an integer array of the sources' shape {s.shape}")
+    if t.size and (int(t.min()) < 0 or int(t.max()) >= types):
+        raise IdsOutOfRangeError(f"an edge type is outside [0, {types})")
+    if s.size and int(s.min()) < 0:  # checked here: encoded, a negative id would pass for another type's
+        raise IdsOutOfRangeError(f"source id {int(s.min())} is negative")
+    return s * types + t.astype(np.int64, copy=False)
+
+
+class _IndexWriter:
+    """Writes sorted CSC values to the indices table (and, with types, splits off the types)."""
+
+    def __init__(self, open_writer: Callable[[str, Schema], Any], key: str, etypes_key: str, rows: int, types: int):
+        self.types = types
+        self._stack = ExitStack()
+        self._w = self._stack.enter_context(open_writer(key, Schema("int64", rows, 1)))
+        self._t = (
+            self._stack.enter_context(open_writer(etypes_key, Schema(etype_dtype(types), rows, 1))) if types else None
+        )
+
+    def write(self, vals: NDArray[Any]) -> None:
+        if self._t is None:
+            write_rows(self._w, vals)
+            return
+        src, etype = np.divmod(vals, self.types)
+        write_rows(self._w, src)
+        write_rows(self._t, etype.astype(etype_dtype(self.types)))
+
+    def __enter__(self) -> _IndexWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._stack.__exit__(*exc)
+
+
+def etype_dtype(types: int) -> str:
+    """The stored dtype of edge types: one byte up to 256 types."""
+    return "uint8" if types <= 256 else "int16"
+
+
 def _count_in_degrees(
-    edge_chunks: EdgeChunks, n: int, step: int, indptr: NDArray[Any], progress: Progress
+    edge_chunks: EdgeChunks, n: int, step: int, indptr: NDArray[Any], progress: Progress, types: int = 0
 ) -> tuple[int, int, int]:
     """Pass 1: validate ids, add each destination's count into ``indptr[1 + v]``."""
     counts = indptr[1:]
     seen, fa, fb = 0, 0, 0
-    for s, d in _chunks(edge_chunks, step):
-        _check_ids(s, d, n, seen)
+    for s, d in _chunks(edge_chunks, step, types):
+        _check_ids(s // types if types else s, d, n, seen)
         _add_counts(counts, d)
         _, a, b = _fingerprint(s, d)
         seen, fa, fb = seen + len(s), fa + a, fb + b
@@ -171,13 +236,18 @@ def _add_counts(counts: NDArray[Any], d: NDArray[Any]) -> None:
 
 
 def _place_sources(
-    edge_chunks: EdgeChunks, step: int, indptr: NDArray[Any], scratch: NDArray[Any], progress: Progress
+    edge_chunks: EdgeChunks,
+    step: int,
+    indptr: NDArray[Any],
+    scratch: NDArray[Any],
+    progress: Progress,
+    types: int = 0,
 ) -> tuple[int, int, int]:
     """Pass 2: put each source at its destination's cursor (``indptr[:-1]``, advanced in place)."""
     cursor = indptr[:-1]
     total = len(scratch)
     seen, fa, fb = 0, 0, 0
-    for s, d in _chunks(edge_chunks, step):
+    for s, d in _chunks(edge_chunks, step, types):
         if len(s) == 0:
             continue
         if seen + len(s) > total:
@@ -250,13 +320,13 @@ def _write_indices(
                     lo, hi = int(indptr[a]), int(indptr[b])
                     deg = np.diff(indptr[a : b + 1])
                     vals, _ = _sort_segments(np.asarray(scratch[lo:hi]), deg, n, False)
-                    write_rows(w, vals)
+                    w.write(vals)
                     if progress:
                         progress(hi - lo)
             else:
                 for lo in range(0, total, step):
                     hi = min(total, lo + step)
-                    write_rows(w, np.asarray(scratch[lo:hi]))
+                    w.write(np.asarray(scratch[lo:hi]))
                     if progress:
                         progress(hi - lo)
         return total
@@ -274,7 +344,7 @@ def _write_indices(
         lo = hi
     with open_indices(out) as w:
         for lo in range(0, out, step):
-            write_rows(w, np.asarray(scratch[lo : min(out, lo + step)]))
+            w.write(np.asarray(scratch[lo : min(out, lo + step)]))
     return out
 
 

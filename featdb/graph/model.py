@@ -18,6 +18,7 @@ from ..store import Store
 GRAPH_DOC = "graph"
 INDPTR_KEY = "graph/csc/indptr"
 INDICES_KEY = "graph/csc/indices"
+ETYPES_KEY = "graph/csc/etypes"  # each edge's relation, aligned with the indices (typed graphs only)
 LABEL_KEY = "graph/node/label"
 SPLITS = ("train", "valid", "test")
 SPLIT_KEYS = {name: f"graph/split/{name}" for name in SPLITS}
@@ -33,7 +34,8 @@ MAX_STEP = 1 << 23
 BYTES_PER_EDGE = 64  # working set of one edge in the scatter pass (sort order, copies, positions)
 CSC_PHASES = 3  # build_csc reports every edge once per phase: count, place, sort/write
 
-EdgeChunks = Callable[[], Iterable[tuple[NDArray[Any], NDArray[Any]]]]
+EdgeChunks = Callable[[], Iterable[tuple[NDArray[Any], ...]]]
+"""Called once per pass, yields ``(src, dst)`` (or, for a typed build, ``(src, dst, etype)``) arrays."""
 
 
 # --------------------------------------------------------------------------- the graph
@@ -51,6 +53,12 @@ class Graph:
     valid: NDArray[Any]
     test: NDArray[Any]
     info: dict[str, Any] = field(default_factory=dict, compare=False)
+    etypes: NDArray[Any] | None = None  # each edge's relation (index into info["edge_types"]), if typed
+
+    @property
+    def edge_types(self) -> list[str]:
+        """The relation names of a typed graph (``etypes`` indexes them); empty otherwise."""
+        return list(self.info.get("edge_types", []))
 
     @property
     def train_ids(self) -> NDArray[Any]:
@@ -91,7 +99,7 @@ def has_graph(store: Store) -> bool:
 def load_graph(store: Store, mmap: bool = False) -> Graph:
     """Load the stored graph; ``mmap=True`` maps the table files read-only instead of reading."""
     doc = graph_info(store)
-    tables = {**GRAPH_TABLES, **doc.get("tables", {})}
+    tables = {**GRAPH_TABLES, "etypes": ETYPES_KEY, **doc.get("tables", {})}
 
     def read(name: str) -> NDArray[Any]:
         key = tables[name]
@@ -108,6 +116,7 @@ def load_graph(store: Store, mmap: bool = False) -> Graph:
         valid=read("valid"),
         test=read("test"),
         info=doc,
+        etypes=read("etypes") if doc.get("edge_types") else None,
     )
 
 

@@ -11,7 +11,10 @@ The folder::
 The graph is stored homogeneous, numbered type by type in name order (DGL's
 ``to_homogeneous`` order): type ``t`` holds the ids ``[lo_t, hi_t)``, recorded
 in the graph document as ``node_types``; every relation's edges (and their
-reverses, when symmetric) go into the one CSC. Each type's features become the
+reverses, when symmetric) go into the one CSC, each edge's relation in
+``graph/csc/etypes`` (names in ``edge_types``: relation ``i`` is type ``i``,
+its reverse ``rev_<rel>`` type ``R + i``), so a relational model (R-GCN) can
+weigh each relation on its own. Each type's features become the
 table ``node/<type>/feat`` (``hi_t - lo_t`` rows); labels and splits are of the
 global ids (other types unlabeled). ``featdb sample`` then samples the whole
 graph and ``featdb trace split`` (whose ``--type`` defaults come from
@@ -30,12 +33,12 @@ from numpy.typing import NDArray
 
 from ..errors import IdsOutOfRangeError, InvalidInputError, SchemaMismatchError
 from ..graph.csc import build_csc
-from ..graph.model import DEFAULT_BUDGET, SPLIT_KEYS, SPLITS, EdgeChunks
+from ..graph.model import DEFAULT_BUDGET, ETYPES_KEY, SPLIT_KEYS, SPLITS, EdgeChunks
 from ..graph.staging import GraphWriter, make_graph_doc
 from ..names import check_name
 from ..progress import Progress
 from ..store import Store
-from .edges import _unlabeled_chunks, _with_reverse, _write_labels, check_disjoint, check_split
+from .edges import _unlabeled_chunks, _write_labels, check_disjoint, check_split
 from .ogb import _find_split_dir, _ogb_features, _ogb_labels, iter_csv
 
 RELATION_SEP = "___"
@@ -76,9 +79,17 @@ def _relations(folder: Path, spans: dict[str, tuple[int, int]]) -> list[tuple[st
     return out
 
 
+def edge_type_names(rels: list[tuple[str, str, str, Path]], symmetric: bool) -> list[str]:
+    """Each stored edge type's name: the relations in folder order, then (symmetric) their reverses."""
+    names = [f"{s}{RELATION_SEP}{r}{RELATION_SEP}{d}" for s, r, d, _ in rels]
+    return names + ([f"{d}{RELATION_SEP}rev_{r}{RELATION_SEP}{s}" for s, r, d, _ in rels] if symmetric else [])
+
+
 def _edges(rels: list[tuple[str, str, str, Path]], spans: dict[str, tuple[int, int]], symmetric: bool) -> EdgeChunks:
-    def gen() -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
-        for src_t, _, dst_t, path in rels:
+    """(src, dst, edge type) chunks: relation ``i`` is type ``i``, its reverse type ``len(rels) + i``."""
+
+    def gen() -> Iterator[tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
+        for i, (src_t, _, dst_t, path) in enumerate(rels):
             (s_lo, s_hi), (d_lo, d_hi) = spans[src_t], spans[dst_t]
             for a in iter_csv(path, np.int64):
                 if a.shape[1] != 2:
@@ -86,7 +97,10 @@ def _edges(rels: list[tuple[str, str, str, Path]], spans: dict[str, tuple[int, i
                 for col, n, t in ((a[:, 0], s_hi - s_lo, src_t), (a[:, 1], d_hi - d_lo, dst_t)):
                     if col.size and (int(col.min()) < 0 or int(col.max()) >= n):
                         raise IdsOutOfRangeError(f"{path}: a {t} id is outside [0, {n})")
-                yield _with_reverse(a[:, 0] + s_lo, a[:, 1] + d_lo, symmetric)
+                src, dst = a[:, 0] + s_lo, a[:, 1] + d_lo
+                yield src, dst, np.full(len(src), i, dtype=np.int64)
+                if symmetric:
+                    yield dst, src, np.full(len(src), len(rels) + i, dtype=np.int64)
 
     return gen
 
@@ -148,7 +162,15 @@ def ingest_ogb_hetero(
             t: _ogb_features(gw, p, spans[t][1] - spans[t][0], f"node/{t}/feat", progress, allow_nonfinite)
             for t, p in feats.items()
         }
-        stored = build_csc(_edges(rels, spans, symmetric), n, store, memory_budget, table_writer=gw.writer)
+        etypes = edge_type_names(rels, symmetric)
+        stored = build_csc(
+            _edges(rels, spans, symmetric),
+            n,
+            store,
+            memory_budget,
+            table_writer=gw.writer,
+            edge_types=len(etypes),
+        )
         doc = make_graph_doc(
             num_nodes=n,
             num_edges=stored,
@@ -164,8 +186,10 @@ def ingest_ogb_hetero(
         doc["node_types"] = {t: [lo, hi] for t, (lo, hi) in spans.items()}
         doc["type_features"] = {t: {"table": f"node/{t}/feat", "dim": d} for t, d in dims.items()}
         doc["relations"] = [f"{s}{RELATION_SEP}{r}{RELATION_SEP}{d}" for s, r, d, _ in rels]
+        doc["edge_types"] = etypes
+        doc["tables"]["etypes"] = ETYPES_KEY
         gw.publish(doc)
     return doc
 
 
-__all__ = ["ingest_ogb_hetero", "is_hetero_folder", "node_types"]
+__all__ = ["edge_type_names", "ingest_ogb_hetero", "is_hetero_folder", "node_types"]

@@ -8,7 +8,7 @@ little-endian int64 header followed by arrays::
     header: MAGIC, n_layers, n_seeds, n_inputs, then per layer (num_src, num_dst, n_edges)
     seeds      id dtype [n_seeds]
     input_ids  id dtype [n_inputs]
-    per layer: src int32 [n_edges], dst int32 [n_edges]
+    per layer: src int32 [n_edges], dst int32 [n_edges], and in a typed record etype [n_edges]
 
 Layers are stored input side first; every layer's destinations are the first
 ``num_dst`` of its sources (the DGL block convention), so ``dst_in_src`` is
@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, InvalidInputError
 from .mfg import Batch, Layer
 
 MAGIC = 0x46444253414D5031  # "FDBSAMP1"
+TYPED_MAGIC: dict[int, np.dtype[Any]] = {0x46444253414D5431: np.dtype("u1"), 0x46444253414D5432: np.dtype("<i2")}
+"""Magics of typed records ("FDBSAMT1", "FDBSAMT2") and the dtype of their edge types."""
 HEAD_PARTS = 3
 """Parts of :func:`encode_parts` that make a record's head: header, seeds, input ids."""
 INDEX_COLUMNS = 6
@@ -53,7 +55,9 @@ class RecordRef:
 
 def encode_parts(batch: Batch, id_dtype: np.dtype[Any]) -> list[NDArray[Any]]:
     """A batch record as the arrays that follow one another on disk (no copy where dtypes match)."""
-    head = [MAGIC, len(batch.layers), len(batch.seeds), len(batch.input_ids)]
+    et = _etype_dtype(batch)
+    magic = MAGIC if et is None else next(m for m, dt in TYPED_MAGIC.items() if dt == et)
+    head = [magic, len(batch.layers), len(batch.seeds), len(batch.input_ids)]
     for layer in batch.layers:
         head += [layer.num_src, layer.num_dst, len(layer.src)]
     parts = [
@@ -63,12 +67,26 @@ def encode_parts(batch: Batch, id_dtype: np.dtype[Any]) -> list[NDArray[Any]]:
     ]
     for layer in batch.layers:
         parts += [layer.src.astype("<i4", copy=False), layer.dst.astype("<i4", copy=False)]
+        if et is not None:
+            parts.append(layer.etype.astype(et, copy=False))  # type: ignore[union-attr]
     return [np.ascontiguousarray(p) for p in parts]
+
+
+def _etype_dtype(batch: Batch) -> np.dtype[Any] | None:
+    typed = [layer.etype is not None for layer in batch.layers]
+    if not any(typed):
+        return None
+    if not all(typed):
+        raise InvalidInputError("a batch's layers must all carry edge types or none")
+    top = max((int(layer.etype.max(initial=0)) for layer in batch.layers), default=0)  # type: ignore[union-attr]
+    return np.dtype("u1") if top < 256 else np.dtype("<i2")
 
 
 def decode(raw: bytes | memoryview, id_dtype: np.dtype[Any], where: str = "") -> Batch:
     head = np.frombuffer(raw, dtype="<i8", count=4)
-    if int(head[0]) != MAGIC:
+    magic = int(head[0])
+    et = TYPED_MAGIC.get(magic)
+    if magic != MAGIC and et is None:
         raise CorruptDataError(f"{where}: not a sample record")
     n_layers, n_seeds, n_inputs = (int(x) for x in head[1:4])
     sizes = np.frombuffer(raw, dtype="<i8", count=3 * n_layers, offset=32).reshape(n_layers, 3)
@@ -84,7 +102,11 @@ def decode(raw: bytes | memoryview, id_dtype: np.dtype[Any], where: str = "") ->
         src = np.frombuffer(raw, dtype="<i4", count=n_edges, offset=pos)
         dst = np.frombuffer(raw, dtype="<i4", count=n_edges, offset=pos + 4 * n_edges)
         pos += 8 * n_edges
-        layers.append(Layer(src, dst, np.arange(num_dst, dtype=np.int64), num_src, num_dst))
+        etype = None
+        if et is not None:
+            etype = np.frombuffer(raw, dtype=et, count=n_edges, offset=pos)
+            pos += et.itemsize * n_edges
+        layers.append(Layer(src, dst, np.arange(num_dst, dtype=np.int64), num_src, num_dst, etype))
     return Batch(seeds, inputs, tuple(layers))
 
 

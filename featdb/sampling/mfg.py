@@ -6,7 +6,8 @@ per sampled edge: ``src[e]`` and ``dst[e]`` are local indices. ``dst_in_src``
 gives, for each destination node, its position among the layer's sources (so a
 model can take a node's own representation, as SAGE's self term does). The
 destinations of layer ``l`` are the sources of layer ``l + 1`` in the same
-order; the destinations of the last layer are the batch's seeds.
+order; the destinations of the last layer are the batch's seeds. A batch
+sampled from a typed graph also carries each edge's relation (``etype``).
 
 The input rows of a batch may be served in any order (featdb puts disk rows
 first so they can be read straight into place); :meth:`Batch.reordered`
@@ -29,6 +30,7 @@ class Layer:
     dst_in_src: NDArray[Any]  # int64 [num_dst]
     num_src: int
     num_dst: int
+    etype: NDArray[Any] | None = None  # uint8 or int16 [E], each edge's relation (typed graphs only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class Batch:
         inv = np.empty(len(order), dtype=np.int64)
         inv[order] = np.arange(len(order), dtype=np.int64)
         first = self.layers[0]
-        layer0 = Layer(inv[first.src], first.dst, inv[first.dst_in_src], first.num_src, first.num_dst)
+        layer0 = Layer(inv[first.src], first.dst, inv[first.dst_in_src], first.num_src, first.num_dst, first.etype)
         return Batch(self.seeds, self.input_ids[order], (layer0, *self.layers[1:]))
 
     @property

@@ -296,7 +296,8 @@ def charge_sampling(budget: MemoryBudget, g: Any, cfg: SampleConfig, workers: in
     budget.charge(f"sampling processes ({workers} x {per_process >> 20} MiB)", workers * per_process)
     budget.charge("counts and index", n * 4 + (64 << 20))
     budget.check()
-    budget.charge_mapped("graph (memory-mapped, shared by all processes)", g.indptr.nbytes + g.indices.nbytes)
+    mapped = g.indptr.nbytes + g.indices.nbytes + (0 if g.etypes is None else g.etypes.nbytes)
+    budget.charge_mapped("graph (memory-mapped, shared by all processes)", mapped)
     return budget
 
 
@@ -311,7 +312,7 @@ def _write(
     progress: Callable[[int], None] | None,
     workers: int,
 ) -> dict[str, Any]:
-    graph = dgl_graph(g.indptr, g.indices)
+    graph = dgl_graph(g.indptr, g.indices, g.etypes)
     counts = np.zeros(g.num_nodes, dtype=np.int32)
     per_epoch = -(-len(seeds[cfg.split]) // cfg.batch_size)
     eval_parts = {s: -(-len(ids) // cfg.batch_size) for s, ids in seeds.items() if s != cfg.split}
@@ -353,6 +354,7 @@ def _write(
         "index_columns": INDEX_COLUMNS,
         "created": time.time(),
         "uid": uuid.uuid4().hex,  # this set's content id (a layout or reader checks it is this very set)
+        "edge_types": g.edge_types,  # typed graphs: every batch carries each sampled edge's relation
         "graph_uid": g.info.get("uid"),  # the graph it was sampled from: a replaced graph makes the set stale
     }
 

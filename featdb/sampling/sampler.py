@@ -23,14 +23,18 @@ def eval_batches(seeds: NDArray[Any], batch_size: int) -> list[NDArray[Any]]:
     return [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
 
 
-def dgl_graph(indptr: NDArray[Any], indices: NDArray[Any]) -> Any:
+def dgl_graph(indptr: NDArray[Any], indices: NDArray[Any], etypes: NDArray[Any] | None = None) -> Any:
     """A DGL graph over the CSC arrays without copying them (memory-mapped arrays stay mapped);
-    edge ids are implicit (0..E-1), not materialised."""
+    edge ids are implicit (0..E-1), not materialised. ``etypes`` (each edge's relation) becomes
+    the edge data ``dgl.ETYPE``, which sampled frontiers and blocks then carry."""
     import dgl
     import torch
 
     no_eids = torch.empty(0, dtype=torch.int64)
-    return dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), no_eids)), num_nodes=len(indptr) - 1)
+    g = dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), no_eids)), num_nodes=len(indptr) - 1)
+    if etypes is not None:
+        g.edata[dgl.ETYPE] = torch.from_numpy(np.asarray(etypes).reshape(-1))
+    return g
 
 
 def blocks_to_batch(blocks: list[Any]) -> Batch:
@@ -47,6 +51,7 @@ def blocks_to_batch(blocks: list[Any]) -> Batch:
                 np.arange(b.num_dst_nodes(), dtype=np.int64),
                 int(b.num_src_nodes()),
                 int(b.num_dst_nodes()),
+                b.edata[dgl.ETYPE].numpy() if dgl.ETYPE in b.edata else None,
             )
         )
     return Batch(
@@ -69,13 +74,15 @@ def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scra
 
     dst = seeds.astype(np.int64)
     layers: list[Layer] = []
+    typed = dgl.ETYPE in graph.edata  # copy_edata: the frontier carries each sampled edge's relation
     for fanout in reversed(fanouts):
         frontier = dgl.sampling.sample_neighbors(
-            graph, torch.from_numpy(dst), fanout, copy_ndata=False, copy_edata=False
+            graph, torch.from_numpy(dst), fanout, copy_ndata=False, copy_edata=typed
         )
         u, v = (x.numpy() for x in frontier.edges(order="eid"))
         src_nodes, u_local, v_local = _relabel(u, v, dst, scratch)
-        layers.append(Layer(u_local, v_local, np.arange(len(dst), dtype=np.int64), len(src_nodes), len(dst)))
+        etype = frontier.edata[dgl.ETYPE].numpy() if typed else None
+        layers.append(Layer(u_local, v_local, np.arange(len(dst), dtype=np.int64), len(src_nodes), len(dst), etype))
         dst = src_nodes
     return Batch(seeds.astype(np.int64), dst, tuple(reversed(layers)))
 

@@ -1,0 +1,299 @@
+"""Heterogeneous graphs: a relational model (R-GCN) and the loaders that feed it typed input rows.
+
+A typed graph (``featdb ingest-ogb`` of a heterogeneous folder) is stored
+homogeneous with its node ids grouped by type (``node_types``: type ``t`` holds
+``[lo_t, hi_t)``), each type's features in their own table
+(``type_features``) and each edge's relation in ``graph/csc/etypes``; sampled
+batches carry each edge's relation. The featdb loader serves every type's rows
+from its own trace (``featdb trace split``, then ``featdb pack --trace`` per
+type), all through one memory budget; the in-memory baseline samples with DGL
+and gathers from the tables loaded whole. Both give the model the same input:
+one row per layer-0 source, zero-padded to the widest type, in
+``batch.input_ids`` order; the model projects each type's rows with its own
+linear layer (types without features get one learned vector each).
+
+:class:`RGCN` is Schlichtkrull et al.'s relational GCN with a mean per
+relation: ``h_i' = W_0 h_i + sum_r W_r mean_{j in N_r(i)} h_j + b``, which is
+DGL's ``HeteroGraphConv({r: GraphConv(norm="right")}, aggregate="sum")`` plus a
+self loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import featdb
+from featdb import MemoryBudget
+from featdb.errors import ConfigError
+from featdb.sampling import SampleSet
+from featdb.serve import open_reader
+
+from .loaders import Epoch, Item, _release_item, seed_labels
+from .mfg import TorchBatch, TorchLayer, served, to_torch
+from .models import RELU_GAIN, _widths
+from .ops import _check_depth
+from .pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class NodeTypes:
+    """A typed graph's node types in id order: names, id ranges, feature tables and widths (0: none)."""
+
+    names: tuple[str, ...]
+    bounds: tuple[int, ...]  # type t holds [bounds[t], bounds[t + 1])
+    tables: tuple[str | None, ...]
+    dims: tuple[int, ...]
+    num_relations: int
+
+    @classmethod
+    def of(cls, store: featdb.Store) -> NodeTypes:
+        """The store's typed graph; ``ConfigError`` if its graph has no node or edge types."""
+        doc = featdb.graph_info(store)
+        if not doc.get("node_types") or not doc.get("edge_types"):
+            raise ConfigError(
+                f"{store.root}: the graph has no node and edge types (ingest a heterogeneous folder with "
+                "featdb ingest-ogb): a relational model needs them"
+            )
+        spans = sorted((int(lo), int(hi), t) for t, (lo, hi) in doc["node_types"].items())
+        feats = doc.get("type_features", {})
+        tables = tuple(feats[t]["table"] if t in feats else None for _, _, t in spans)
+        return cls(
+            names=tuple(t for _, _, t in spans),
+            bounds=(*(lo for lo, _, _ in spans), spans[-1][1]),
+            tables=tables,
+            dims=tuple(store.schema(k).dim if k else 0 for k in tables),
+            num_relations=len(doc["edge_types"]),
+        )
+
+    @property
+    def width(self) -> int:
+        """Columns of the padded input matrix: the widest type's."""
+        return max(1, *self.dims)
+
+    def of_ids(self, ids: NDArray[Any]) -> NDArray[Any]:
+        """The type index of each node id."""
+        return np.searchsorted(np.asarray(self.bounds[1:]), ids, side="right")
+
+
+# --------------------------------------------------------------------------- the model
+class RGCNConv(nn.Module):
+    """One relational layer: a mean over each relation's sampled neighbours, a weight per relation."""
+
+    def __init__(self, in_feats: int, out_feats: int, num_relations: int):
+        super().__init__()
+        self.num_relations = num_relations
+        self.weight = nn.Parameter(torch.empty(num_relations, in_feats, out_feats))
+        self.loop_weight = nn.Parameter(torch.empty(in_feats, out_feats))
+        self.bias = nn.Parameter(torch.zeros(out_feats))
+        for w in (*self.weight, self.loop_weight):
+            nn.init.xavier_uniform_(w, gain=RELU_GAIN)
+
+    def forward(self, layer: TorchLayer, h: Tensor) -> Tensor:
+        if layer.etype is None:
+            raise ValueError("a relational layer needs each edge's relation (a batch sampled from a typed graph)")
+        r, d = self.num_relations, h.shape[1]
+        slot = layer.dst * r + layer.etype  # (destination, relation) pairs
+        agg = h.new_zeros(layer.num_dst * r, d).index_add_(0, slot, h.index_select(0, layer.src))
+        count = torch.bincount(slot, minlength=layer.num_dst * r).clamp_(min=1).to(h.dtype)
+        agg = (agg / count.unsqueeze(1)).view(layer.num_dst, r * d)
+        own = h.index_select(0, layer.dst_in_src)
+        out: Tensor = agg @ self.weight.view(r * d, -1) + own @ self.loop_weight + self.bias
+        return out
+
+
+class RGCN(nn.Module):
+    """Per-type input projections, then :class:`RGCNConv` layers (ReLU + dropout between them)."""
+
+    def __init__(self, types: NodeTypes, hidden: int, n_classes: int, n_layers: int, dropout: float):
+        super().__init__()
+        self.register_buffer("bounds", torch.tensor(types.bounds[1:], dtype=torch.int64), persistent=False)
+        self.dims = types.dims
+        self.project = nn.ModuleList(nn.Linear(max(1, dim), hidden) for dim in types.dims)
+        self.embed = nn.Parameter(torch.zeros(len(types.dims), hidden))  # types without features
+        nn.init.normal_(self.embed, std=0.1)
+        widths = _widths(hidden, hidden, n_classes, n_layers)
+        self.layers = nn.ModuleList(RGCNConv(a, b, types.num_relations) for a, b in widths)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, batch: TorchBatch, x: Tensor) -> Tensor:
+        """Logits [num_seeds, n_classes] from ``x`` [num_src of layer 0, widest type's width]."""
+        _check_depth(batch, len(self.layers), x)
+        kind = torch.bucketize(batch.input_ids, self.bounds, right=True)
+        h = x.new_empty(x.shape[0], self.embed.shape[1])
+        for t, (dim, proj) in enumerate(zip(self.dims, self.project, strict=True)):
+            rows = (kind == t).nonzero().squeeze(1)
+            h[rows] = proj(x.index_select(0, rows)[:, :dim]) if dim else self.embed[t].expand(len(rows), -1)
+        h = self.dropout(F.relu(h))
+        last = len(self.layers) - 1
+        for i, (conv, layer) in enumerate(zip(self.layers, batch.layers, strict=True)):
+            h = cast(Tensor, conv(layer, h))
+            if i != last:
+                h = self.dropout(F.relu(h))
+        return h
+
+
+def model_params(types: NodeTypes, hidden: int, n_classes: int, n_layers: int) -> int:
+    """Parameters of :class:`RGCN` (for the memory budget, before it is built)."""
+    widths = _widths(hidden, hidden, n_classes, n_layers)
+    convs = sum((types.num_relations + 1) * a * b + b for a, b in widths)
+    return sum((max(1, d) + 1) * hidden for d in types.dims) + len(types.dims) * hidden + convs
+
+
+# --------------------------------------------------------------------------- feeding it
+class TypedTables:
+    """Every typed table in memory (or memory-mapped): rows of any ids, padded to the widest type."""
+
+    def __init__(self, store: featdb.Store, types: NodeTypes, mmap: bool):
+        self.types = types
+        self.tables = [
+            None if key is None else (store.map(key) if mmap else store.read_all(key)) for key in types.tables
+        ]
+
+    def gather(self, ids: NDArray[Any]) -> Tensor:
+        out = torch.zeros(len(ids), self.types.width)
+        kind = self.types.of_ids(ids)
+        for t, table in enumerate(self.tables):
+            if table is not None:
+                at = np.flatnonzero(kind == t)
+                out[at, : table.shape[1]] = torch.from_numpy(np.asarray(table[ids[at] - self.types.bounds[t]]))
+        return out
+
+
+class TypedFeatDBLoader:
+    """Batches of a sample set over a typed graph; each type's rows through its own trace's layout."""
+
+    name = "featdb"
+
+    def __init__(
+        self,
+        store: featdb.Store,
+        sample_set: str,
+        device: torch.device,
+        queue_depth: int,
+        labels: NDArray[Any],
+        memory: MemoryBudget | None = None,
+    ) -> None:
+        self.types = NodeTypes.of(store)
+        self.ss = SampleSet(store, sample_set)
+        self.readers: dict[int, Any] = {}
+        try:
+            for t, (name, key) in enumerate(zip(self.types.names, self.types.tables, strict=True)):
+                if key is not None:
+                    self.readers[t] = open_reader(
+                        store, trace=f"{sample_set}.{name}", device="cpu", queue_depth=queue_depth, memory_budget=memory
+                    )
+        except featdb.FeatDBError as exc:
+            self.close()
+            raise ConfigError(
+                f"{exc} (a typed graph is served one trace per node type: featdb trace split "
+                f"{store.root} --sample-set {sample_set}, then featdb pack --trace {sample_set}.<type> for each)"
+            ) from exc
+        except BaseException:
+            self.close()
+            raise
+        self.device, self.labels = device, labels
+        self.depth = min(r.queue_depth for r in self.readers.values())
+        self._lead = max(self.readers, key=lambda t: self.types.bounds[t + 1] - self.types.bounds[t])
+
+    def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
+        order = self.readers[self._lead].epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs).tolist(), rng)
+        for t, reader in self.readers.items():
+            if t != self._lead:
+                reader.expect(order)
+        return self._stream(order)
+
+    def eval_epoch(self, split: str) -> Epoch | None:
+        bids = self.ss.part_batches(split)
+        return self._stream(bids.tolist()) if len(bids) else None
+
+    def _stream(self, bids: list[int]) -> Epoch:
+        stages: list[tuple[str, Callable[[Any], Any]]] = [
+            ("sample", lambda b: (b, self.ss.batch(b))),
+            ("read", self._read),
+            ("assemble", self._assemble),
+        ]
+        pipe = Pipeline(bids, stages, self.depth, on_drop=_release_item)
+        return Epoch(iter(pipe), pipe.times, pipe.close, len(bids))
+
+    def _read(self, item: tuple[int, Any]) -> tuple[Any, list[Any]]:
+        b, batch = item
+        got: list[Any] = []
+        try:
+            for reader in self.readers.values():
+                got.append(reader.read_batch(b))
+        except BaseException:
+            for rows in got:
+                rows.release()
+            raise
+        return batch, got
+
+    def _assemble(self, item: tuple[Any, list[Any]]) -> Item:
+        batch, got = item
+        kind = self.types.of_ids(batch.input_ids)
+        x = torch.zeros(len(kind), self.types.width)
+        order, at = [], 0
+        for t, rows in zip(self.readers, got, strict=True):
+            at_t = np.flatnonzero(kind == t)  # a trace's batch holds its ids sorted: serve order indexes that
+            order.append(at_t[np.argsort(batch.input_ids[at_t], kind="stable")][rows.order])
+            n, dim = rows.rows.shape
+            x[at : at + n, :dim] = torch.from_numpy(rows.rows)
+            at += n
+            rows.release()
+        order.append(np.flatnonzero(~np.isin(kind, list(self.readers))))  # featureless types: zero rows
+        mfg = to_torch(served(batch, np.concatenate(order)), self.device)
+        return mfg, x.to(self.device), seed_labels(self.labels, batch.seeds).to(self.device), _noop
+
+    def serve_stats(self) -> dict[str, Any]:
+        """Every type's reader's statistics (``tables``), and their tiers summed as one reader's."""
+        return merged_stats({self.types.names[t]: r.stats.as_dict() for t, r in self.readers.items()})
+
+    def close(self) -> None:
+        for reader in getattr(self, "readers", {}).values():
+            reader.close()
+        self.ss.close()
+
+
+def _noop() -> None:
+    return None
+
+
+def merged_stats(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Several readers' statistics as one reader's (rows and bytes of each tier summed), with each
+    reader's own under ``tables``."""
+    tiers: dict[str, dict[str, Any]] = {}
+    for stats in per.values():
+        for name, tier in stats["tiers"].items():
+            into = tiers.setdefault(name, {"rows": 0, "bytes": 0, "stored_bytes": 0, "bytes_read": 0})
+            for k in into:
+                into[k] += tier[k]
+    total = sum(t["rows"] for t in tiers.values())
+    for t in tiers.values():
+        t["hit_rate"] = round(t["rows"] / total, 4) if total else None
+    formats = {s["row_format"] for s in per.values()}
+    return {
+        "batches": max((s["batches"] for s in per.values()), default=0),
+        "row_format": formats.pop() if len(formats) == 1 else "mixed",
+        "rows": total,
+        "disk_bytes": sum(s["disk_bytes"] for s in per.values()),
+        "tiers": tiers,
+        "tables": per,
+    }
+
+
+__all__ = [
+    "RGCN",
+    "NodeTypes",
+    "RGCNConv",
+    "TypedFeatDBLoader",
+    "TypedTables",
+    "merged_stats",
+    "model_params",
+]
