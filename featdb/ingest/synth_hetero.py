@@ -19,6 +19,7 @@ from ``seed``.
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import AlreadyExistsError, InvalidInputError
+from ..memory import DEFAULT_BUDGET, MemoryBudget
 
 HOMOPHILY = {"writes": 0.7, "cites": 0.5, "has_topic": 0.6}
 """Per relation, the probability that an edge joins two nodes of one latent class."""
 PER_PAPER = {"writes": 3, "cites": 5, "has_topic": 2}
 """Per relation, the mean number of edges each paper takes part in."""
+BYTES_PER_PAPER = 160
+"""What generating holds per paper, besides features: latent classes, labels, splits, and one
+relation's edge arrays and temporaries at a time (about 10 int64 arrays of 5 entries a paper)."""
 
 
 def write_mag_folder(
@@ -42,15 +47,22 @@ def write_mag_folder(
     noise: float = 1.5,
     label_noise: float = 0.1,
     seed: int = 0,
+    memory_budget: int = DEFAULT_BUDGET,
 ) -> dict[str, Any]:
     """Write the folder (which must not exist or be empty); returns the node counts and edge counts.
 
-    ``dims`` are the feature widths of papers, authors and fields of study."""
+    ``dims`` are the feature widths of papers, authors and fields of study. Everything is generated
+    in memory, one array at a time: ``BudgetExceededError`` before anything is written if that does
+    not fit ``memory_budget`` (at 256 MiB, about 500,000 papers)."""
     root = Path(folder)
     if root.exists() and any(root.iterdir()):
         raise AlreadyExistsError(f"{root} exists and is not empty")
     if papers < 10 or classes < 2 or min(dims) < 1 or noise < 0 or not 0 <= label_noise <= 1:
         raise InvalidInputError("need papers >= 10, classes >= 2, dims >= 1, noise >= 0, label_noise in [0, 1]")
+    memory = MemoryBudget(memory_budget, "synth-mag")
+    memory.charge("classes, labels, splits and one relation's edges", papers * BYTES_PER_PAPER)
+    memory.charge("the widest feature table (float64, noise and rows)", 2 * 8 * papers * max(dims))
+    memory.check()
     rng = np.random.default_rng(seed)
     counts = {
         "author": max(2, papers // 2),
@@ -108,11 +120,15 @@ def _linked(
 
 def _csv(path: Path, arr: NDArray[Any] | None, text: str = "", fmt: str = "%d") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", compresslevel=1) as f:
+    with (  # mtime 0: the same seed writes the same bytes
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz,
+        io.TextIOWrapper(gz, encoding="ascii") as f,
+    ):
         if arr is None:
             f.write(text)
         else:
             np.savetxt(f, arr, fmt=fmt, delimiter=",")
 
 
-__all__ = ["HOMOPHILY", "PER_PAPER", "write_mag_folder"]
+__all__ = ["BYTES_PER_PAPER", "HOMOPHILY", "PER_PAPER", "write_mag_folder"]
