@@ -56,7 +56,7 @@ def train(store: Path, loader: str, seed: int, epochs: int, hidden: int, cap: in
     ckpt = store.parent / "checkpoints" / f"{loader}-s{seed}.pt"
     args = ["featdb-train", str(store), "--sample-set", "train", "--model", "rgcn", "--loader", loader]
     args += ["--hidden", str(hidden), "--epochs", str(epochs), "--seed", str(seed), "--checkpoint", str(ckpt)]
-    args += ["--memory-budget", "1GiB", "--json"]
+    args += ["--memory-budget", "1.6GiB", "--json"]
     s = json.loads(run(args, cap))
     return {
         "test_acc": s["test_acc"],

@@ -16,14 +16,21 @@ if TYPE_CHECKING:
 
 def step_bytes(ss: SampleSet, dim: int, cfg: TrainConfig, relations: int = 0) -> int:
     """One training step's working set, from the set's largest batch: input rows (and their
-    dropout copy and gradient), the edge arrays as torch tensors, hidden activations (and a
-    relational model's per-relation means and their gradient, ``relations`` per destination)."""
+    dropout copy and gradient), the edge arrays as torch tensors, hidden activations. A relational
+    model adds its input projections, per-edge messages and the per-relation means of layer 0's
+    destinations (``relations`` per destination), each with its gradient."""
     rows = int(ss.index[:, 4].max(initial=0))
     record = int(ss.index[:, 2].max(initial=0))
     heads = cfg.heads if cfg.model == "gat" else 1
     edges = record // 8  # a record is mostly int32 (src, dst) pairs: about 8 bytes per edge
-    relational = 2 * rows * cfg.hidden * 4 * (relations + 3) if relations else 0
-    return 3 * rows * dim * 4 + edges * (6 * 8 + heads * 4 * 6) + rows * cfg.hidden * heads * 4 // 4 + relational
+    step = 3 * rows * dim * 4 + edges * (6 * 8 + heads * 4 * 6) + rows * cfg.hidden * heads * 4 // 4
+    if relations:
+        dst0 = int(ss.doc["batch_size"])
+        for f in ss.doc["fanouts"][1:]:  # layer 0's destinations are the later layers' sources
+            dst0 *= 1 + max(int(f), 0)
+        dst0 = min(rows, dst0)
+        step += 4 * cfg.hidden * (5 * rows + 3 * edges + 3 * relations * dst0)
+    return step
 
 
 def charge_training(

@@ -186,21 +186,28 @@ class TypedFeatDBLoader:
         self.readers: dict[int, Any] = {}
         try:
             for t, (name, key) in enumerate(zip(self.types.names, self.types.tables, strict=True)):
-                if key is not None:
-                    self.readers[t] = open_reader(
-                        store, trace=f"{sample_set}.{name}", device="cpu", queue_depth=queue_depth, memory_budget=memory
+                if key is None:
+                    continue
+                if store.catalog.get(f"trace/{sample_set}.{name}") is None:
+                    raise ConfigError(
+                        f"no trace {sample_set}.{name}: a typed graph is served one trace per node type "
+                        f"(featdb trace split {store.root} --sample-set {sample_set}, then featdb pack "
+                        f"--trace {sample_set}.<type> for each)"
                     )
-        except featdb.FeatDBError as exc:
-            self.close()
-            raise ConfigError(
-                f"{exc} (a typed graph is served one trace per node type: featdb trace split "
-                f"{store.root} --sample-set {sample_set}, then featdb pack --trace {sample_set}.<type> for each)"
-            ) from exc
+                self.readers[t] = open_reader(
+                    store, trace=f"{sample_set}.{name}", device="cpu", queue_depth=queue_depth, memory_budget=memory
+                )
         except BaseException:
             self.close()
             raise
         self.device, self.labels = device, labels
         self.depth = min(r.queue_depth for r in self.readers.values())
+        if memory is not None:  # unlike one table's rows, typed rows are assembled into a new matrix per batch
+            rows = int(self.ss.index[:, 4].max(initial=0))
+            memory.charge(
+                f"assembled input rows ({self.depth + 2} batches)", (self.depth + 2) * rows * self.types.width * 4
+            )
+            memory.check()
         self._lead = max(self.readers, key=lambda t: self.types.bounds[t + 1] - self.types.bounds[t])
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
