@@ -76,6 +76,13 @@ def render(info: dict[str, Any]) -> str:
         if g is None
         else f"graph: {g['num_nodes']:,} nodes, {g['num_edges']:,} edges, {g.get('num_classes', '?')} classes"
     )
+    if g is not None and g.get("node_types"):
+        spans = ", ".join(
+            f"{t} [{lo:,}, {hi:,})" for t, (lo, hi) in sorted(g["node_types"].items(), key=lambda x: x[1])
+        )
+        lines.append(f"  node types: {spans}")
+    if g is not None and g.get("edge_types"):
+        lines.append(f"  edge types ({len(g['edge_types'])}): {', '.join(g['edge_types'])}")
     lines.append(f"sample sets: {len(info['sample_sets'])}")
     for s in info["sample_sets"]:
         lines.append(

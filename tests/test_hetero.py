@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("dgl")
 
 from trainer.cli import main as train_main  # noqa: E402
-from trainer.hetero import RGCNConv, TypedFeatDBLoader, TypedTables  # noqa: E402
-from trainer.mfg import TorchLayer  # noqa: E402
+from trainer.hetero import RGCN, RGCNConv, TypedFeatDBLoader, TypedTables  # noqa: E402
+from trainer.mfg import TorchLayer, to_torch  # noqa: E402
 
 pytestmark = pytest.mark.gnn
 
@@ -155,6 +155,8 @@ def _typed_store(tmp_path: Path, mag: Path) -> str:
 
 def test_featdb_and_in_memory_feed_an_rgcn_the_same_rows(tmp_path: Path, mag: Path) -> None:
     root = _typed_store(tmp_path, mag)
+    shown = CliRunner().invoke(cli, ["info", root]).output
+    assert "edge types (8): author___affiliated_with___institution" in shown and "paper [" in shown
     with featdb.open(root) as st:
         loader = TypedFeatDBLoader(st, "s", torch.device("cpu"), 2, featdb.node_labels(st))
         tables = TypedTables(st, loader.types, mmap=False)
@@ -169,6 +171,18 @@ def test_featdb_and_in_memory_feed_an_rgcn_the_same_rows(tmp_path: Path, mag: Pa
                     assert (mfg.layers[0].etype is not None) and torch.equal(y, torch.from_numpy(st_labels(st, mfg)))
                     release()
                 ep.close()
+            # the model's fast path (rows grouped by type, as featdb serves them) and its general path
+            # (rows in sampled order, as the baseline gathers them) compute the same logits
+            model = RGCN(loader.types, 16, 4, 2, 0.0).eval()
+            ep = loader.eval_epoch("valid")
+            assert ep is not None
+            mfg, x, _, release = next(ep.items)
+            raw = loader.ss.batch(int(loader.ss.part_batches("valid")[0]))
+            with torch.no_grad():
+                want = model(to_torch(raw), tables.gather(raw.input_ids))
+                torch.testing.assert_close(model(mfg, x), want, rtol=1e-4, atol=1e-5)
+            release()
+            ep.close()
             stats = loader.serve_stats()
             assert set(stats["tables"]) == {"author", "field_of_study", "paper"} and stats["tiers"]["l4"]["rows"] > 0
         finally:

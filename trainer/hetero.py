@@ -20,6 +20,8 @@ self loop.
 
 from __future__ import annotations
 
+import itertools
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -127,10 +129,14 @@ class RGCN(nn.Module):
         """Logits [num_seeds, n_classes] from ``x`` [num_src of layer 0, widest type's width]."""
         _check_depth(batch, len(self.layers), x)
         kind = torch.bucketize(batch.input_ids, self.bounds, right=True)
-        h = x.new_empty(x.shape[0], self.embed.shape[1])
-        for t, (dim, proj) in enumerate(zip(self.dims, self.project, strict=True)):
-            rows = (kind == t).nonzero().squeeze(1)
-            h[rows] = proj(x.index_select(0, rows)[:, :dim]) if dim else self.embed[t].expand(len(rows), -1)
+        if bool((kind[1:] >= kind[:-1]).all()):  # rows grouped by type (as featdb serves them): slices
+            ends = torch.bincount(kind, minlength=len(self.dims)).cumsum(0).tolist()
+            h = torch.cat([self._typed(t, x[a:b]) for t, (a, b) in enumerate(itertools.pairwise([0, *ends]))])
+        else:
+            h = x.new_empty(x.shape[0], self.embed.shape[1])
+            for t in range(len(self.dims)):
+                rows = (kind == t).nonzero().squeeze(1)
+                h[rows] = self._typed(t, x.index_select(0, rows))
         h = self.dropout(F.relu(h))
         last = len(self.layers) - 1
         for i, (conv, layer) in enumerate(zip(self.layers, batch.layers, strict=True)):
@@ -138,6 +144,11 @@ class RGCN(nn.Module):
             if i != last:
                 h = self.dropout(F.relu(h))
         return h
+
+    def _typed(self, t: int, x: Tensor) -> Tensor:
+        """Type ``t``'s input rows projected (or its learned vector, for a type without features)."""
+        dim = self.dims[t]
+        return cast(Tensor, self.project[t](x[:, :dim])) if dim else self.embed[t].expand(x.shape[0], -1)
 
 
 def model_params(types: NodeTypes, hidden: int, n_classes: int, n_layers: int) -> int:
@@ -202,12 +213,15 @@ class TypedFeatDBLoader:
             raise
         self.device, self.labels = device, labels
         self.depth = min(r.queue_depth for r in self.readers.values())
-        if memory is not None:  # unlike one table's rows, typed rows are assembled into a new matrix per batch
-            rows = int(self.ss.index[:, 4].max(initial=0))
-            memory.charge(
-                f"assembled input rows ({self.depth + 2} batches)", (self.depth + 2) * rows * self.types.width * 4
-            )
+        # typed rows are assembled into one matrix per batch: a fixed pool of them, allocated here (in
+        # the training thread's heap: freed in the feeding threads' heaps, they would pile up there)
+        rows, count = int(self.ss.index[:, 4].max(initial=0)), self.depth + 2
+        if memory is not None:
+            memory.charge(f"assembled input rows ({count} batches)", count * rows * self.types.width * 4)
             memory.check()
+        self._pool: queue.SimpleQueue[Tensor] = queue.SimpleQueue()
+        for _ in range(count):
+            self._pool.put(torch.empty(rows, self.types.width))
         self._lead = max(self.readers, key=lambda t: self.types.bounds[t + 1] - self.types.bounds[t])
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
@@ -227,7 +241,7 @@ class TypedFeatDBLoader:
             ("read", self._read),
             ("assemble", self._assemble),
         ]
-        pipe = Pipeline(bids, stages, self.depth, on_drop=_release_item)
+        pipe = Pipeline(bids, stages, self.depth, on_drop=_drop)
         return Epoch(iter(pipe), pipe.times, pipe.close, len(bids))
 
     def _read(self, item: tuple[int, Any]) -> tuple[Any, list[Any]]:
@@ -245,18 +259,30 @@ class TypedFeatDBLoader:
     def _assemble(self, item: tuple[Any, list[Any]]) -> Item:
         batch, got = item
         kind = self.types.of_ids(batch.input_ids)
-        x = torch.zeros(len(kind), self.types.width)
+        buf = self._pool.get()
+        x = buf[: len(kind)]
         order, at = [], 0
         for t, rows in zip(self.readers, got, strict=True):
             at_t = np.flatnonzero(kind == t)  # a trace's batch holds its ids sorted: serve order indexes that
             order.append(at_t[np.argsort(batch.input_ids[at_t], kind="stable")][rows.order])
             n, dim = rows.rows.shape
             x[at : at + n, :dim] = torch.from_numpy(rows.rows)
+            x[at : at + n, dim:] = 0
             at += n
             rows.release()
-        order.append(np.flatnonzero(~np.isin(kind, list(self.readers))))  # featureless types: zero rows
+        x[at:] = 0  # featureless types: zero rows
+        order.append(np.flatnonzero(~np.isin(kind, list(self.readers))))
         mfg = to_torch(served(batch, np.concatenate(order)), self.device)
-        return mfg, x.to(self.device), seed_labels(self.labels, batch.seeds).to(self.device), _noop
+        y = seed_labels(self.labels, batch.seeds).to(self.device)
+
+        def release() -> None:
+            self._pool.put(buf)
+
+        if self.device.type != "cpu":
+            x = x.to(self.device)
+            release()
+            return mfg, x, y, _noop
+        return mfg, x, y, release
 
     def serve_stats(self) -> dict[str, Any]:
         """Every type's reader's statistics (``tables``), and their tiers summed as one reader's."""
@@ -270,6 +296,15 @@ class TypedFeatDBLoader:
 
 def _noop() -> None:
     return None
+
+
+def _drop(item: Any) -> None:
+    """Release what an item dropped mid-pipeline holds: read buffers (one per type) or its input rows."""
+    if isinstance(item, tuple):
+        for part in item:
+            for rows in part if isinstance(part, list) else ():
+                rows.release()
+    _release_item(item)
 
 
 def merged_stats(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
