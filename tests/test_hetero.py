@@ -87,7 +87,7 @@ def test_typed_sample_records_round_trip() -> None:
 
 @pytest.fixture
 def mag(tmp_path: Path) -> Path:
-    write_mag_folder(tmp_path / "mag", papers=600, classes=4, seed=3)
+    write_mag_folder(tmp_path / "mag", papers=600, classes=4, noise=0.5, seed=3)
     return tmp_path / "mag"
 
 

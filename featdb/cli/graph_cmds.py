@@ -191,7 +191,7 @@ def synth(
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--papers", type=click.IntRange(min=10), default=20_000, show_default=True)
 @click.option("--classes", type=click.IntRange(min=2), default=16, show_default=True)
-@click.option("--noise", type=click.FloatRange(min=0), default=1.5, show_default=True, help="Feature noise std.")
+@click.option("--noise", type=click.FloatRange(min=0), default=2.5, show_default=True, help="Feature noise std.")
 @click.option("--label-noise", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-budget", type=SIZE, default=graph_mod.DEFAULT_BUDGET, show_default=True)

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from ..errors import AlreadyExistsError, InvalidInputError
 from ..memory import DEFAULT_BUDGET, MemoryBudget
 
-HOMOPHILY = {"writes": 0.7, "cites": 0.5, "has_topic": 0.6}
+HOMOPHILY = {"writes": 0.35, "cites": 0.25, "has_topic": 0.3}
 """Per relation, the probability that an edge joins two nodes of one latent class."""
 PER_PAPER = {"writes": 3, "cites": 5, "has_topic": 2}
 """Per relation, the mean number of edges each paper takes part in."""
@@ -44,7 +44,7 @@ def write_mag_folder(
     papers: int = 20_000,
     classes: int = 16,
     dims: tuple[int, int, int] = (64, 32, 16),
-    noise: float = 1.5,
+    noise: float = 2.5,
     label_noise: float = 0.1,
     seed: int = 0,
     memory_budget: int = DEFAULT_BUDGET,
