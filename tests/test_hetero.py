@@ -66,6 +66,11 @@ def test_typed_csc_refuses_bad_types(store: featdb.Store) -> None:
         build_csc(lambda: iter([(one, one)]), 2, store, edge_types=3)
     with pytest.raises(SchemaMismatchError, match="shape"):
         build_csc(lambda: iter([(one, one, np.array([0]))]), 2, store, edge_types=3)
+    huge = np.array([2**62, 1])  # encoded with its type it would wrap onto a real node
+    with pytest.raises(IdsOutOfRangeError, match="source id"):
+        build_csc(lambda: iter([(huge, one, np.array([0, 1]))]), 10, store, edge_types=4)
+    with pytest.raises(featdb.errors.InvalidInputError, match="62-bit"):
+        build_csc(lambda: iter([(one, one, one)]), 2**61, store, edge_types=4)
 
 
 def test_typed_sample_records_round_trip() -> None:
@@ -178,11 +183,15 @@ def test_featdb_and_in_memory_feed_an_rgcn_the_same_rows(tmp_path: Path, mag: Pa
             assert ep is not None
             mfg, x, _, release = next(ep.items)
             raw = loader.ss.batch(int(loader.ss.part_batches("valid")[0]))
+            grouped = torch.bucketize(mfg.input_ids, model.bounds, right=True)
+            sampled = torch.bucketize(torch.from_numpy(raw.input_ids), model.bounds, right=True)
+            assert (grouped[1:] >= grouped[:-1]).all() and not (sampled[1:] >= sampled[:-1]).all()
             with torch.no_grad():
                 want = model(to_torch(raw), tables.gather(raw.input_ids))
                 torch.testing.assert_close(model(mfg, x), want, rtol=1e-4, atol=1e-5)
             release()
-            ep.close()
+            ep.close()  # mid-epoch: every input matrix and read buffer comes back
+            assert loader._pool.qsize() == loader.depth + 2
             stats = loader.serve_stats()
             assert set(stats["tables"]) == {"author", "field_of_study", "paper"} and stats["tiers"]["l4"]["rows"] > 0
         finally:
@@ -233,3 +242,15 @@ def test_synth_mag_is_seeded_and_refuses_what_it_cannot_do(tmp_path: Path) -> No
         write_mag_folder(tmp_path / "c", papers=10**7, memory_budget=1 << 20)
     r = CliRunner().invoke(cli, ["synth-mag", str(tmp_path / "d"), "--papers", "50", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["nodes"]["paper"] == 50
+
+
+def test_traces_split_from_an_earlier_sampling_are_refused(tmp_path: Path, mag: Path) -> None:
+    root = _typed_store(tmp_path, mag)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["gc", root, "--sample-set", "s", "-q"]).exit_code == 0
+    again = ["sample", root, "--name", "s", "--fanouts", "4,4", "--batch-size", "64", "--seed", "7", "-q"]
+    assert runner.invoke(cli, again).exit_code == 0
+    r = runner.invoke(train_main, [root, "--sample-set", "s", "--model", "rgcn", "--epochs", "1"])
+    assert_one_error_line(r, "not split from sample set 's' as it is now")
+    r = runner.invoke(train_main, [root, "--model", "rgcn", "--dist", str(tmp_path / "ip.txt")])
+    assert r.exit_code == 2 and "partitions do not keep edge types" in r.output

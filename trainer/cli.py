@@ -96,6 +96,8 @@ def main(
     """
     if sample_set is None and not dist["dist"]:
         raise click.UsageError("Missing option '--sample-set' (required unless --dist).")
+    if model == "rgcn" and dist["dist"]:
+        raise click.UsageError("--model rgcn trains on one machine: partitions do not keep edge types.")
     cfg = TrainConfig(
         store,
         sample_set or "",

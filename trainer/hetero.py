@@ -34,11 +34,11 @@ from torch.nn import functional as F
 
 import featdb
 from featdb import MemoryBudget
-from featdb.errors import ConfigError
+from featdb.errors import ConfigError, ResourceExhaustedError, StaleDataError
 from featdb.sampling import SampleSet
 from featdb.serve import open_reader
 
-from .loaders import Epoch, Item, _release_item, seed_labels
+from .loaders import Epoch, Item, _noop, _release_item, seed_labels
 from .mfg import TorchBatch, TorchLayer, served, to_torch
 from .models import RELU_GAIN, _widths
 from .ops import _check_depth
@@ -182,6 +182,7 @@ class TypedFeatDBLoader:
     """Batches of a sample set over a typed graph; each type's rows through its own trace's layout."""
 
     name = "featdb"
+    POOL_TIMEOUT = 120.0  # seconds to wait for a free input matrix (one comes back per finished step)
 
     def __init__(
         self,
@@ -196,33 +197,35 @@ class TypedFeatDBLoader:
         self.ss = SampleSet(store, sample_set)
         self.readers: dict[int, Any] = {}
         try:
-            for t, (name, key) in enumerate(zip(self.types.names, self.types.tables, strict=True)):
-                if key is None:
-                    continue
-                if store.catalog.get(f"trace/{sample_set}.{name}") is None:
-                    raise ConfigError(
-                        f"no trace {sample_set}.{name}: a typed graph is served one trace per node type "
-                        f"(featdb trace split {store.root} --sample-set {sample_set}, then featdb pack "
-                        f"--trace {sample_set}.<type> for each)"
-                    )
+            typed = [t for t, key in enumerate(self.types.tables) if key is not None]
+            if not typed:
+                raise ConfigError(f"{store.root}: no node type has a feature table to train on")
+            for t in typed:
+                _check_trace(store, self.ss, f"{sample_set}.{self.types.names[t]}")
+            # typed rows are assembled into one matrix per batch, from a fixed pool allocated here (in the
+            # training thread's heap: freed by feeding threads, they would pile up in theirs); charged
+            # before the readers size their queues and segment caches from what is left
+            rows, count = int(self.ss.index[:, 4].max(initial=0)), queue_depth + 2
+            if memory is not None:
+                memory.charge(f"assembled input rows ({count} batches)", count * rows * self.types.width * 4)
+                memory.check()
+            for t in sorted(typed, key=lambda t: self.types.bounds[t] - self.types.bounds[t + 1]):  # largest first
                 self.readers[t] = open_reader(
-                    store, trace=f"{sample_set}.{name}", device="cpu", queue_depth=queue_depth, memory_budget=memory
+                    store,
+                    trace=f"{sample_set}.{self.types.names[t]}",
+                    device="cpu",
+                    queue_depth=queue_depth,
+                    memory_budget=memory,
                 )
+            self.depth = min(r.queue_depth for r in self.readers.values())
+            self._pool: queue.Queue[Tensor] = queue.Queue()
+            for _ in range(self.depth + 2):
+                self._pool.put(torch.empty(rows, self.types.width))
         except BaseException:
             self.close()
             raise
         self.device, self.labels = device, labels
-        self.depth = min(r.queue_depth for r in self.readers.values())
-        # typed rows are assembled into one matrix per batch: a fixed pool of them, allocated here (in
-        # the training thread's heap: freed in the feeding threads' heaps, they would pile up there)
-        rows, count = int(self.ss.index[:, 4].max(initial=0)), self.depth + 2
-        if memory is not None:
-            memory.charge(f"assembled input rows ({count} batches)", count * rows * self.types.width * 4)
-            memory.check()
-        self._pool: queue.SimpleQueue[Tensor] = queue.SimpleQueue()
-        for _ in range(count):
-            self._pool.put(torch.empty(rows, self.types.width))
-        self._lead = max(self.readers, key=lambda t: self.types.bounds[t + 1] - self.types.bounds[t])
+        self._lead = next(iter(self.readers))  # the largest type's reader orders the epoch
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> Epoch:
         order = self.readers[self._lead].epoch_order(self.ss.epoch_batches(epoch % self.ss.epochs).tolist(), rng)
@@ -244,36 +247,60 @@ class TypedFeatDBLoader:
         pipe = Pipeline(bids, stages, self.depth, on_drop=_drop)
         return Epoch(iter(pipe), pipe.times, pipe.close, len(bids))
 
-    def _read(self, item: tuple[int, Any]) -> tuple[Any, list[Any]]:
+    def _read(self, item: tuple[int, Any]) -> tuple[Any, dict[int, Any]]:
         b, batch = item
-        got: list[Any] = []
+        got: dict[int, Any] = {}
         try:
-            for reader in self.readers.values():
-                got.append(reader.read_batch(b))
+            for t, reader in self.readers.items():
+                got[t] = reader.read_batch(b)
         except BaseException:
-            for rows in got:
-                rows.release()
+            _release_all(got)
             raise
         return batch, got
 
-    def _assemble(self, item: tuple[Any, list[Any]]) -> Item:
+    def _assemble(self, item: tuple[Any, dict[int, Any]]) -> Item:
+        """The batch relabelled to rows grouped by type in type order (the model's fast path), and its
+        rows: each type's as served, zero-padded to the widest type (featureless types: zeros)."""
         batch, got = item
-        kind = self.types.of_ids(batch.input_ids)
-        buf = self._pool.get()
-        x = buf[: len(kind)]
-        order, at = [], 0
-        for t, rows in zip(self.readers, got, strict=True):
-            at_t = np.flatnonzero(kind == t)  # a trace's batch holds its ids sorted: serve order indexes that
-            order.append(at_t[np.argsort(batch.input_ids[at_t], kind="stable")][rows.order])
-            n, dim = rows.rows.shape
-            x[at : at + n, :dim] = torch.from_numpy(rows.rows)
-            x[at : at + n, dim:] = 0
-            at += n
-            rows.release()
-        x[at:] = 0  # featureless types: zero rows
-        order.append(np.flatnonzero(~np.isin(kind, list(self.readers))))
-        mfg = to_torch(served(batch, np.concatenate(order)), self.device)
-        y = seed_labels(self.labels, batch.seeds).to(self.device)
+        try:
+            buf = self._pool.get(timeout=self.POOL_TIMEOUT)
+        except queue.Empty:
+            _release_all(got)
+            raise ResourceExhaustedError(
+                f"all input matrices are held and none came back within {self.POOL_TIMEOUT:.0f} s: "
+                "release each batch after its step"
+            ) from None
+        try:
+            kind = self.types.of_ids(batch.input_ids)
+            x = buf[: len(kind)]
+            order, at = [], 0
+            for t in range(len(self.types.names)):
+                at_t = np.flatnonzero(kind == t)
+                n, rows = len(at_t), got.get(t)
+                if rows is None:  # no features: zero rows
+                    order.append(at_t)
+                    x[at : at + n] = 0
+                    at += n
+                    continue
+                if rows.rows.shape[0] != n:
+                    raise StaleDataError(
+                        f"batch {rows.batch_id}: trace {self.ss.name}.{self.types.names[t]} serves "
+                        f"{rows.rows.shape[0]} rows for the {n} the sample set's batch reads: split and pack "
+                        "the traces again"
+                    )
+                # a trace's batch holds its ids sorted: the served order indexes those
+                order.append(at_t[np.argsort(batch.input_ids[at_t], kind="stable")][rows.order])
+                dim = rows.rows.shape[1]
+                x[at : at + n, :dim] = torch.from_numpy(rows.rows)
+                x[at : at + n, dim:] = 0
+                at += n
+            mfg = to_torch(served(batch, np.concatenate(order)), self.device)
+            y = seed_labels(self.labels, batch.seeds).to(self.device)
+        except BaseException:
+            self._pool.put(buf)
+            raise
+        finally:
+            _release_all(got)
 
         def release() -> None:
             self._pool.put(buf)
@@ -294,16 +321,33 @@ class TypedFeatDBLoader:
         self.ss.close()
 
 
-def _noop() -> None:
-    return None
+def _check_trace(store: featdb.Store, ss: SampleSet, name: str) -> None:
+    """``ConfigError`` unless trace ``name`` exists and was split from this very sample set."""
+    doc = store.catalog.get(f"trace/{name}")
+    if doc is None:
+        raise ConfigError(
+            f"no trace {name}: a typed graph is served one trace per node type (featdb trace split "
+            f"{store.root} --sample-set {ss.name}, then featdb pack --trace {ss.name}.<type> for each)"
+        )
+    source = doc.get("source") or {}
+    if source.get("sample_set") != ss.name or source.get("sample_set_uid") != ss.uid:
+        raise StaleDataError(
+            f"trace {name} was not split from sample set {ss.name!r} as it is now (sampled again since?): "
+            f"remove it (featdb gc --trace {name}), run featdb trace split and pack it again"
+        )
+
+
+def _release_all(got: dict[int, Any]) -> None:
+    for rows in got.values():
+        rows.release()
 
 
 def _drop(item: Any) -> None:
     """Release what an item dropped mid-pipeline holds: read buffers (one per type) or its input rows."""
     if isinstance(item, tuple):
         for part in item:
-            for rows in part if isinstance(part, list) else ():
-                rows.release()
+            if isinstance(part, dict):
+                _release_all(part)
     _release_item(item)
 
 

@@ -70,11 +70,13 @@ def build_csc(
     With ``edge_types`` (T > 0) ``edge_chunks`` yields ``(src, dst, etype)`` with
     types in ``[0, T)``, and each edge's type is stored in ``etypes_key`` (uint8
     or int16, aligned with the indices; a neighbour list is ordered by source,
-    then type, and ``dedup`` drops repeated (source, type) pairs only). The
+    then type when ``sort``, and ``dedup`` drops repeated (source, type) pairs only). The
     source and its type travel through the build as one int64, ``src * T + type``.
     """
     n = _check_num_nodes(num_nodes)
     types = _check_edge_types(edge_types)
+    if n * max(1, types) >= 1 << 62:  # a source and its type travel as one int64
+        raise InvalidInputError(f"{n:,} nodes x {types} edge types do not fit the typed build's 62-bit ids")
     step = edge_step(n, memory_budget)
     open_writer = table_writer or (lambda key, schema: store.table_writer(key, schema, internal=True))
     indptr = np.zeros(n + 1, dtype=np.int64)
@@ -148,8 +150,11 @@ def _check_edge_types(edge_types: Any) -> int:
     return int(edge_types)
 
 
-def _chunks(edge_chunks: EdgeChunks, step: int, types: int = 0) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
-    """Step-sized ``(src, dst)`` chunks; with ``types``, ``src`` is ``src * types + etype``."""
+def _chunks(
+    edge_chunks: EdgeChunks, step: int, types: int = 0, n: int = 0
+) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
+    """Step-sized ``(src, dst)`` chunks; with ``types``, ``src`` is ``src * types + etype`` (sources checked
+    against ``n`` first)."""
     for chunk in edge_chunks():
         if len(chunk) != 2 + bool(types):
             raise SchemaMismatchError(
@@ -157,19 +162,20 @@ def _chunks(edge_chunks: EdgeChunks, step: int, types: int = 0) -> Iterator[tupl
             )
         s, d = _as_edge_arrays(chunk[0], chunk[1])
         if types:
-            s = _typed_sources(s, chunk[2], types)
+            s = _typed_sources(s, chunk[2], types, n)
         for lo in range(0, len(s), step):
             yield s[lo : lo + step], d[lo : lo + step]
 
 
-def _typed_sources(s: NDArray[Any], etype: Any, types: int) -> NDArray[Any]:
+def _typed_sources(s: NDArray[Any], etype: Any, types: int, n: int) -> NDArray[Any]:
     t = np.asarray(etype)
     if t.shape != s.shape or (t.size and not np.issubdtype(t.dtype, np.integer)):
         raise SchemaMismatchError(f"edge types must be an integer array of the sources' shape {s.shape}")
     if t.size and (int(t.min()) < 0 or int(t.max()) >= types):
         raise IdsOutOfRangeError(f"an edge type is outside [0, {types})")
-    if s.size and int(s.min()) < 0:  # checked here: encoded, a negative id would pass for another type's
-        raise IdsOutOfRangeError(f"source id {int(s.min())} is negative")
+    if s.size and (int(s.min()) < 0 or int(s.max()) >= n):  # checked here: encoded, it could pass for another
+        bad = int(s[(s < 0) | (s >= n)][0])
+        raise IdsOutOfRangeError(f"source id {bad} is outside [0, {n}) (num_nodes={n})")
     return s * types + t.astype(np.int64, copy=False)
 
 
@@ -210,7 +216,7 @@ def _count_in_degrees(
     """Pass 1: validate ids, add each destination's count into ``indptr[1 + v]``."""
     counts = indptr[1:]
     seen, fa, fb = 0, 0, 0
-    for s, d in _chunks(edge_chunks, step, types):
+    for s, d in _chunks(edge_chunks, step, types, n):
         _check_ids(s // types if types else s, d, n, seen)
         _add_counts(counts, d)
         _, a, b = _fingerprint(s, d)
@@ -247,7 +253,7 @@ def _place_sources(
     cursor = indptr[:-1]
     total = len(scratch)
     seen, fa, fb = 0, 0, 0
-    for s, d in _chunks(edge_chunks, step, types):
+    for s, d in _chunks(edge_chunks, step, types, len(indptr) - 1):
         if len(s) == 0:
             continue
         if seen + len(s) > total:

@@ -185,7 +185,7 @@ def ingest_ogb_hetero(
         )
         doc["node_types"] = {t: [lo, hi] for t, (lo, hi) in spans.items()}
         doc["type_features"] = {t: {"table": f"node/{t}/feat", "dim": d} for t, d in dims.items()}
-        doc["relations"] = [f"{s}{RELATION_SEP}{r}{RELATION_SEP}{d}" for s, r, d, _ in rels]
+        doc["relations"] = edge_type_names(rels, symmetric=False)
         doc["edge_types"] = etypes
         doc["tables"]["etypes"] = ETYPES_KEY
         gw.publish(doc)

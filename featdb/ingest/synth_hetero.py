@@ -34,8 +34,8 @@ HOMOPHILY = {"writes": 0.35, "cites": 0.25, "has_topic": 0.3}
 PER_PAPER = {"writes": 3, "cites": 5, "has_topic": 2}
 """Per relation, the mean number of edges each paper takes part in."""
 BYTES_PER_PAPER = 160
-"""What generating holds per paper, besides features: latent classes, labels, splits, and one
-relation's edge arrays and temporaries at a time (about 10 int64 arrays of 5 entries a paper)."""
+"""What generating holds per paper, besides features: latent classes, labels, splits, and every
+relation's edge arrays (about 11 edges a paper, two int64 ids each) until they are written."""
 
 
 def write_mag_folder(
@@ -53,7 +53,7 @@ def write_mag_folder(
 
     ``dims`` are the feature widths of papers, authors and fields of study. Everything is generated
     in memory, one array at a time: ``BudgetExceededError`` before anything is written if that does
-    not fit ``memory_budget`` (at 256 MiB, about 500,000 papers)."""
+    not fit ``memory_budget`` (at 256 MiB, about 220,000 papers)."""
     root = Path(folder)
     if root.exists() and any(root.iterdir()):
         raise AlreadyExistsError(f"{root} exists and is not empty")

@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import CorruptDataError, InvalidInputError
+from ..graph.csc import etype_dtype
 from .mfg import Batch, Layer
 
 MAGIC = 0x46444253414D5031  # "FDBSAMP1"
@@ -79,7 +80,7 @@ def _etype_dtype(batch: Batch) -> np.dtype[Any] | None:
     if not all(typed):
         raise InvalidInputError("a batch's layers must all carry edge types or none")
     top = max((int(layer.etype.max(initial=0)) for layer in batch.layers), default=0)  # type: ignore[union-attr]
-    return np.dtype("u1") if top < 256 else np.dtype("<i2")
+    return np.dtype(etype_dtype(top + 1)).newbyteorder("<")
 
 
 def decode(raw: bytes | memoryview, id_dtype: np.dtype[Any], where: str = "") -> Batch:

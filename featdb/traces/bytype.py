@@ -65,6 +65,7 @@ def traces_by_type(
                 memory_budget=memory_budget,
                 progress=progress,
                 groups=groups,
+                source={"sample_set": sample_set, "sample_set_uid": ss.uid, "type": t, "lo": lo},
             )
     return out
 

@@ -46,6 +46,7 @@ def add_trace(
     memory_budget: int = DEFAULT_BUDGET,
     progress: Progress = None,
     groups: Sequence[tuple[int, int]] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Store ``batches`` (each an array of row ids of ``table``) as the trace ``name``; returns its document.
 
@@ -53,7 +54,8 @@ def add_trace(
     splits the batches into that many equal runs, served (and packed) as epochs; ``groups`` instead
     gives the batch ranges served together, in order, the first ``epochs`` of them training epochs
     (a sample set's epochs and evaluation splits, as :func:`traces_by_type` passes them). Holds
-    4 bytes per table row (the read counts) and one batch at a time."""
+    4 bytes per table row (the read counts) and one batch at a time. ``source`` (recorded as is)
+    says where the batches came from, e.g. the sample set a per-type trace was split from."""
     store.require_writable()
     rel = f"{TRACES}/{child(store.root / TRACES, name, 'trace name').name}"
     rows = store.schema(table).rows
@@ -81,6 +83,7 @@ def add_trace(
                 "id_dtype": id_dtype(rows).str,
                 "epochs": epochs,
                 **({"groups": [[int(lo), int(hi)] for lo, hi in groups]} if groups is not None else {}),
+                **({"source": source} if source is not None else {}),
                 **stats,
                 "uid": uuid.uuid4().hex,
                 "table_uid": store.table_info(table).get("uid"),
