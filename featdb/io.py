@@ -64,7 +64,9 @@ def reserve(fd: int, nbytes: int, doing: str) -> None:
 def require_space(path: Path, nbytes: int, doing: str) -> None:
     """:class:`DiskFullError` before ``doing`` writes anything if the device of ``path`` lacks ``nbytes``."""
     if (free := shutil.disk_usage(path).free) < nbytes:
-        raise DiskFullError(f"{doing} needs about {nbytes >> 20} MiB free on the disk of {path}, {free >> 20} MiB are")
+        raise DiskFullError(
+            f"disk full: {doing} needs about {nbytes >> 20} MiB free on the disk of {path}, {free >> 20} MiB are"
+        )
 
 
 def fsync_dir(path: Path) -> None:

@@ -150,3 +150,17 @@ def test_a_short_positioned_write_of_an_extent_is_continued(tmp_path: Path, monk
     finally:
         os.close(fd)
     assert (tmp_path / "x").read_bytes()[4096:] == b"a" * 1000
+
+
+def test_pack_refuses_a_layout_the_disk_cannot_hold_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack that would fill the disk used to write until ENOSPC (tens of GB); now it says so first."""
+    with make_synth_store(tmp_path / "store", nodes=500) as st:
+        make_sample_set(st, "tr")
+    before = files(tmp_path / "store")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
+    res = CliRunner().invoke(cli, ["pack", str(tmp_path / "store"), "--sample-set", "tr"])
+    assert_one_error_line(res, "DiskFullError", "disk full: pack", "MiB free")
+    assert files(tmp_path / "store") == before

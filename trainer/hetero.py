@@ -20,8 +20,6 @@ self loop.
 
 from __future__ import annotations
 
-import itertools
-import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -34,11 +32,11 @@ from torch.nn import functional as F
 
 import featdb
 from featdb import MemoryBudget
-from featdb.errors import ConfigError, ResourceExhaustedError, StaleDataError
+from featdb.errors import ConfigError, StaleDataError
 from featdb.sampling import SampleSet
 from featdb.serve import open_reader
 
-from .loaders import Epoch, Item, _noop, _release_item, seed_labels
+from .loaders import Epoch, Item, _release_item, seed_labels
 from .mfg import TorchBatch, TorchLayer, served, to_torch
 from .models import RELU_GAIN, _widths
 from .ops import _check_depth
@@ -125,18 +123,25 @@ class RGCN(nn.Module):
         self.layers = nn.ModuleList(RGCNConv(a, b, types.num_relations) for a, b in widths)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, batch: TorchBatch, x: Tensor) -> Tensor:
-        """Logits [num_seeds, n_classes] from ``x`` [num_src of layer 0, widest type's width]."""
-        _check_depth(batch, len(self.layers), x)
+    def forward(self, batch: TorchBatch, x: Tensor | TypedRows) -> Tensor:
+        """Logits [num_seeds, n_classes] from the input rows: either one matrix [num_src of layer 0,
+        widest type's width] (zero-padded, rows in any order), or :data:`TypedRows`, one matrix per
+        type in type order (``None`` for types without features) with the batch's rows grouped so."""
         kind = torch.bucketize(batch.input_ids, self.bounds, right=True)
-        if bool((kind[1:] >= kind[:-1]).all()):  # rows grouped by type (as featdb serves them): slices
-            ends = torch.bincount(kind, minlength=len(self.dims)).cumsum(0).tolist()
-            h = torch.cat([self._typed(t, x[a:b]) for t, (a, b) in enumerate(itertools.pairwise([0, *ends]))])
+        if isinstance(x, (tuple, list)):
+            counts = torch.bincount(kind, minlength=len(self.dims)).tolist()
+            if not bool((kind[1:] >= kind[:-1]).all()) or any(
+                r is not None and r.shape[0] != n for r, n in zip(x, counts, strict=True)
+            ):
+                raise ValueError("per-type rows need the batch's inputs grouped by type, in type order")
+            _check_depth(batch, len(self.layers), kind)
+            h = torch.cat([self._typed(t, r, n) for t, (r, n) in enumerate(zip(x, counts, strict=True))])
         else:
+            _check_depth(batch, len(self.layers), x)
             h = x.new_empty(x.shape[0], self.embed.shape[1])
             for t in range(len(self.dims)):
                 rows = (kind == t).nonzero().squeeze(1)
-                h[rows] = self._typed(t, x.index_select(0, rows))
+                h[rows] = self._typed(t, x.index_select(0, rows), len(rows))
         h = self.dropout(F.relu(h))
         last = len(self.layers) - 1
         for i, (conv, layer) in enumerate(zip(self.layers, batch.layers, strict=True)):
@@ -145,10 +150,23 @@ class RGCN(nn.Module):
                 h = self.dropout(F.relu(h))
         return h
 
-    def _typed(self, t: int, x: Tensor) -> Tensor:
-        """Type ``t``'s input rows projected (or its learned vector, for a type without features)."""
+    def _typed(self, t: int, x: Tensor | None, n: int) -> Tensor:
+        """Type ``t``'s ``n`` input rows projected (its learned vector, for a type without features)."""
         dim = self.dims[t]
-        return cast(Tensor, self.project[t](x[:, :dim])) if dim else self.embed[t].expand(x.shape[0], -1)
+        if not dim or x is None:
+            return self.embed[t].expand(n, -1)
+        return cast(Tensor, self.project[t](x[:, :dim]))
+
+
+TypedRows = tuple[Tensor | None, ...]
+"""Input rows one matrix per node type, in type order (``None``: the type has no features)."""
+
+
+def as_float(x: Tensor | TypedRows) -> Tensor | TypedRows:
+    """Input rows as float32 (what the models compute in), one matrix or one per type."""
+    if isinstance(x, (tuple, list)):
+        return tuple(None if r is None else r.float() for r in x)
+    return x if x.dtype == torch.float32 else x.float()
 
 
 def model_params(types: NodeTypes, hidden: int, n_classes: int, n_layers: int) -> int:
@@ -182,7 +200,6 @@ class TypedFeatDBLoader:
     """Batches of a sample set over a typed graph; each type's rows through its own trace's layout."""
 
     name = "featdb"
-    POOL_TIMEOUT = 120.0  # seconds to wait for a free input matrix (one comes back per finished step)
 
     def __init__(
         self,
@@ -202,13 +219,6 @@ class TypedFeatDBLoader:
                 raise ConfigError(f"{store.root}: no node type has a feature table to train on")
             for t in typed:
                 _check_trace(store, self.ss, f"{sample_set}.{self.types.names[t]}")
-            # typed rows are assembled into one matrix per batch, from a fixed pool allocated here (in the
-            # training thread's heap: freed by feeding threads, they would pile up in theirs); charged
-            # before the readers size their queues and segment caches from what is left
-            rows, count = int(self.ss.index[:, 4].max(initial=0)), queue_depth + 2
-            if memory is not None:
-                memory.charge(f"assembled input rows ({count} batches)", count * rows * self.types.width * 4)
-                memory.check()
             for t in sorted(typed, key=lambda t: self.types.bounds[t] - self.types.bounds[t + 1]):  # largest first
                 self.readers[t] = open_reader(
                     store,
@@ -218,9 +228,6 @@ class TypedFeatDBLoader:
                     memory_budget=memory,
                 )
             self.depth = min(r.queue_depth for r in self.readers.values())
-            self._pool: queue.Queue[Tensor] = queue.Queue()
-            for _ in range(self.depth + 2):
-                self._pool.put(torch.empty(rows, self.types.width))
         except BaseException:
             self.close()
             raise
@@ -259,57 +266,43 @@ class TypedFeatDBLoader:
         return batch, got
 
     def _assemble(self, item: tuple[Any, dict[int, Any]]) -> Item:
-        """The batch relabelled to rows grouped by type in type order (the model's fast path), and its
-        rows: each type's as served, zero-padded to the widest type (featureless types: zeros)."""
+        """The batch relabelled to rows grouped by type in type order, and its rows one matrix per type
+        (:data:`TypedRows`): views of the readers' buffers, released after the step as one type's
+        rows are (no copy, no memory beyond the readers' own)."""
         batch, got = item
         try:
-            buf = self._pool.get(timeout=self.POOL_TIMEOUT)
-        except queue.Empty:
-            _release_all(got)
-            raise ResourceExhaustedError(
-                f"all input matrices are held and none came back within {self.POOL_TIMEOUT:.0f} s: "
-                "release each batch after its step"
-            ) from None
-        try:
             kind = self.types.of_ids(batch.input_ids)
-            x = buf[: len(kind)]
-            order, at = [], 0
+            order: list[NDArray[Any]] = []
+            xs: list[Tensor | None] = []
             for t in range(len(self.types.names)):
                 at_t = np.flatnonzero(kind == t)
-                n, rows = len(at_t), got.get(t)
-                if rows is None:  # no features: zero rows
+                rows = got.get(t)
+                if rows is None:  # no features
                     order.append(at_t)
-                    x[at : at + n] = 0
-                    at += n
+                    xs.append(None)
                     continue
-                if rows.rows.shape[0] != n:
+                if rows.rows.shape[0] != len(at_t):
                     raise StaleDataError(
                         f"batch {rows.batch_id}: trace {self.ss.name}.{self.types.names[t]} serves "
-                        f"{rows.rows.shape[0]} rows for the {n} the sample set's batch reads: split and pack "
-                        "the traces again"
+                        f"{rows.rows.shape[0]} rows for the {len(at_t)} the sample set's batch reads: split "
+                        "and pack the traces again"
                     )
                 # a trace's batch holds its ids sorted: the served order indexes those
                 order.append(at_t[np.argsort(batch.input_ids[at_t], kind="stable")][rows.order])
-                dim = rows.rows.shape[1]
-                x[at : at + n, :dim] = torch.from_numpy(rows.rows)
-                x[at : at + n, dim:] = 0
-                at += n
+                xs.append(torch.from_numpy(rows.rows))
             mfg = to_torch(served(batch, np.concatenate(order)), self.device)
             y = seed_labels(self.labels, batch.seeds).to(self.device)
+            if self.device.type != "cpu":
+                xs = [None if r is None else r.to(self.device) for r in xs]
+                _release_all(got)
         except BaseException:
-            self._pool.put(buf)
-            raise
-        finally:
             _release_all(got)
+            raise
 
         def release() -> None:
-            self._pool.put(buf)
+            _release_all(got)
 
-        if self.device.type != "cpu":
-            x = x.to(self.device)
-            release()
-            return mfg, x, y, _noop
-        return mfg, x, y, release
+        return mfg, tuple(xs), y, release  # type: ignore[return-value]
 
     def serve_stats(self) -> dict[str, Any]:
         """Every type's reader's statistics (``tables``), and their tiers summed as one reader's."""

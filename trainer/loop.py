@@ -39,7 +39,7 @@ from featdb.sampling import SampleSet
 
 from .allocator import retain_large_allocations, trim_threshold
 from .budget import charge_training, step_bytes
-from .hetero import RGCN, NodeTypes, TypedFeatDBLoader, TypedTables, model_params
+from .hetero import RGCN, NodeTypes, TypedFeatDBLoader, TypedTables, as_float, model_params
 from .loaders import DGLLoader, Epoch, FeatDBLoader, Loader
 from .models import build_model
 
@@ -245,7 +245,7 @@ def _train_epoch(
             mfg, x, y, release = item
             try:
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(mfg, x.float() if x.dtype != torch.float32 else x), y)
+                loss = F.cross_entropy(model(mfg, as_float(x)), y)
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
             finally:
@@ -291,7 +291,7 @@ def _accuracy(model: torch.nn.Module, ep: Epoch) -> float:
     try:
         for mfg, x, y, release in ep.items:
             try:
-                pred = model(mfg, x.float()).argmax(dim=1)
+                pred = model(mfg, as_float(x)).argmax(dim=1)
             finally:
                 release()
             correct += int((pred == y).sum())

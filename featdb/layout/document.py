@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from ..sampling.sampleset import SampleSet
 from ..tables import Schema
 from ..units import format_size
@@ -73,3 +75,16 @@ def layout_doc(
         "plan_s": round(plan_s, 3),
         "created": time.time(),
     }
+
+
+def planned_bytes(placement: Any, counts: Any, row_bytes: int) -> int:
+    """About the bytes a placement stores (tiers, extents, ~3 % of page rounding and indexes) before writing:
+    its predicted blowup where the planner chose among caps, else (every batch packed) the memory
+    tiers plus each batch's other rows, from the per-row read ``counts`` (a callable, read only then)."""
+    if "blowup" in placement.predictions:
+        rows = float(placement.predictions["blowup"]) * placement.num_nodes
+    else:
+        c = counts()
+        hot = np.concatenate([placement.l1_ids, placement.l2_ids]).astype(np.int64)
+        rows = len(hot) + int(c.sum(dtype=np.int64)) - int(c[hot].sum(dtype=np.int64))
+    return int(rows * row_bytes * 1.03)

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, SchemaMismatchError
-from ..io import PAGE, ChecksumWriter, round_up, write_all, write_atomic
+from ..io import PAGE, ChecksumWriter, require_space, round_up, write_all, write_atomic
 from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
 from ..pagesums import DEFAULT as EXTENT_CHECKSUM
 from ..pagesums import PageCrcs
@@ -35,9 +35,10 @@ from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter, id_dtype
 from ..traces import Trace
+from ..units import format_size
 from . import generation
 from .budget import plan
-from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, serving_groups
+from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, planned_bytes, serving_groups
 from .extents import EXTENT_CRC, ExtentWriter, base_chunks, extent_crcs
 from .plan import Budgets, Copies, Placement, Predictor, SegmentPlan, assign_segment
 
@@ -112,6 +113,8 @@ def pack(
         if dry_run:
             doc = layout_doc(placement, sample_set or "", table, schema, budgets, memory_budget, plan_s)
             return doc | fmt.doc() | _source_fields(ss) | {"dry_run": True, "warnings": warnings}
+        planned = planned_bytes(placement, ss.counts, fmt.row_bytes)
+        require_space(store.root, planned + (16 << 20), f"pack ({format_size(planned)} of tiers and extents)")
         gen_id = generation.new_id()
         tmp, lock = generation.partial_dir(store, gen_id)
         try:
