@@ -325,8 +325,9 @@ def _check_trace(store: featdb.Store, ss: SampleSet, name: str) -> None:
     source = doc.get("source") or {}
     if source.get("sample_set") != ss.name or source.get("sample_set_uid") != ss.uid:
         raise StaleDataError(
-            f"trace {name} was not split from sample set {ss.name!r} as it is now (sampled again since?): "
-            f"remove it (featdb gc --trace {name}), run featdb trace split and pack it again"
+            f"trace {name} was not split from sample set {ss.name!r} as it is now (sampled again since, or split "
+            f"before traces recorded their source): remove it (featdb gc {store.root} --trace {name} --force), "
+            "run featdb trace split and pack it again"
         )
 
 
