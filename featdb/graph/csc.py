@@ -217,7 +217,7 @@ def _count_in_degrees(
     counts = indptr[1:]
     seen, fa, fb = 0, 0, 0
     for s, d in _chunks(edge_chunks, step, types, n):
-        _check_ids(s // types if types else s, d, n, seen)
+        _check_ids(d[:0] if types else s, d, n, seen)  # typed sources: checked before they were encoded
         _add_counts(counts, d)
         _, a, b = _fingerprint(s, d)
         seen, fa, fb = seen + len(s), fa + a, fb + b

@@ -39,6 +39,13 @@ from .plan import L4, Budgets, Placement, Trace, hot_sets, predict
 Groups = Sequence[tuple[int, int]]
 
 
+def in_rows(budgets: Budgets, row_bytes: int, base_row_bytes: int) -> Budgets:
+    """The blowup cap (bytes against the base table's) as table copies of rows stored ``row_bytes`` wide."""
+    if budgets.max_blowup is None or row_bytes == base_row_bytes:
+        return budgets
+    return replace(budgets, max_blowup=budgets.max_blowup * base_row_bytes / row_bytes)
+
+
 def plan(
     counts: NDArray[Any],
     trace: Trace,

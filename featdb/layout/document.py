@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
+from ..io import require_space
 from ..sampling.sampleset import SampleSet
 from ..tables import Schema
 from ..units import format_size
@@ -77,14 +80,15 @@ def layout_doc(
     }
 
 
-def planned_bytes(placement: Any, counts: Any, row_bytes: int) -> int:
-    """About the bytes a placement stores (tiers, extents, ~3 % of page rounding and indexes) before writing:
+def require_room(root: Path, placement: Placement, counts: NDArray[Any], row_bytes: int) -> None:
+    """``DiskFullError`` before a pack writes anything if the disk of ``root`` cannot hold the
+    placement: about the bytes it stores (tiers, extents, ~3 % of page rounding and indexes), from
     its predicted blowup where the planner chose among caps, else (every batch packed) the memory
-    tiers plus each batch's other rows, from the per-row read ``counts`` (a callable, read only then)."""
+    tiers plus each batch's other rows, from the per-row read ``counts``."""
     if "blowup" in placement.predictions:
         rows = float(placement.predictions["blowup"]) * placement.num_nodes
     else:
-        c = counts()
         hot = np.concatenate([placement.l1_ids, placement.l2_ids]).astype(np.int64)
-        rows = len(hot) + int(c.sum(dtype=np.int64)) - int(c[hot].sum(dtype=np.int64))
-    return int(rows * row_bytes * 1.03)
+        rows = len(hot) + int(counts.sum(dtype=np.int64)) - int(counts[hot].sum(dtype=np.int64))
+    planned = int(rows * row_bytes * 1.03)
+    require_space(root, planned + (16 << 20), f"pack ({format_size(planned)} of tiers and extents)")

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, SchemaMismatchError
-from ..io import PAGE, ChecksumWriter, require_space, round_up, write_all, write_atomic
+from ..io import PAGE, ChecksumWriter, round_up, write_all, write_atomic
 from ..memory import DEFAULT_BUDGET, RUNTIME_BYTES, MemoryBudget
 from ..pagesums import DEFAULT as EXTENT_CHECKSUM
 from ..pagesums import PageCrcs
@@ -35,10 +35,9 @@ from ..sampling.sampleset import SampleSet
 from ..store import Store
 from ..tables import Schema, TableReader, TableWriter, id_dtype
 from ..traces import Trace
-from ..units import format_size
 from . import generation
-from .budget import plan
-from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, planned_bytes, serving_groups
+from .budget import in_rows, plan
+from .document import DEFAULT_MAX_AMPLIFICATION, SEG_COLS, layout_doc, plan_warnings, require_room, serving_groups
 from .extents import EXTENT_CRC, ExtentWriter, base_chunks, extent_crcs
 from .plan import Budgets, Copies, Placement, Predictor, SegmentPlan, assign_segment
 
@@ -102,10 +101,10 @@ def pack(
         started = time.perf_counter()
         fmt = _row_format(store, table, schema, row_format, work)
         groups = ss.groups() if isinstance(ss, Trace) else serving_groups(ss)
+        counts, capped = ss.counts(), in_rows(budgets, fmt.row_bytes, schema.row_bytes)
         placement = plan(
-            ss.counts(), ss.inputs_of, ss.num_batches, fmt.row_bytes, _in_rows(budgets, fmt, schema), groups,
-            dry_run, ss.epochs, schema.row_bytes,
-        )  # fmt: skip
+            counts, ss.inputs_of, ss.num_batches, fmt.row_bytes, capped, groups, dry_run, ss.epochs, schema.row_bytes
+        )
         plan_s = time.perf_counter() - started
         warnings = plan_warnings(placement, budgets, max_amplification)
         if strict and warnings:
@@ -113,8 +112,7 @@ def pack(
         if dry_run:
             doc = layout_doc(placement, sample_set or "", table, schema, budgets, memory_budget, plan_s)
             return doc | fmt.doc() | _source_fields(ss) | {"dry_run": True, "warnings": warnings}
-        planned = planned_bytes(placement, ss.counts, fmt.row_bytes)
-        require_space(store.root, planned + (16 << 20), f"pack ({format_size(planned)} of tiers and extents)")
+        require_room(store.root, placement, counts, fmt.row_bytes)
         gen_id = generation.new_id()
         tmp, lock = generation.partial_dir(store, gen_id)
         try:
@@ -159,13 +157,6 @@ def _row_format(store: Store, table: str, schema: Schema, name: str | None, work
         return RowFormat.choose(name, schema.dtype, schema.dim, ColumnStats.of(rows, schema.dim))
     finally:
         reader.close()
-
-
-def _in_rows(budgets: Budgets, fmt: RowFormat, schema: Schema) -> Budgets:
-    """The blowup cap (bytes against the base table's) as table copies of the stored rows."""
-    if budgets.max_blowup is None or fmt.row_bytes == schema.row_bytes:
-        return budgets
-    return replace(budgets, max_blowup=budgets.max_blowup * schema.row_bytes / fmt.row_bytes)
 
 
 def _source_fields(ss: SampleSet | Trace) -> dict[str, Any]:
