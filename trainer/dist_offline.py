@@ -211,7 +211,7 @@ def _train(ctx: _Ctx, rec: Records, store: featdb.Store, prep: dict[str, Any]) -
             # the order they were sampled in (already shuffled, the same as online mode's); a layout
             # with shared segments would want reader.epoch_order, but this one stores none (no --max-blowup)
             bids = list(range(epoch * prep["steps"], (epoch + 1) * prep["steps"]))
-            r = _epoch(ctx, ddp, opt, rec, reader, prep["needed"], bids, epoch)
+            r = _epoch(ctx, ddp, opt, rec, reader, bids, epoch)
             if not cfg.max_batches:
                 r["val_acc"] = _evaluate(ctx, model, rec, store, prep, "valid")
                 r["test_acc"] = _evaluate(ctx, model, rec, store, prep, "test")
@@ -224,7 +224,7 @@ def _train(ctx: _Ctx, rec: Records, store: featdb.Store, prep: dict[str, Any]) -
 
 
 def _epoch(
-    ctx: _Ctx, ddp: Any, opt: torch.optim.Optimizer, rec: Records, reader: Any, needed: Any, bids: list[int], epoch: int
+    ctx: _Ctx, ddp: Any, opt: torch.optim.Optimizer, rec: Records, reader: Any, bids: list[int], epoch: int
 ) -> dict[str, Any]:
     ddp.train()
 
@@ -237,7 +237,9 @@ def _epoch(
 
     def assemble(item: tuple[Batch, NDArray[Any], Any]) -> tuple[Any, torch.Tensor, torch.Tensor, Any, Any]:
         batch, y, rows = item
-        perm = np.argsort(np.searchsorted(needed, batch.input_ids), kind="stable")[rows.order]
+        # the trace holds each batch's local rows sorted; local ids rise with global ids (``needed``
+        # is sorted), so sorting the global ids gives the same order without searching ``needed``
+        perm = np.argsort(batch.input_ids, kind="stable")[rows.order]
         mfg = served(batch, perm)
         return to_torch(mfg, ctx.device), torch.from_numpy(rows.rows), torch.from_numpy(y), rows, mfg.input_ids
 
