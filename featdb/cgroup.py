@@ -86,6 +86,16 @@ class MemoryCap:
             raise
         self.path, self.version = path, version
 
+    def join(self) -> None:
+        """Put the calling process in the group (for ``preexec_fn``: the command and its children
+        are capped from their first allocation)."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer has ended in this group so far."""
+        return self._oom_kills()
+
     def _oom_kills(self) -> int:
         if self.path is None:
             return 0
@@ -108,12 +118,6 @@ class MemoryCap:
     ) -> Finished:
         """Run ``argv`` inside the group; its own peak RSS comes from ``wait4``."""
         before = self._oom_kills()
-        procs = None if self.path is None else self.path / "cgroup.procs"
-
-        def enter() -> None:  # in the child, before exec: the command and its children are capped
-            if procs is not None:
-                procs.write_text(str(os.getpid()))
-
         t = time.perf_counter()
         with open(os.devnull, "rb") as devnull:
             proc = subprocess.Popen(
@@ -122,7 +126,7 @@ class MemoryCap:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
-                preexec_fn=enter,
+                preexec_fn=self.join,
                 text=True,
             )
         status, usage, out, err, io_seen = _wait(proc, timeout, on_poll)

@@ -205,6 +205,43 @@ def test_run_machine_ends_everything_on_failure_and_deadline(tmp_path: Path) -> 
     assert not r["ok"] and "deadline" in r["failed"] and time.monotonic() - t0 < 15
 
 
+def test_run_machine_reports_each_process_peak_memory_by_kind(tmp_path: Path) -> None:
+    # a "server" that holds 200 MiB of heap and 100 MiB of shared memory for a moment, then a trainer
+    server = [sys.executable, "-c", (
+        "import mmap, time\n"
+        "heap = bytearray(200 << 20)\n"
+        "shm = mmap.mmap(-1, 100 << 20, flags=mmap.MAP_SHARED)\n"
+        "for _ in range(100): shm.write(b'x' * (1 << 20))\n"
+        "time.sleep(0.5)"
+    )]  # fmt: skip
+    trainer = [sys.executable, "-c", "import time; time.sleep(1.5)"]
+    r = run_machine([Proc("server", 0, {}, server), Proc("trainer", 0, {}, trainer)], timeout=30, log_dir=tmp_path)
+    assert r["ok"], r
+    mem = r["memory"]
+    assert 300 << 20 <= mem["server0"]["peak_unreclaimable_bytes"] <= mem["server0"]["peak_rss_bytes"] < 450 << 20
+    assert mem["trainer0"]["peak_unreclaimable_bytes"] < 100 << 20
+
+
+def test_run_machine_caps_the_servers_memory_only(tmp_path: Path) -> None:
+    from featdb.cgroup import MemoryCap
+
+    with MemoryCap(64 << 20, "featdb-probe") as probe:
+        if not probe.capped:
+            pytest.skip(f"no memory cgroup here: {probe.why_uncapped}")
+    grab = [sys.executable, "-c", "x = bytearray(300 << 20); x[::4096] = b'x' * len(x[::4096])"]
+    # the trainer may use what the servers may not
+    r = run_machine([Proc("server", 0, {}, sleep_s(1)), Proc("trainer", 0, {}, grab)], 30, tmp_path, 200 << 20)
+    assert r["ok"] and r["server_cap"] == {"bytes": 200 << 20, "oom_kills": 0}, r
+    r = run_machine([Proc("server", 0, {}, grab), Proc("trainer", 0, {}, sleep_s(20))], 30, tmp_path, 200 << 20)
+    assert not r["ok"] and r["server_cap"]["oom_kills"] == 1 and "OOM killer" in r["failed"], r
+    left = [p for root in (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")) for p in root.glob("featdb-dist-*")]
+    assert left == []
+
+
+def sleep_s(seconds: float) -> list[str]:
+    return [sys.executable, "-c", f"import time; time.sleep({seconds})"]
+
+
 def test_cli_partition_json_and_errors(source: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "cli-parts"

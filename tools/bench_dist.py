@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import featdb  # noqa: E402
+from featdb import parse_size  # noqa: E402
 from featdb.distributed import load_manifest, partition  # noqa: E402
 from featdb.distributed.simulate import simulate  # noqa: E402
 
@@ -40,20 +41,28 @@ def build(out: Path, nodes: int, dim: int) -> Path:
     return parts
 
 
-def run(parts: Path, out: Path, mode: str, stock: bool, args: list[str], timeout: int) -> dict[str, Any]:
+def run(
+    parts: Path, out: Path, mode: str, stock: bool, args: list[str], timeout: int, cap: int | None
+) -> dict[str, Any]:
     t0 = time.monotonic()
     s = simulate(parts, ["--sampling", mode, *args], out / f"run-{mode}{'-stock' if stock else ''}",
-                 stock=stock, timeout=timeout)  # fmt: skip
+                 stock=stock, timeout=timeout, server_cap=cap)  # fmt: skip
     trainers = [t for r in s["reports"] for t in r["trainers"]]
     servers = [v for r in s["reports"] for v in r["servers"]]
     steady = [ms for t in trainers for ms in t["ms_per_step"][1:]] or [ms for t in trainers for ms in t["ms_per_step"]]
     return {
         "ok": s["ok"],
+        "failed": [r["failed"] for r in s["reports"] if r.get("failed")],
+        "server_memory_cap_bytes": cap,
         "features": "stock" if stock else "featdb",
         "sampling": mode,
         "ms_per_step": [t["ms_per_step"] for t in trainers],
         "ms_per_step_median_after_epoch_0": round(statistics.median(steady), 2) if steady else None,
         "server_peak_rss_bytes": [v["peak_rss_bytes"] for v in servers],
+        # sampled by each machine's launcher: anonymous + shared memory, what the kernel cannot reclaim
+        "server_peak_unreclaimable_bytes": [
+            v["peak_unreclaimable_bytes"] for r in s["reports"] for k, v in r["memory"].items() if k[:6] == "server"
+        ],
         "server_at_exit": [{k: v[k] for k in v if k.startswith("rss_")} for v in servers],
         "trainer_peak_rss_bytes": [t["peak_rss_bytes"] for t in trainers],
         "test_acc": trainers[0]["test_acc"] if trainers else None,
@@ -76,6 +85,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per run")
     ap.add_argument("--out", type=Path, default=ROOT / ".bench-dist")
     ap.add_argument("--memory-budget", default="2GiB", help="each trainer's --memory-budget")
+    ap.add_argument("--server-memory-cap", type=parse_size, help="each machine's servers run in a cgroup of this size")
+    ap.add_argument("--modes", default="stock-online,featdb-online,featdb-offline", help="which runs, in order")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     parts = build(a.out, a.nodes, a.dim)
@@ -91,9 +102,9 @@ def main() -> None:
         "part_feature_bytes": [m.part_rows(p) * a.dim * 4 for p in range(m.num_parts)],
         "args": args,
     }
-    for mode, stock in (("online", True), ("online", False), ("offline", False)):
-        key = f"{'stock' if stock else 'featdb'}-{mode}"
-        result[key] = run(parts, a.out, mode, stock, args, a.timeout)
+    for key in a.modes.split(","):
+        features, mode = key.split("-")
+        result[key] = run(parts, a.out, mode, features == "stock", args, a.timeout, a.server_memory_cap)
         print(json.dumps({key: result[key]}), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=2))
 

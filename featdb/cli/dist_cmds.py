@@ -14,8 +14,9 @@ import click
 
 from ..cgroup import command_path
 from ..errors import ConfigError
+from ..io import write_atomic
 from ..units import format_size
-from .common import cli, emit, memory_option, output_options, progress
+from .common import SIZE, cli, emit, memory_option, output_options, progress
 
 
 @cli.command()
@@ -139,6 +140,11 @@ def dist_server(partitions: str, stock: bool, report: str | None, as_json: bool,
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True, help="Seconds before all stop.")
 @click.option("--logs", type=click.Path(file_okay=False), default="dist-logs", show_default=True)
 @click.option("--port", type=int, default=29500, show_default=True, help="torch.distributed master port.")
+@click.option(
+    "--server-memory-cap",
+    type=SIZE,
+    help="Run each machine's servers in a cgroup limited to SIZE (heap, shared memory and page cache; root).",
+)
 @output_options
 def dist_machine(
     ip_config: str,
@@ -151,6 +157,7 @@ def dist_machine(
     timeout: int,
     logs: str,
     port: int,
+    server_memory_cap: int | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -179,7 +186,9 @@ def dist_machine(
         else:
             p.argv = [command_path("featdb-train"), str(m.root), "--dist", ip_config, "--part-config",
                       c.part_config, "--report", report, *train_args]  # fmt: skip
-    result = run_machine(procs, timeout, d)
+    result = run_machine(procs, timeout, d, server_memory_cap)
+    d.mkdir(parents=True, exist_ok=True)
+    write_atomic(d / "machine.json", json.dumps(result, indent=2).encode())
     if not quiet or as_json:
         emit(as_json, result, f"machine {machine_id}: {result['status']} in {result['wall_s']} s; logs in {d}")
     if not result["ok"]:
@@ -196,6 +205,11 @@ def dist_machine(
 @click.option("--timeout", type=click.IntRange(min=30), default=900, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="dist-sim", show_default=True)
 @click.option("--cleanup", is_flag=True, help="Only remove what killed simulations left behind, then exit.")
+@click.option(
+    "--server-memory-cap",
+    type=SIZE,
+    help="Run each machine's servers in a cgroup limited to SIZE (heap, shared memory and page cache; root).",
+)
 @output_options
 def dist_simulate(
     partitions: str,
@@ -207,6 +221,7 @@ def dist_simulate(
     timeout: int,
     out: str,
     cleanup: bool,
+    server_memory_cap: int | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -222,9 +237,10 @@ def dist_simulate(
 
     _stop_on_sigterm()
     if cleanup:
-        emit(as_json, {"removed": netns.cleanup_stale()}, "removed stale namespaces")
+        removed = netns.cleanup_stale() + netns.stale_cgroups()
+        emit(as_json, {"removed": removed}, "removed stale namespaces and cgroups")
         return
-    s = simulate(partitions, list(train_args), out, machines, servers, trainers, stock, timeout)
+    s = simulate(partitions, list(train_args), out, machines, servers, trainers, stock, timeout, server_memory_cap)
     steps = [t.get("ms_per_step") for r in s["reports"] for t in r["trainers"]]
     emit(
         as_json,
@@ -245,6 +261,11 @@ def dist_simulate(
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True)
 @click.option("--ssh", default="ssh", show_default=True, help="ssh command (e.g. 'ssh -i key').")
 @click.option("--dry-run", is_flag=True, help="Print the commands only.")
+@click.option(
+    "--server-memory-cap",
+    type=SIZE,
+    help="Run each machine's servers in a cgroup limited to SIZE (heap, shared memory and page cache; root).",
+)
 @output_options
 def dist_launch(
     ip_config: str,
@@ -256,6 +277,7 @@ def dist_launch(
     timeout: int,
     ssh: str,
     dry_run: bool,
+    server_memory_cap: int | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -272,8 +294,9 @@ def dist_launch(
     m = load_manifest(partitions)
     c = Cluster(ip_config, str(m.root / m.part_config), servers, trainers)
     args = machine_args(
-        Path(ip_config).resolve(), str(m.root), servers, trainers, False, timeout, Path("dist-logs"), 29500
-    )
+        Path(ip_config).resolve(), str(m.root), servers, trainers, False, timeout, Path("dist-logs"), 29500,
+        server_memory_cap,
+    )  # fmt: skip
     cmds = ssh_commands(c, workdir, [*args, "--", *train_args])
     if dry_run:
         emit(as_json, {"commands": cmds}, "\n".join(cmds))

@@ -19,14 +19,17 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cgroup import command_path
+from ..cgroup import MemoryCap, command_path
 from ..errors import ConfigError, InvalidInputError
 
 DEFAULT_PORT = 30050  # DGL's default server port
+SERVER_GROUP = "featdb-dist-servers"  # cgroup name prefix of capped servers (netns.cleanup_stale removes leftovers)
+POLL_S = 0.02  # how often a machine's processes are checked (exit, memory)
 SERVER_START_S = 0.5  # servers must listen before trainers connect; DGL clients retry, this only orders logs
 
 
@@ -121,28 +124,86 @@ def machine_processes(c: Cluster, machine: int, server_argv: list[str], trainer_
     return procs
 
 
-def run_machine(procs: list[Proc], timeout: float, log_dir: Path | None = None) -> dict[str, Any]:
+def run_machine(
+    procs: list[Proc], timeout: float, log_dir: Path | None = None, server_cap: int | None = None
+) -> dict[str, Any]:
     """Start ``procs`` (servers first), wait for the trainers, then for the servers (which stop
     when their clients do). Every process is in its own session; any failure or the deadline ends
-    all of them. Returns each process's exit status (``None``: it was ended) and the wall time."""
+    all of them. With ``server_cap``, the servers run in a cgroup of their own limited to that many
+    bytes (heap, shared memory and page cache together). Returns each process's exit status
+    (``None``: it was ended), the wall time and each process's peak memory (:class:`Peaks`)."""
     deadline = time.monotonic() + timeout
     t0 = time.monotonic()
+    peaks = Peaks()
+    cap = MemoryCap(server_cap, SERVER_GROUP)
+    if server_cap and not cap.capped:
+        raise ConfigError(f"cannot cap the servers' memory: {cap.why_uncapped}")
     try:
         for p in procs:
-            p.popen = _start(p, log_dir)
+            p.popen = _start(p, log_dir, cap.join if p.role == "server" else None)
             if p.role == "server":
-                time.sleep(SERVER_START_S)
-        failed = _wait(procs, "trainer", deadline)
+                end = time.monotonic() + SERVER_START_S
+                while time.monotonic() < end:
+                    peaks.poll(procs)
+                    time.sleep(POLL_S)
+        failed = _wait(procs, "trainer", deadline, peaks)
         if not failed:
-            failed = _wait(procs, "server", min(deadline, time.monotonic() + 60))
+            failed = _wait(procs, "server", min(deadline, time.monotonic() + 60), peaks)
     finally:
         _end(procs)
+        oom = cap.oom_kills()
+        cap.close()
     status = {f"{p.role}{p.index}": p.popen.returncode if p.popen is not None else None for p in procs}
     ok = all(v == 0 for v in status.values()) and not failed
-    return {"ok": ok, "status": status, "wall_s": round(time.monotonic() - t0, 3), "failed": failed}
+    if oom:
+        failed = f"the OOM killer ended {oom} server process(es) under the {server_cap}-byte server memory cap"
+    return {
+        "ok": ok,
+        "status": status,
+        "wall_s": round(time.monotonic() - t0, 3),
+        "failed": failed,
+        "memory": peaks.as_dict(),
+        "server_cap": {"bytes": server_cap, "oom_kills": oom} if server_cap else None,
+    }
 
 
-def _start(p: Proc, log_dir: Path | None) -> subprocess.Popen[bytes]:
+class Peaks:
+    """Each process's peak resident memory, sampled from ``/proc/<pid>/status`` while it runs:
+    all of it (``VmRSS``: includes mapped file pages, which are clean page cache) and what the
+    kernel cannot reclaim (``RssAnon + RssShmem``: heap, and shared memory such as DGL's
+    ``/dev/shm`` segments). Sampling every :data:`POLL_S` can miss a spike shorter than that."""
+
+    def __init__(self) -> None:
+        self.rss: dict[str, int] = {}
+        self.unreclaimable: dict[str, int] = {}
+
+    def poll(self, procs: list[Proc]) -> None:
+        for p in procs:
+            if p.popen is None or p.popen.poll() is not None:
+                continue
+            parts = _status_kb(p.popen.pid, ("VmRSS", "RssAnon", "RssShmem"))
+            if parts:
+                name = f"{p.role}{p.index}"
+                self.rss[name] = max(self.rss.get(name, 0), parts.get("VmRSS", 0) << 10)
+                fixed = (parts.get("RssAnon", 0) + parts.get("RssShmem", 0)) << 10
+                self.unreclaimable[name] = max(self.unreclaimable.get(name, 0), fixed)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {"peak_rss_bytes": self.rss[name], "peak_unreclaimable_bytes": self.unreclaimable[name]}
+            for name in sorted(self.rss)
+        }
+
+
+def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return {k: int(v.split()[0]) for k, _, v in (ln.partition(":") for ln in f) if k in keys}
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
+def _start(p: Proc, log_dir: Path | None, enter: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
     out: Any = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -154,15 +215,17 @@ def _start(p: Proc, log_dir: Path | None) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
+            preexec_fn=enter,
         )
     finally:
         if out is not None:
             out.close()
 
 
-def _wait(procs: list[Proc], role: str, deadline: float) -> str | None:
-    """Wait until every ``role`` process exits; the reason to stop everything, or None."""
+def _wait(procs: list[Proc], role: str, deadline: float, peaks: Peaks) -> str | None:
+    """Wait until every ``role`` process exits, sampling memory; the reason to stop everything, or None."""
     while True:
+        peaks.poll(procs)
         mine = [p for p in procs if p.role == role]
         bad = [p for p in procs if p.popen.poll() not in (None, 0)]
         if bad:
@@ -171,7 +234,7 @@ def _wait(procs: list[Proc], role: str, deadline: float) -> str | None:
             return None
         if time.monotonic() > deadline:
             return f"{role}s still running at the deadline"
-        time.sleep(0.1)
+        time.sleep(POLL_S)
 
 
 def _end(procs: list[Proc]) -> None:

@@ -23,12 +23,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 
 PREFIX = "featdb-sim-"
 SUBNET = "10.213.{i}.0"  # private, and only inside namespaces this module creates
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
 SHM_SIZE = "4g"  # tmpfs size cap; pages are only used as written
 
 
@@ -138,8 +140,9 @@ def _alive(pid: int) -> bool:
 
 def machine_argv(m: Machine, argv: list[str]) -> list[str]:
     """Run ``argv`` as machine ``m``: in its network namespace, in a new mount namespace with a
-    private tmpfs on /dev/shm."""
-    script = f'mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm && exec "$@"'
+    private tmpfs on /dev/shm and this host's memory cgroups mounted as a real machine has them
+    (``ip netns exec`` mounts a fresh /sys, which hides /sys/fs/cgroup)."""
+    script = f'mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm && {_cgroup_mount()}exec "$@"'
     return [
         "ip",
         "netns",
@@ -155,6 +158,38 @@ def machine_argv(m: Machine, argv: list[str]) -> list[str]:
         "sh",
         *argv,
     ]
+
+
+def _cgroup_mount() -> str:
+    """Shell that mounts the host's memory cgroup hierarchy (v1 or v2) at its usual place; the
+    mounts vanish with the machine's private mount namespace."""
+    if (V1_MEMORY / "memory.limit_in_bytes").exists():
+        return (
+            f"mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup && mkdir {V1_MEMORY} && "
+            f"mount -t cgroup -o memory memory {V1_MEMORY} && "
+        )
+    try:
+        if "memory" in Path("/sys/fs/cgroup/cgroup.controllers").read_text().split():
+            return "mount -t cgroup2 cgroup2 /sys/fs/cgroup && "
+    except OSError:
+        pass
+    return ""
+
+
+def stale_cgroups() -> list[str]:
+    """Remove the server cgroups (``launch.SERVER_GROUP``) of machines whose launcher is gone."""
+    from ..cgroup import V1_ROOT, V2_ROOTS
+    from .launch import SERVER_GROUP
+
+    removed = []
+    for root in (V1_ROOT, *V2_ROOTS):
+        for d in root.glob(f"{SERVER_GROUP}-*") if root.is_dir() else ():
+            pid = d.name.split("-")[3]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                    removed.append(str(d))
+    return removed
 
 
 def run_all(

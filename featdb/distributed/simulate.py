@@ -20,10 +20,19 @@ from .manifest import find_manifest
 
 
 def machine_args(
-    ip_config: Path, partitions: str, servers: int, trainers: int, stock: bool, timeout: float, logs: Path, port: int
+    ip_config: Path,
+    partitions: str,
+    servers: int,
+    trainers: int,
+    stock: bool,
+    timeout: float,
+    logs: Path,
+    port: int,
+    server_cap: int | None = None,
 ) -> list[str]:
     """``featdb dist machine``'s options (without --machine-id), up to the ``--`` before trainer args."""
     return [
+        *(["--server-memory-cap", str(server_cap)] if server_cap else []),
         str(ip_config),
         partitions,
         "--servers",
@@ -49,15 +58,17 @@ def simulate(
     trainers: int = 1,
     stock: bool = False,
     timeout: float = 600,
+    server_cap: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``featdb-train PARTITIONS --dist ... TRAIN_ARGS`` on ``machines`` simulated machines."""
+    """Run ``featdb-train PARTITIONS --dist ... TRAIN_ARGS`` on ``machines`` simulated machines
+    (each machine's servers within ``server_cap`` bytes of memory, if given)."""
     why = netns.available()
     if why:
         raise ConfigError(why)
     parts = str(find_manifest(partitions).parent.resolve())
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    stale = netns.cleanup_stale()
+    stale = netns.cleanup_stale() + netns.stale_cgroups()
     t0 = time.monotonic()
     with netns.machines(machines) as ms:
         ip_config = root / "ip_config.txt"
@@ -68,7 +79,7 @@ def simulate(
             d.mkdir(exist_ok=True)
             for old in d.glob("*.json"):
                 old.unlink()
-            args = machine_args(ip_config, parts, servers, trainers, stock, timeout - 15, d, 29500)
+            args = machine_args(ip_config, parts, servers, trainers, stock, timeout - 15, d, 29500, server_cap)
             argvs.append(
                 [command_path("featdb"), "dist", "machine", "--machine-id", str(m.index), *args, "--", *train_args]
             )
@@ -100,4 +111,10 @@ def _reports(d: Path) -> dict[str, Any]:
     def load(pattern: str) -> list[Any]:
         return [json.loads(p.read_text()) for p in sorted(d.glob(pattern))]
 
-    return {"servers": load("server*.json"), "trainers": load("trainer*.json")}
+    machine = load("machine.json")
+    return {
+        "servers": load("server*.json"),
+        "trainers": load("trainer*.json"),
+        "memory": machine[0].get("memory", {}) if machine else {},
+        "failed": machine[0].get("failed") if machine else None,
+    }
