@@ -261,3 +261,13 @@ def test_traces_split_from_an_earlier_sampling_are_refused(tmp_path: Path, mag: 
     assert_one_error_line(r, "not split from sample set 's' as it is now")
     r = runner.invoke(train_main, [root, "--model", "rgcn", "--dist", str(tmp_path / "ip.txt")])
     assert r.exit_code == 2 and "partitions do not keep edge types" in r.output
+
+
+def test_an_untyped_graph_replacing_a_typed_one_takes_its_edge_types_away(store: featdb.Store, mag: Path) -> None:
+    featdb.ingest_ogb(store, mag)
+    etypes_file = store.root / str(store.table_info(ETYPES_KEY)["file"])
+    assert etypes_file.exists()
+    featdb.synth(store, 300, 4, 8, 3, seed=1, replace=True)
+    assert not store.has_table(ETYPES_KEY) and not etypes_file.exists()
+    assert featdb.load_graph(store).etypes is None
+    assert store.verify() == []

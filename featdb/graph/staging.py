@@ -83,10 +83,25 @@ class GraphWriter:
         """Move every staged table to its final key and record the graph doc, in one transaction."""
         staged = dict(self.staged)
 
+        dropped: list[str] = []
+
         def txn(t: Any) -> list[str]:
-            if not self.replace and t.get(GRAPH_DOC) is not None:
+            dropped.clear()  # a retried transaction starts over
+            old_doc = t.get(GRAPH_DOC)
+            if not self.replace and old_doc is not None:
                 raise AlreadyExistsError(f"{self.store.root} already holds a graph")
             old_files: list[str] = []
+            # tables of the graph being replaced that the new one does not write (a typed graph's
+            # edge types under an untyped one) go with it
+            owned = {k for k in (old_doc or {}).get("tables", {}).values() if k.startswith("graph/")}
+            for key in sorted(owned - set(staged)):
+                old = t.get(f"table/{key}")
+                if old is not None:
+                    for f in table_files(old):
+                        t.delete(f"file/{f}")
+                    t.delete(f"table/{key}")
+                    old_files.append(str(old["file"]))
+                    dropped.append(key)
             for final, tmp in staged.items():
                 rec = t.get(f"table/{tmp}")
                 old = t.get(f"table/{final}")
@@ -103,7 +118,7 @@ class GraphWriter:
 
         old_files = self.store.catalog.write(txn)
         self.staged.clear()
-        self._forget_readers([*staged, *staged.values()])
+        self._forget_readers([*staged, *staged.values(), *dropped])
         for rel in old_files:
             remove_table_file(self.store.root, rel)
 
