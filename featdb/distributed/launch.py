@@ -140,7 +140,7 @@ def run_machine(
         raise ConfigError(f"cannot cap the servers' memory: {cap.why_uncapped}")
     try:
         for p in procs:
-            p.popen = _start(p, log_dir, cap.join if p.role == "server" else None)
+            p.popen = _start(p, log_dir, cap.join if p.role == "server" and cap.capped else None)
             if p.role == "server":
                 end = time.monotonic() + SERVER_START_S
                 while time.monotonic() < end:
