@@ -129,3 +129,44 @@ def peak_rss() -> int:
 def children_peak_rss() -> int:
     """The largest peak resident set among this process's finished, waited-for children."""
     return int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
+
+
+def available_memory() -> int:
+    """Bytes this process could still fill without pressure: the kernel's ``MemAvailable``, or less
+    where this process's memory cgroup (v1 or v2) is closer to its limit (limit minus usage)."""
+    avail = _meminfo_available()
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as f:
+            lines = [ln.rstrip("\n").split(":", 2) for ln in f]
+    except OSError:
+        return avail
+    for _, controllers, path in (ln for ln in lines if len(ln) == 3):
+        if "memory" in controllers.split(","):
+            base, files = f"/sys/fs/cgroup/memory{path}", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        elif controllers == "":
+            base, files = f"/sys/fs/cgroup{path}", ("memory.max", "memory.current")
+        else:
+            continue
+        limit, usage = (_read_text(f"{base}/{name}") for name in files)
+        if limit.isdigit() and usage.isdigit():
+            avail = min(avail, max(0, int(limit) - int(usage)))
+    return avail
+
+
+def _meminfo_available() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""

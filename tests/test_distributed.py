@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import featdb
 from featdb.cli import cli
 from featdb.distributed import PINNED_DGL, check_dgl, install_hook, kv_name, load_manifest, map_rows, netns, partition
+from featdb.distributed.dglhooks import check_tables
 from featdb.distributed.launch import Cluster, Proc, machine_processes, read_ip_config, run_machine, ssh_commands
 from featdb.distributed.manifest import MANIFEST_NAME
 from featdb.errors import AlreadyExistsError, ConfigError, FeatDBError, InvalidInputError, NotFoundError
@@ -58,6 +59,7 @@ def test_partition_rows_are_the_source_rows_in_dgl_local_order(source: Path, par
             for p in range(2):
                 lo, hi = m.node_ranges[p]
                 assert np.array_equal(map_rows(m, p, key).numpy(), table[orig[lo:hi]])
+        assert check_tables(m, 0)  # checked whole, and small enough to stay in the page cache
         inverse = np.empty_like(orig)
         inverse[orig] = np.arange(len(orig))
         train = np.sort(inverse[np.asarray(featdb.load_graph(src).train)])  # shuffled ids of training nodes

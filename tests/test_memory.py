@@ -17,7 +17,7 @@ from featdb.bench_train import _ratios, system_result
 from featdb.cgroup import MemoryCap
 from featdb.cli import cli
 from featdb.errors import BudgetExceededError, ConfigError
-from featdb.memory import MemoryBudget, peak_rss
+from featdb.memory import MemoryBudget, available_memory, peak_rss
 from featdb.serve import open_reader
 
 
@@ -63,6 +63,18 @@ def layout_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
     make_layout(st, "tr", host_cache=32 << 10)
     yield st
     st.close()
+
+
+def test_available_memory_sees_the_cgroup_limit() -> None:
+    free = available_memory()
+    assert 0 < free <= 1 << 50
+    code = "from featdb.memory import available_memory; print(available_memory())"
+    with MemoryCap(256 << 20, "featdb-test-avail") as cap:
+        if not cap.capped:
+            pytest.skip(f"no memory cgroup: {cap.why_uncapped}")
+        done = cap.run([sys.executable, "-c", code])
+    assert done.returncode == 0, done.stderr_tail
+    assert 0 < int(done.stdout) <= 256 << 20 < free
 
 
 def test_the_reader_charges_its_parts_and_shrinks_the_queue_to_fit(layout_store: Any) -> None:

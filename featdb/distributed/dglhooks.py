@@ -84,20 +84,28 @@ def map_rows(manifest: Manifest, part: int, key: FeatureKey) -> Any:
     return torch.from_numpy(arr)
 
 
-def check_tables(manifest: Manifest, part: int) -> None:
+def check_tables(manifest: Manifest, part: int) -> bool:
     """The whole partition's tables against their checksums: reads through a mapping are not
-    checked one by one, so the server checks the files once before it maps them."""
+    checked one by one, so the server checks the files once before it maps them. The check reads
+    them into the page cache; they stay there (warm for the first pulls: clean pages the kernel
+    takes back under pressure) when they fit in half the memory available, else they are dropped
+    so that only the rows pulled are cached. Returns whether they stay."""
+    from ..memory import available_memory
     from ..store import open as open_store
 
     with open_store(manifest.store_path(part)) as st:
         for key in manifest.keys:
             st.check_table(key.table)
-    for key in manifest.keys:  # the check read it all: leave the page cache to the rows pulled
-        fd = os.open(table_file(manifest, part, key), os.O_RDONLY)
+    files = [table_file(manifest, part, key) for key in manifest.keys]
+    if sum(f.stat().st_size for f in files) <= available_memory() // 2:
+        return True
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+    return False
 
 
 class _Mapped:
@@ -184,9 +192,9 @@ def serve(manifest: Manifest | None, part_config: str | None = None) -> dict[str
     serv = DistGraphServer(
         server_id, env["DGL_IP_CONFIG"], num_servers, int(env["DGL_NUM_CLIENT"]), conf, graph_format=formats
     )
-    mapped = []
+    mapped, cached = [], None
     if manifest is not None and not serv.is_backup_server():
-        check_tables(manifest, part)
+        cached = check_tables(manifest, part)
         for key in manifest.keys:
             if key.kv in serv.data_store:
                 raise ConfigError(f"{key.kv} is in {conf}'s node_feat.dgl too: use the featdb partition config")
@@ -199,7 +207,14 @@ def serve(manifest: Manifest | None, part_config: str | None = None) -> dict[str
     finally:
         if remove is not None:
             remove()
-    return {"server_id": server_id, "part": part, "mapped": mapped, "peak_rss_bytes": peak_rss(), **rss_parts()}
+    return {
+        "server_id": server_id,
+        "part": part,
+        "mapped": mapped,
+        "left_cached": cached,
+        "peak_rss_bytes": peak_rss(),
+        **rss_parts(),
+    }
 
 
 def rss_parts() -> dict[str, int]:
