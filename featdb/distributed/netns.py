@@ -142,7 +142,8 @@ def machine_argv(m: Machine, argv: list[str]) -> list[str]:
     """Run ``argv`` as machine ``m``: in its network namespace, in a new mount namespace with a
     private tmpfs on /dev/shm and this host's memory cgroups mounted as a real machine has them
     (``ip netns exec`` mounts a fresh /sys, which hides /sys/fs/cgroup)."""
-    script = f'mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm && {_cgroup_mount()}exec "$@"'
+    cgroups = _cgroup_mount()  # best effort: without them only --server-memory-cap fails (and says why)
+    script = f'mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm || exit 1; {{ {cgroups} }} 2>/dev/null; exec "$@"'
     return [
         "ip",
         "netns",
@@ -166,14 +167,14 @@ def _cgroup_mount() -> str:
     if (V1_MEMORY / "memory.limit_in_bytes").exists():
         return (
             f"mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup && mkdir {V1_MEMORY} && "
-            f"mount -t cgroup -o memory memory {V1_MEMORY} && "
+            f"mount -t cgroup -o memory memory {V1_MEMORY};"
         )
     try:
         if "memory" in Path("/sys/fs/cgroup/cgroup.controllers").read_text().split():
-            return "mount -t cgroup2 cgroup2 /sys/fs/cgroup && "
+            return "mount -t cgroup2 cgroup2 /sys/fs/cgroup;"
     except OSError:
         pass
-    return ""
+    return "true;"
 
 
 def stale_cgroups() -> list[str]:
