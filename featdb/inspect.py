@@ -87,8 +87,8 @@ def render(info: dict[str, Any]) -> str:
     for s in info["sample_sets"]:
         lines.append(
             f"  {s['name']:<16} epochs={s['epochs']} batches={s['batches']} "
-            f"fanouts={s['fanouts']} batch_size={s['batch_size']} bytes={s['bytes']:,}"
-            + (f"  STALE: {s['stale']}" if s.get("stale") else "")
+            f"fanouts={s['fanouts']}{' per relation' if s.get('per_relation') else ''} "
+            f"batch_size={s['batch_size']} bytes={s['bytes']:,}" + (f"  STALE: {s['stale']}" if s.get("stale") else "")
         )
     lines.append(f"traces: {len(info.get('traces', []))}")
     for t in info.get("traces", []):

@@ -144,12 +144,12 @@ def test_rgcn_layer_matches_dgl_relgraphconv(rng: np.random.Generator) -> None:
     torch.testing.assert_close(ours(layer, h), theirs(block, h, et, norm), rtol=1e-5, atol=1e-5)
 
 
-def _typed_store(tmp_path: Path, mag: Path) -> str:
+def _typed_store(tmp_path: Path, mag: Path, *sample_args: str) -> str:
     root = str(tmp_path / "st")
     runner = CliRunner()
     for args in (
         ["ingest-ogb", root, str(mag), "-q"],
-        ["sample", root, "--name", "s", "--fanouts", "4,4", "--batch-size", "64", "--epochs", "2", "-q"],
+        ["sample", root, "--name", "s", "--fanouts", "4,4", "--batch-size", "64", "--epochs", "2", "-q", *sample_args],
         ["trace", "split", root, "--sample-set", "s", "-q"],
         *(["pack", root, "--trace", f"s.{t}", "-q"] for t in ("author", "field_of_study", "paper")),
     ):
@@ -209,8 +209,9 @@ def st_labels(st: featdb.Store, mfg: object) -> np.ndarray:
     return np.asarray(featdb.node_labels(st)[mfg.seeds.numpy()], dtype=np.int64)  # type: ignore[attr-defined]
 
 
-def test_featdb_train_rgcn_learns_on_both_loaders(tmp_path: Path, mag: Path) -> None:
-    root = _typed_store(tmp_path, mag)
+@pytest.mark.parametrize("per_relation", [False, True])
+def test_featdb_train_rgcn_learns_on_both_loaders(tmp_path: Path, mag: Path, per_relation: bool) -> None:
+    root = _typed_store(tmp_path, mag, *(["--per-relation"] if per_relation else []))
     accs = {}
     for loader in ("featdb", "in-memory"):
         args = [root, "--sample-set", "s", "--model", "rgcn", "--hidden", "32", "--epochs", "2", "--json"]
@@ -271,3 +272,58 @@ def test_an_untyped_graph_replacing_a_typed_one_takes_its_edge_types_away(store:
     assert not store.has_table(ETYPES_KEY) and not etypes_file.exists()
     assert featdb.load_graph(store).etypes is None
     assert store.verify() == []
+
+
+def _per_relation_ok(nodes: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]],
+                     degree: dict[tuple[int, int], int], fanout: int) -> int:  # fmt: skip
+    """Every (destination, relation) got min(fanout, its in-degree in that relation) edges; returns
+    how many pairs had more in-edges than the fanout (where per-relation sampling shows)."""
+    capped = 0
+    for _src, dst, etype, num_dst in layers:
+        got: dict[tuple[int, int], int] = {}
+        for v, t in zip(nodes[dst].tolist(), etype.tolist(), strict=True):
+            got[(v, t)] = got.get((v, t), 0) + 1
+        for v in nodes[:num_dst].tolist():
+            for (w, t), deg in ((k, d) for k, d in degree.items() if k[0] == v):
+                assert got.get((w, t), 0) == min(fanout, deg), (w, t, deg, got.get((w, t)))
+                capped += deg > fanout
+        nodes = nodes[:num_dst]
+    return capped
+
+
+def test_per_relation_sampling_takes_each_layers_fanout_per_relation(tmp_path: Path, mag: Path) -> None:
+    from featdb.sampling import dgl_graph
+    from trainer.loaders import relation_sampler
+
+    with featdb.create(tmp_path / "s") as st:
+        featdb.ingest_ogb(st, mag)
+        g = featdb.load_graph(st)
+        triples = _triples(g)
+        degree: dict[tuple[int, int], int] = {}
+        for _, v, t in triples.tolist():
+            degree[(v, t)] = degree.get((v, t), 0) + 1
+        featdb.sample(st, featdb.SampleConfig("rel", (3, 3), 50, 1, per_relation=True, eval_splits=()))
+        with featdb.SampleSet(st, "rel") as ss:
+            assert ss.doc["per_relation"] is True
+            b = ss.batch(0)
+        layers = [(ly.src, ly.dst, ly.etype, ly.num_dst) for ly in b.layers]
+        known = {tuple(x) for x in triples.tolist()}
+        for (src, dst, etype, _), nodes in ((layers[0], b.input_ids), (layers[1], b.input_ids)):
+            assert {(u, v, t) for u, v, t in zip(nodes[src], nodes[dst], etype, strict=True)} <= known
+        assert _per_relation_ok(b.input_ids, layers, degree, 3) > 0
+        # the baselines' DGL sampler draws the same way
+        dg = dgl_graph(g.indptr, g.indices, g.etypes, per_relation=True)
+        seeds = torch.from_numpy(np.asarray(g.train[:50], dtype=np.int64))
+        _, _, blocks = relation_sampler([3, 3], dg).sample_blocks(dg, seeds)
+        import dgl
+
+        ids = blocks[0].srcdata[dgl.NID].numpy()
+        blk = []
+        for blkk in blocks:
+            s_, d_ = (x.numpy() for x in blkk.edges(order="eid"))
+            blk.append((s_, d_, blkk.edata[dgl.ETYPE].numpy(), blkk.num_dst_nodes()))
+        assert _per_relation_ok(ids, blk, degree, 3) > 0
+    r = CliRunner().invoke(cli, ["synth", str(tmp_path / "u"), "--nodes", "300", "--dim", "4", "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["sample", str(tmp_path / "u"), "--name", "x", "--fanouts", "2", "--per-relation"])
+    assert_one_error_line(r, "edge types")

@@ -26,8 +26,9 @@ def step_bytes(ss: SampleSet, dim: int, cfg: TrainConfig, relations: int = 0) ->
     step = 3 * rows * dim * 4 + edges * (6 * 8 + heads * 4 * 6) + rows * cfg.hidden * heads * 4 // 4
     if relations:
         dst0 = int(ss.doc["batch_size"])
+        per = relations if ss.doc.get("per_relation") else 1  # a fanout per relation reaches that many more
         for f in ss.doc["fanouts"][1:]:  # layer 0's destinations are the later layers' sources
-            dst0 *= 1 + max(int(f), 0)
+            dst0 *= 1 + max(int(f), 0) * per
         dst0 = min(rows, dst0)
         step += 4 * cfg.hidden * (5 * rows + 3 * edges + 3 * relations * dst0)
     return step

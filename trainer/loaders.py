@@ -203,8 +203,9 @@ class DGLLoader:
         from featdb.sampling import dgl_graph
 
         self.name = mode
-        self.g = dgl_graph(graph.indptr, graph.indices, graph.etypes)  # blocks carry relations, if typed
-        self.sampler = dgl.dataloading.NeighborSampler(fanouts)
+        per_relation = bool(sample_set is not None and sample_set.doc.get("per_relation"))
+        self.g = dgl_graph(graph.indptr, graph.indices, graph.etypes, per_relation)  # blocks carry relations
+        self.sampler = relation_sampler(fanouts, self.g) if per_relation else dgl.dataloading.NeighborSampler(fanouts)
         self.train = torch.from_numpy(np.asarray(graph.train, dtype=np.int64))
         self.batch_size = batch_size
         self.device = device
@@ -283,3 +284,29 @@ class DGLLoader:
     def close(self) -> None:
         if self.ss is not None:
             self.ss.close()
+
+
+def relation_sampler(fanouts: list[int], g: Any) -> Any:
+    """DGL's ``NeighborSampler`` with each layer's fanout taken per relation (``sample_etype_neighbors``
+    on a graph numbered by relation, :func:`featdb.sampling.dgl_graph`), as DGL samples a
+    heterogeneous graph and as ``featdb sample --per-relation`` does."""
+    import dgl
+
+    from featdb.sampling import relation_offsets
+
+    offsets = relation_offsets(g)
+
+    class PerRelationSampler(dgl.dataloading.BlockSampler):  # type: ignore[misc]
+        def sample_blocks(self, g: Any, seed_nodes: Any, exclude_eids: Any = None) -> Any:
+            output_nodes = seed_nodes
+            blocks: list[Any] = []
+            for fanout in reversed(fanouts):
+                per = torch.full((len(offsets) - 1,), fanout, dtype=torch.int64)
+                frontier = dgl.sampling.sample_etype_neighbors(g, seed_nodes, offsets, per, copy_ndata=False)
+                block = dgl.to_block(frontier, seed_nodes)
+                block.edata[dgl.EID] = frontier.edata[dgl.EID]
+                seed_nodes = block.srcdata[dgl.NID]
+                blocks.insert(0, block)
+            return seed_nodes, output_nodes, blocks
+
+    return PerRelationSampler()

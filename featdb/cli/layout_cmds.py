@@ -42,6 +42,12 @@ from .common import SIZE, cli, emit, finite_at_least, memory_option, output_opti
     show_default=True,
     help="Also sample the other splits once each (evaluation batches, packed with training's).",
 )
+@click.option(
+    "--per-relation",
+    is_flag=True,
+    help="Typed graphs: sample each layer's fanout per relation (as DGL samples a heterogeneous graph), "
+    "not across all relations together.",
+)
 @memory_option
 @output_options
 def sample(
@@ -54,6 +60,7 @@ def sample(
     split: str,
     workers: int | None,
     with_eval: bool,
+    per_relation: bool,
     memory_budget: int,
     as_json: bool,
     quiet: bool,
@@ -69,7 +76,9 @@ def sample(
     """
     from ..graph import graph_info
 
-    cfg = SampleConfig(name, parse_fanouts(fanouts), batch_size, epochs, seed, split, None if with_eval else ())
+    cfg = SampleConfig(
+        name, parse_fanouts(fanouts), batch_size, epochs, seed, split, None if with_eval else (), per_relation
+    )
     evals = cfg.evals
     with store_mod.open(store, mode="a") as st:
         cfg.validate()
@@ -85,6 +94,7 @@ def sample(
         "batches_per_epoch",
         "parts",
         "fanouts",
+        "per_relation",
         "batch_size",
         "bytes",
         "bytes_per_batch",

@@ -2,6 +2,7 @@
 
 from .mfg import Batch, Layer
 from .offline import EVAL_SPLITS, SampleConfig, dgl_graph, sample
+from .sampler import relation_offsets
 from .sampleset import SampleSet
 
-__all__ = ["EVAL_SPLITS", "Batch", "Layer", "SampleConfig", "SampleSet", "dgl_graph", "sample"]
+__all__ = ["EVAL_SPLITS", "Batch", "Layer", "SampleConfig", "SampleSet", "dgl_graph", "relation_offsets", "sample"]

@@ -22,6 +22,7 @@ class SampleConfig:
     seed: int = 0
     split: str = "train"
     eval_splits: tuple[str, ...] | None = None  # sampled once each after training's; None: the other splits
+    per_relation: bool = False  # typed graphs: each layer's fanout per relation (DGL's heterograph sampling)
 
     @property
     def evals(self) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..catalog import Txn
-from ..errors import AlreadyExistsError, NotFoundError
+from ..errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from ..graph.model import GRAPH_TABLES, SPLITS
 from ..io import ChecksumWriter, hold_dir, write_atomic
 from ..locks import writer_lock
@@ -42,7 +42,7 @@ from ..tables import id_dtype
 from .config import EVAL_SPLITS, SampleConfig, parse_fanouts
 from .format import HEAD_PARTS, INDEX_COLUMNS, encode_parts
 from .mfg import Batch
-from .sampler import blocks_to_batch, dgl_graph, epoch_batches, eval_batches, sample_batch
+from .sampler import blocks_to_batch, dgl_graph, epoch_batches, eval_batches, relation_offsets, sample_batch
 
 
 def _batch_seed(cfg: SampleConfig, epoch: int, i: int) -> int:
@@ -87,7 +87,12 @@ def _worker_init(graph: Any, cfg: SampleConfig, done: Any = None, seeds: dict[st
     torch.set_num_threads(1)
     dtype = id_dtype(graph.num_nodes())
     _WORKER.update(
-        graph=graph, cfg=cfg, scratch=np.full(graph.num_nodes(), -1, dtype=dtype), done=done, seeds=seeds or {}
+        graph=graph,
+        cfg=cfg,
+        scratch=np.full(graph.num_nodes(), -1, dtype=dtype),
+        done=done,
+        seeds=seeds or {},
+        offsets=relation_offsets(graph) if cfg.per_relation else None,
     )
 
 
@@ -96,7 +101,7 @@ def _sample_one(epoch: int, i: int, seeds: NDArray[Any]) -> Batch:
 
     cfg = _WORKER["cfg"]
     dgl.seed(_batch_seed(cfg, epoch, i))
-    return sample_batch(_WORKER["graph"], seeds, cfg.fanouts, _WORKER["scratch"])
+    return sample_batch(_WORKER["graph"], seeds, cfg.fanouts, _WORKER["scratch"], _WORKER["offsets"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,13 +293,19 @@ def charge_sampling(budget: MemoryBudget, g: Any, cfg: SampleConfig, workers: in
     the making; the parent's counter and index. The graph is mapped (shared, evictable)."""
     n = g.num_nodes
     budget.charge("runtime (torch, DGL)", DGL_RUNTIME_BYTES)
+    if cfg.per_relation and g.etypes is None:
+        raise InvalidInputError("sampling per relation (--per-relation) needs a graph with edge types")
+    relations = len(g.edge_types or ()) if cfg.per_relation else 1
     rows = cfg.batch_size
     for f in reversed(cfg.fanouts):
-        rows += rows * (f if f > 0 else 64)  # -1 (all neighbours): a generous average degree
-    rows = min(rows, n + cfg.batch_size * sum(abs(f) for f in cfg.fanouts))
+        rows += rows * (f * relations if f > 0 else 64)  # -1 (all neighbours): a generous average degree
+    rows = min(rows, n + cfg.batch_size * relations * sum(abs(f) for f in cfg.fanouts))
     per_process = n * 4 * 2 + rows * 8 * 8  # scratch + counter; one batch's ids, edges and copies
     budget.charge(f"sampling processes ({workers} x {per_process >> 20} MiB)", workers * per_process)
     budget.charge("counts and index", n * 4 + (64 << 20))
+    if cfg.per_relation:
+        edges = len(g.indices)
+        budget.charge("edge ids numbered by relation", edges * (8 + g.etypes.dtype.itemsize))
     budget.check()
     mapped = g.indptr.nbytes + g.indices.nbytes + (0 if g.etypes is None else g.etypes.nbytes)
     budget.charge_mapped("graph (memory-mapped, shared by all processes)", mapped)
@@ -312,7 +323,7 @@ def _write(
     progress: Callable[[int], None] | None,
     workers: int,
 ) -> dict[str, Any]:
-    graph = dgl_graph(g.indptr, g.indices, g.etypes)
+    graph = dgl_graph(g.indptr, g.indices, g.etypes, cfg.per_relation)
     counts = np.zeros(g.num_nodes, dtype=np.int32)
     per_epoch = -(-len(seeds[cfg.split]) // cfg.batch_size)
     eval_parts = {s: -(-len(ids) // cfg.batch_size) for s, ids in seeds.items() if s != cfg.split}

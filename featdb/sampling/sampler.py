@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import InvalidInputError
 from .mfg import Batch, Layer
 
 
@@ -23,18 +24,58 @@ def eval_batches(seeds: NDArray[Any], batch_size: int) -> list[NDArray[Any]]:
     return [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
 
 
-def dgl_graph(indptr: NDArray[Any], indices: NDArray[Any], etypes: NDArray[Any] | None = None) -> Any:
+def dgl_graph(
+    indptr: NDArray[Any], indices: NDArray[Any], etypes: NDArray[Any] | None = None, per_relation: bool = False
+) -> Any:
     """A DGL graph over the CSC arrays without copying them (memory-mapped arrays stay mapped);
     edge ids are implicit (0..E-1), not materialised. ``etypes`` (each edge's relation) becomes
-    the edge data ``dgl.ETYPE``, which sampled frontiers and blocks then carry."""
+    the edge data ``dgl.ETYPE``, which sampled frontiers and blocks then carry.
+
+    ``per_relation`` (a typed graph) numbers the edges relation by relation instead, as DGL's
+    per-relation sampler (``sample_etype_neighbors``) needs: 8 bytes per edge for the edge ids and
+    one relation per edge id (:func:`relation_edge_ids`); :func:`sample_batch` then samples each
+    layer's fanout per relation."""
     import dgl
     import torch
 
-    no_eids = torch.empty(0, dtype=torch.int64)
-    g = dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), no_eids)), num_nodes=len(indptr) - 1)
+    eids = torch.empty(0, dtype=torch.int64)
+    if per_relation:
+        if etypes is None:
+            raise InvalidInputError("sampling per relation needs a graph with edge types (ingest-ogb, synth-mag)")
+        ids, etypes = relation_edge_ids(np.asarray(etypes).reshape(-1))
+        eids = torch.from_numpy(ids)
+    g = dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), eids)), num_nodes=len(indptr) - 1)
     if etypes is not None:
         g.edata[dgl.ETYPE] = torch.from_numpy(np.asarray(etypes).reshape(-1))
     return g
+
+
+def relation_edge_ids(etypes: NDArray[Any], chunk: int = 1 << 22) -> tuple[NDArray[np.int64], NDArray[Any]]:
+    """Edge ids that number the edges relation by relation (relation 0's first, each relation's
+    in stored order), and the relation of each edge id (sorted). Works a chunk at a time: besides
+    the two results, memory is a few chunk-sized arrays."""
+    counts = np.zeros(1, dtype=np.int64)
+    for lo in range(0, len(etypes), chunk):
+        c = np.bincount(etypes[lo : lo + chunk])
+        counts = np.pad(counts, (0, max(0, len(c) - len(counts)))) + np.pad(c, (0, max(0, len(counts) - len(c))))
+    next_id = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    ids = np.empty(len(etypes), dtype=np.int64)
+    for lo in range(0, len(etypes), chunk):
+        t = etypes[lo : lo + chunk].astype(np.int64)
+        order = np.argsort(t, kind="stable")
+        ts = t[order]
+        first = np.searchsorted(ts, ts, side="left")  # each edge's rank among its relation's edges here
+        ids[lo + order] = next_id[ts] + np.arange(len(ts)) - first
+        next_id += np.bincount(t, minlength=len(next_id))
+    return ids, np.repeat(np.arange(len(counts), dtype=etypes.dtype), counts)
+
+
+def relation_offsets(graph: Any) -> list[int]:
+    """The first edge id of every relation (and the edge count) in a :func:`dgl_graph` built per relation."""
+    import dgl
+
+    by_id = graph.edata[dgl.ETYPE].numpy()
+    return np.searchsorted(by_id, np.arange(int(by_id[-1]) + 2 if len(by_id) else 1)).tolist()  # type: ignore[no-any-return]
 
 
 def blocks_to_batch(blocks: list[Any]) -> Batch:
@@ -61,13 +102,21 @@ def blocks_to_batch(blocks: list[Any]) -> Batch:
     )
 
 
-def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scratch: NDArray[Any]) -> Batch:
+def sample_batch(
+    graph: Any,
+    seeds: NDArray[Any],
+    fanouts: tuple[int, ...],
+    scratch: NDArray[Any],
+    offsets: list[int] | None = None,
+) -> Batch:
     """One batch: DGL samples each layer's in-neighbours; numpy relabels them into an MFG.
 
     Layers are sampled from the seeds outward (``fanouts[-1]`` for the seeds'
     layer, as DGL's NeighborSampler does). A layer's sources are its
     destinations first, then the newly reached nodes.
     ``scratch`` is an int32 (int64 past 2**31 nodes) array of ``num_nodes`` entries, all -1, left so.
+    ``offsets`` (:func:`relation_offsets` of a graph built per relation): each layer's fanout is
+    sampled per relation, as DGL samples a heterogeneous graph.
     """
     import dgl
     import torch
@@ -76,9 +125,15 @@ def sample_batch(graph: Any, seeds: NDArray[Any], fanouts: tuple[int, ...], scra
     layers: list[Layer] = []
     typed = dgl.ETYPE in graph.edata  # copy_edata: the frontier carries each sampled edge's relation
     for fanout in reversed(fanouts):
-        frontier = dgl.sampling.sample_neighbors(
-            graph, torch.from_numpy(dst), fanout, copy_ndata=False, copy_edata=typed
-        )
+        if offsets is not None:
+            per = torch.full((len(offsets) - 1,), fanout, dtype=torch.int64)
+            frontier = dgl.sampling.sample_etype_neighbors(
+                graph, torch.from_numpy(dst), offsets, per, copy_ndata=False, copy_edata=True
+            )
+        else:
+            frontier = dgl.sampling.sample_neighbors(
+                graph, torch.from_numpy(dst), fanout, copy_ndata=False, copy_edata=typed
+            )
         u, v = (x.numpy() for x in frontier.edges(order="eid"))
         src_nodes, u_local, v_local = _relabel(u, v, dst, scratch)
         etype = frontier.edata[dgl.ETYPE].numpy() if typed else None

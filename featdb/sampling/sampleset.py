@@ -181,4 +181,5 @@ def check_fresh_set(store: Store, doc: dict[str, Any]) -> None:
             f"--epochs {doc['epochs']} --seed {doc.get('seed', 0)}"
             + ("" if doc.get("split", "train") == "train" else f" --split {doc['split']}")
             + ("" if doc.get("parts", {}).keys() - {doc.get("split", "train")} else " --no-eval")
+            + (" --per-relation" if doc.get("per_relation") else "")
         )
