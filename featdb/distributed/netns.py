@@ -143,7 +143,8 @@ def machine_argv(m: Machine, argv: list[str]) -> list[str]:
     private tmpfs on /dev/shm and this host's memory cgroups mounted as a real machine has them
     (``ip netns exec`` mounts a fresh /sys, which hides /sys/fs/cgroup)."""
     cgroups = _cgroup_mount()  # best effort: without them only --server-memory-cap fails (and says why)
-    script = f'mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm || exit 1; {{ {cgroups} }} 2>/dev/null; exec "$@"'
+    shm = f"mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm"
+    script = f'{shm} || exit 1; {{ {cgroups} }} 2>/dev/null; exec "$@"'
     return [
         "ip",
         "netns",
