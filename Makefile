@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 BIN     := $(VENV)/bin
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test test-dist lint bench clean venv
+.PHONY: demo test test-slow test-dist lint bench clean venv
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP)  # the long runs: crash trials, the state machine, 2 simulated machines (root), ...
+	$(BIN)/python -m pytest -m slow
 
 test-dist: $(STAMP)  # 2 simulated machines (root: network namespaces); also in `make test PYTEST_ARGS=`
 	$(BIN)/python -m pytest -m dist tests/test_distributed_sim.py
