@@ -38,13 +38,14 @@ def run(args: list[str], cap: int | None = None) -> str:
     return done.stdout
 
 
-def prepare(out: Path, papers: int, epochs: int) -> Path:
+def prepare(out: Path, papers: int, epochs: int, fanouts: str, per_relation: bool) -> Path:
     mag, store = out / "mag", out / "store"
     if not mag.exists():
         run(["featdb", "synth-mag", str(mag), "--papers", str(papers), "--seed", "0", "-q"])
     if not store.exists():
         run(["featdb", "ingest-ogb", str(store), str(mag), "-q"])
-        sample = ["--name", "train", "--fanouts", "10,10", "--batch-size", "1024", "--epochs", str(epochs)]
+        sample = ["--name", "train", "--fanouts", fanouts, "--batch-size", "1024", "--epochs", str(epochs)]
+        sample += ["--per-relation"] if per_relation else []
         run(["featdb", "sample", str(store), *sample, "-q"])
         run(["featdb", "trace", "split", str(store), "--sample-set", "train", "-q"])
         for t in TYPES:
@@ -52,11 +53,13 @@ def prepare(out: Path, papers: int, epochs: int) -> Path:
     return store
 
 
-def train(store: Path, loader: str, seed: int, epochs: int, hidden: int, cap: int | None) -> dict[str, Any]:
+def train(
+    store: Path, loader: str, seed: int, epochs: int, hidden: int, cap: int | None, budget: str
+) -> dict[str, Any]:
     ckpt = store.parent / "checkpoints" / f"{loader}-s{seed}.pt"
     args = ["featdb-train", str(store), "--sample-set", "train", "--model", "rgcn", "--loader", loader]
     args += ["--hidden", str(hidden), "--epochs", str(epochs), "--seed", str(seed), "--checkpoint", str(ckpt)]
-    args += ["--memory-budget", "1.6GiB", "--json"]
+    args += ["--memory-budget", budget, "--json"]
     s = json.loads(run(args, cap))
     return {
         "test_acc": s["test_acc"],
@@ -74,16 +77,19 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--fanouts", default="10,10")
+    p.add_argument("--per-relation", action="store_true", help="sample each layer's fanout per relation")
+    p.add_argument("--memory-budget", default="1.6GiB", help="featdb-train's --memory-budget")
     p.add_argument("--cap", type=int, help="cgroup memory cap in MiB for every training run (root)")
     p.add_argument("--out", type=Path, default=Path(".bench-hetero"))
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    store = prepare(a.out, a.papers, a.epochs)
+    store = prepare(a.out, a.papers, a.epochs, a.fanouts, a.per_relation)
     cap = a.cap << 20 if a.cap else None
     runs: dict[str, dict[str, Any]] = {"featdb": {}, "in-memory": {}}
     for seed in (int(x) for x in a.seeds.split(",")):
         for loader in runs:
-            runs[loader][str(seed)] = train(store, loader, seed, a.epochs, a.hidden, cap)
+            runs[loader][str(seed)] = train(store, loader, seed, a.epochs, a.hidden, cap, a.memory_budget)
             print(loader, seed, runs[loader][str(seed)], file=sys.stderr, flush=True)
     mean = {k: statistics.mean(r["test_acc"] for r in v.values()) for k, v in runs.items()}
     epoch = {k: statistics.mean(s for r in v.values() for s in r["epoch_s"]) for k, v in runs.items()}
@@ -92,6 +98,8 @@ def main() -> None:
             {
                 "papers": a.papers,
                 "epochs": a.epochs,
+                "fanouts": a.fanouts,
+                "per_relation": a.per_relation,
                 "hidden": a.hidden,
                 "cap_bytes": cap,
                 "runs": runs,
