@@ -177,6 +177,9 @@ def _record(ctx: _Ctx, rec: Records, items: Iterator[Any], needed: NDArray[Any])
     seen = [needed]
     for _input_nodes, seeds, blocks in items:
         batch = from_dgl_blocks(blocks)
+        # input rows in id order, as the trace stores each batch's rows: a step then relabels the
+        # batch by the served order alone (the sort is paid here, once)
+        batch = served(batch, np.argsort(batch.input_ids, kind="stable"))
         labels = ctx.g.ndata["label"][seeds].numpy().astype(np.int64)
         rec.append(batch, labels)
         seen.append(batch.input_ids)
@@ -237,10 +240,9 @@ def _epoch(
 
     def assemble(item: tuple[Batch, NDArray[Any], Any]) -> tuple[Any, torch.Tensor, torch.Tensor, Any, Any]:
         batch, y, rows = item
-        # the trace holds each batch's local rows sorted; local ids rise with global ids (``needed``
-        # is sorted), so sorting the global ids gives the same order without searching ``needed``
-        perm = np.argsort(batch.input_ids, kind="stable")[rows.order]
-        mfg = served(batch, perm)
+        # records hold each batch's rows in id order, as the trace does (local ids rise with global
+        # ids: ``needed`` is sorted), so the served order relabels the record directly
+        mfg = served(batch, rows.order)
         return to_torch(mfg, ctx.device), torch.from_numpy(rows.rows), torch.from_numpy(y), rows, mfg.input_ids
 
     stages: list[tuple[str, Any]] = [("load", load), ("read", read), ("assemble", assemble)]
