@@ -232,6 +232,8 @@ def test_run_machine_caps_the_servers_memory_only(tmp_path: Path) -> None:
             pytest.skip(f"no memory cgroup here: {probe.why_uncapped}")
     grab = [sys.executable, "-c", "x = bytearray(300 << 20); x[::4096] = b'x' * len(x[::4096])"]
     # the trainer may use what the servers may not
+    with pytest.raises(ConfigError, match="below 64 MiB"):
+        run_machine([Proc("server", 0, {}, sleep_s(1))], 30, tmp_path, 0)
     r = run_machine([Proc("server", 0, {}, sleep_s(1)), Proc("trainer", 0, {}, grab)], 30, tmp_path, 200 << 20)
     assert r["ok"] and r["server_cap"] == {"bytes": 200 << 20, "oom_kills": 0}, r
     r = run_machine([Proc("server", 0, {}, grab), Proc("trainer", 0, {}, sleep_s(20))], 30, tmp_path, 200 << 20)

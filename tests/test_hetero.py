@@ -327,3 +327,13 @@ def test_per_relation_sampling_takes_each_layers_fanout_per_relation(tmp_path: P
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["sample", str(tmp_path / "u"), "--name", "x", "--fanouts", "2", "--per-relation"])
     assert_one_error_line(r, "edge types")
+
+
+def test_per_relation_sampling_of_a_graph_without_edges_gives_empty_layers() -> None:
+    from featdb.sampling import dgl_graph, relation_offsets
+    from featdb.sampling.sampler import sample_batch
+
+    g = dgl_graph(np.zeros(6, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8), True)
+    assert relation_offsets(g) == [0, 0]
+    b = sample_batch(g, np.array([1, 3]), (2, 2), np.full(5, -1, dtype=np.int32), relation_offsets(g))
+    assert [len(ly.src) for ly in b.layers] == [0, 0] and b.input_ids.tolist() == [1, 3]

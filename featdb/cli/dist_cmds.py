@@ -248,7 +248,10 @@ def dist_simulate(
         f"{'ok' if s['ok'] else 'FAILED'}: {machines} machines, {s['wall_s']} s; ms/step {steps}; logs {out}",
     )
     if not s["ok"]:
-        raise click.ClickException(f"simulation failed (exit statuses {s['status']}); logs in {out}")
+        why = "; ".join(f"machine {i}: {r['failed']}" for i, r in enumerate(s["reports"]) if r.get("failed"))
+        raise click.ClickException(
+            f"simulation failed (exit statuses {s['status']}{'; ' + why if why else ''}); logs in {out}"
+        )
 
 
 @dist.command("launch", context_settings={"ignore_unknown_options": True})

@@ -93,11 +93,12 @@ def check_tables(manifest: Manifest, part: int) -> bool:
     from ..memory import available_memory
     from ..store import open as open_store
 
+    free = available_memory()  # before the check fills the page cache (a cgroup counts what it read)
     with open_store(manifest.store_path(part)) as st:
         for key in manifest.keys:
             st.check_table(key.table)
     files = [table_file(manifest, part, key) for key in manifest.keys]
-    if sum(f.stat().st_size for f in files) <= available_memory() // 2:
+    if sum(f.stat().st_size for f in files) <= free // 2:
         return True
     for path in files:
         fd = os.open(path, os.O_RDONLY)

@@ -29,6 +29,7 @@ from ..errors import ConfigError, InvalidInputError
 
 DEFAULT_PORT = 30050  # DGL's default server port
 SERVER_GROUP = "featdb-dist-servers"  # cgroup name prefix of capped servers (netns.cleanup_stale removes leftovers)
+MIN_SERVER_CAP = 64 << 20  # less cannot start a DGL server (its runtime alone is ~0.3 GB)
 POLL_S = 0.02  # how often a machine's processes are checked (exit, memory)
 SERVER_START_S = 0.5  # servers must listen before trainers connect; DGL clients retry, this only orders logs
 
@@ -135,8 +136,10 @@ def run_machine(
     deadline = time.monotonic() + timeout
     t0 = time.monotonic()
     peaks = Peaks()
+    if server_cap is not None and server_cap < MIN_SERVER_CAP:
+        raise ConfigError(f"a server memory cap of {server_cap} bytes is below {MIN_SERVER_CAP >> 20} MiB")
     cap = MemoryCap(server_cap, SERVER_GROUP)
-    if server_cap and not cap.capped:
+    if server_cap is not None and not cap.capped:
         raise ConfigError(f"cannot cap the servers' memory: {cap.why_uncapped}")
     try:
         for p in procs:
@@ -156,6 +159,7 @@ def run_machine(
     status = {f"{p.role}{p.index}": p.popen.returncode if p.popen is not None else None for p in procs}
     ok = all(v == 0 for v in status.values()) and not failed
     if oom:
+        ok = False
         failed = f"the OOM killer ended {oom} server process(es) under the {server_cap}-byte server memory cap"
     return {
         "ok": ok,
@@ -163,7 +167,7 @@ def run_machine(
         "wall_s": round(time.monotonic() - t0, 3),
         "failed": failed,
         "memory": peaks.as_dict(),
-        "server_cap": {"bytes": server_cap, "oom_kills": oom} if server_cap else None,
+        "server_cap": {"bytes": server_cap, "oom_kills": oom} if server_cap is not None else None,
     }
 
 

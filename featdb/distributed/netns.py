@@ -178,19 +178,27 @@ def _cgroup_mount() -> str:
     return "true;"
 
 
-def stale_cgroups() -> list[str]:
-    """Remove the server cgroups (``launch.SERVER_GROUP``) of machines whose launcher is gone."""
+def dead_cgroups() -> list[Path]:
+    """The server cgroups (``launch.SERVER_GROUP``) of machines whose launcher is gone."""
     from ..cgroup import V1_ROOT, V2_ROOTS
     from .launch import SERVER_GROUP
 
-    removed = []
+    dead = []
     for root in (V1_ROOT, *V2_ROOTS):
         for d in root.glob(f"{SERVER_GROUP}-*") if root.is_dir() else ():
             pid = d.name.split("-")[3]
             if pid.isdigit() and not _alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-                    removed.append(str(d))
+                dead.append(d)
+    return dead
+
+
+def stale_cgroups() -> list[str]:
+    """Remove the :func:`dead_cgroups` that are empty (their processes ended); the ones removed."""
+    removed = []
+    for d in dead_cgroups():
+        with contextlib.suppress(OSError):
+            d.rmdir()
+            removed.append(str(d))
     return removed
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cgroup import command_path
+from ..cgroup import MemoryCap, command_path
 from ..errors import ConfigError
 from . import netns
 from .manifest import find_manifest
@@ -32,7 +32,7 @@ def machine_args(
 ) -> list[str]:
     """``featdb dist machine``'s options (without --machine-id), up to the ``--`` before trainer args."""
     return [
-        *(["--server-memory-cap", str(server_cap)] if server_cap else []),
+        *(["--server-memory-cap", str(server_cap)] if server_cap is not None else []),
         str(ip_config),
         partitions,
         "--servers",
@@ -66,6 +66,10 @@ def simulate(
     if why:
         raise ConfigError(why)
     parts = str(find_manifest(partitions).parent.resolve())
+    if server_cap is not None:  # fail here, in one line, rather than in every machine
+        with MemoryCap(server_cap, "featdb-dist-probe") as probe:
+            if not probe.capped:
+                raise ConfigError(f"cannot cap the servers' memory: {probe.why_uncapped}")
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     stale = netns.cleanup_stale() + netns.stale_cgroups()
@@ -92,6 +96,8 @@ def simulate(
                 f.close()
         names = [m.netns for m in ms]
     left = [ns for ns in netns.leftovers() if ns in names or ns.endswith(names[0].rsplit("-", 1)[0] + "-hub")]
+    stale += netns.stale_cgroups()  # a launcher killed before it removed its servers' group
+    left += [str(d) for d in netns.dead_cgroups()]
     reports = [_reports(root / f"machine{i}") for i in range(machines)]
     ok = all(s == 0 for s in status) and all(r["trainers"] and r["servers"] for r in reports)
     return {
@@ -116,5 +122,14 @@ def _reports(d: Path) -> dict[str, Any]:
         "servers": load("server*.json"),
         "trainers": load("trainer*.json"),
         "memory": machine[0].get("memory", {}) if machine else {},
-        "failed": machine[0].get("failed") if machine else None,
+        "failed": machine[0].get("failed") if machine else _last_line(d / "machine.log"),
     }
+
+
+def _last_line(log: Path) -> str | None:
+    """The last line a machine's launcher printed (its error, when it wrote no report)."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    return lines[-1][-300:] if lines else None

@@ -50,7 +50,7 @@ def dgl_graph(
     return g
 
 
-def relation_edge_ids(etypes: NDArray[Any], chunk: int = 1 << 22) -> tuple[NDArray[np.int64], NDArray[Any]]:
+def relation_edge_ids(etypes: NDArray[Any], chunk: int = 1 << 20) -> tuple[NDArray[np.int64], NDArray[Any]]:
     """Edge ids that number the edges relation by relation (relation 0's first, each relation's
     in stored order), and the relation of each edge id (sorted). Works a chunk at a time: besides
     the two results, memory is a few chunk-sized arrays."""
@@ -71,11 +71,14 @@ def relation_edge_ids(etypes: NDArray[Any], chunk: int = 1 << 22) -> tuple[NDArr
 
 
 def relation_offsets(graph: Any) -> list[int]:
-    """The first edge id of every relation (and the edge count) in a :func:`dgl_graph` built per relation."""
+    """The first edge id of every relation up to the highest one present (and then the edge count) in a
+    :func:`dgl_graph` built per relation; ``[0, 0]`` for a graph without edges (DGL needs a fanout
+    for at least one relation)."""
     import dgl
 
     by_id = graph.edata[dgl.ETYPE].numpy()
-    return np.searchsorted(by_id, np.arange(int(by_id[-1]) + 2 if len(by_id) else 1)).tolist()  # type: ignore[no-any-return]
+    top = int(by_id[-1]) if len(by_id) else 0
+    return np.searchsorted(by_id, np.arange(top + 2)).tolist()  # type: ignore[no-any-return]
 
 
 def blocks_to_batch(blocks: list[Any]) -> Batch:
