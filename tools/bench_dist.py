@@ -5,10 +5,13 @@
 Builds a synthetic store (unless OUT/store exists), partitions it once for 2 machines with a stock
 copy of the features, then runs the same training job (2 simulated machines, 1 server and 1
 trainer each) three times: stock DGL servers (features in shared memory), featdb-backed servers
-with DGL's online sampling, and featdb offline mode. Prints one JSON object: per mode the ms per
-step of every epoch on every trainer, the servers' peak RSS, the trainers' peak RSS and, for
-offline mode, what preparing took. Needs root (network namespaces). Every run is bounded in time
-and cleans up after itself.
+with DGL's online sampling, and featdb offline mode (``--modes`` picks). Prints one JSON object:
+per mode the ms per step of every epoch on every trainer, the servers' peak RSS and peak
+unreclaimable memory (anonymous + shared, sampled by each machine's launcher), the trainers' peak
+RSS and, for offline mode, what preparing took; ``summary`` gives featdb's step time and servers'
+peak unreclaimable memory as fractions of stock's. ``--server-memory-cap`` runs every machine's
+servers in a memory cgroup of that size. Needs root (network namespaces, cgroups). Every run is
+bounded in time and cleans up after itself.
 """
 
 from __future__ import annotations
@@ -106,7 +109,24 @@ def main() -> None:
         features, mode = key.split("-")
         result[key] = run(parts, a.out, mode, features == "stock", args, a.timeout, a.server_memory_cap)
         print(json.dumps({key: result[key]}), file=sys.stderr, flush=True)
+    result["summary"] = summary(result)
     print(json.dumps(result, indent=2))
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The ratios the side-by-side is about, against stock DGL (when both runs are there)."""
+    stock = result.get("stock-online") or {}
+    out: dict[str, Any] = {}
+    for key in ("featdb-online", "featdb-offline"):
+        run = result.get(key) or {}
+        if not (stock.get("ok") and run.get("ok")):
+            continue
+        out[f"{key}_step_vs_stock"] = round(
+            run["ms_per_step_median_after_epoch_0"] / stock["ms_per_step_median_after_epoch_0"], 3
+        )
+        pairs = zip(run["server_peak_unreclaimable_bytes"], stock["server_peak_unreclaimable_bytes"], strict=False)
+        out[f"{key}_server_peak_unreclaimable_vs_stock"] = [round(a / b, 3) for a, b in pairs]
+    return out
 
 
 if __name__ == "__main__":
