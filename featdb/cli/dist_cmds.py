@@ -242,10 +242,17 @@ def dist_simulate(
         return
     s = simulate(partitions, list(train_args), out, machines, servers, trainers, stock, timeout, server_memory_cap)
     steps = [t.get("ms_per_step") for r in s["reports"] for t in r["trainers"]]
+    fixed = [
+        format_size(m["peak_unreclaimable_bytes"])
+        for r in s["reports"]
+        for name, m in r["memory"].items()
+        if name.startswith("server")
+    ]
     emit(
         as_json,
         s,
-        f"{'ok' if s['ok'] else 'FAILED'}: {machines} machines, {s['wall_s']} s; ms/step {steps}; logs {out}",
+        f"{'ok' if s['ok'] else 'FAILED'}: {machines} machines, {s['wall_s']} s; ms/step {steps}; "
+        f"servers' peak unreclaimable memory {', '.join(fixed) or '-'}; logs {out}",
     )
     if not s["ok"]:
         why = "; ".join(f"machine {i}: {r['failed']}" for i, r in enumerate(s["reports"]) if r.get("failed"))
