@@ -116,14 +116,18 @@ class MemoryBudget:
 
 def peak_rss() -> int:
     """This process's peak resident set in bytes (``VmHWM``; ``ru_maxrss`` where there is no /proc)."""
+    hwm = status_bytes(os.getpid(), ("VmHWM",)).get("VmHWM")
+    return hwm if hwm is not None else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def status_bytes(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """The memory fields ``keys`` of ``/proc/<pid>/status`` (``VmRSS``, ``RssAnon``, ...) in bytes;
+    empty when the process is gone or there is no /proc."""
     try:
-        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return {k: int(v.split()[0]) << 10 for k, _, v in (ln.partition(":") for ln in f) if k in keys}
+    except (OSError, ValueError, IndexError):
+        return {}
 
 
 def children_peak_rss() -> int:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, CorruptDataError
+from ..io import drop_page_cache
+from ..memory import available_memory, peak_rss, status_bytes
 from ..tables import HEADER_BYTES
 from .manifest import FeatureKey, Manifest
 
@@ -90,7 +92,6 @@ def check_tables(manifest: Manifest, part: int) -> bool:
     them into the page cache; they stay there (warm for the first pulls: clean pages the kernel
     takes back under pressure) when they fit in half the memory available, else they are dropped
     so that only the rows pulled are cached. Returns whether they stay."""
-    from ..memory import available_memory
     from ..store import open as open_store
 
     free = available_memory()  # before the check fills the page cache (a cgroup counts what it read)
@@ -101,11 +102,7 @@ def check_tables(manifest: Manifest, part: int) -> bool:
     if sum(f.stat().st_size for f in files) <= free // 2:
         return True
     for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        drop_page_cache(path)
     return False
 
 
@@ -179,8 +176,6 @@ def serve(manifest: Manifest | None, part_config: str | None = None) -> dict[str
     from dgl.distributed import rpc
     from dgl.distributed.dist_graph import DistGraphServer
 
-    from ..memory import peak_rss
-
     env = server_env()
     server_id, num_servers = int(env["DGL_SERVER_ID"]), int(env["DGL_NUM_SERVER"])
     conf = part_config or env["DGL_CONF_PATH"]
@@ -222,13 +217,5 @@ def rss_parts() -> dict[str, int]:
     """This process's resident memory by kind, now: anonymous and shared memory (``RssAnon``,
     ``RssShmem``: not reclaimable) and file pages mapped in (``RssFile``: clean page cache the kernel
     takes back under pressure)."""
-    out = {}
-    try:
-        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as f:
-            for line in f:
-                name = line.split(":", 1)[0]
-                if name in ("RssAnon", "RssFile", "RssShmem"):
-                    out[f"{name.lower().replace('rss', 'rss_')}_bytes"] = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return out
+    parts = status_bytes(os.getpid(), ("RssAnon", "RssFile", "RssShmem"))
+    return {f"{name.lower().replace('rss', 'rss_')}_bytes": n for name, n in parts.items()}

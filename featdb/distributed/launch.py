@@ -26,9 +26,10 @@ from typing import Any
 
 from ..cgroup import MemoryCap, command_path
 from ..errors import ConfigError, InvalidInputError
+from ..memory import status_bytes
 
 DEFAULT_PORT = 30050  # DGL's default server port
-SERVER_GROUP = "featdb-dist-servers"  # cgroup name prefix of capped servers (netns.cleanup_stale removes leftovers)
+SERVER_GROUP = "featdb-dist-servers"  # cgroup name prefix of capped servers (netns.stale_cgroups removes leftovers)
 MIN_SERVER_CAP = 64 << 20  # less cannot start a DGL server (its runtime alone is ~0.3 GB)
 POLL_S = 0.02  # how often a machine's processes are checked (exit, memory)
 SERVER_START_S = 0.5  # servers must listen before trainers connect; DGL clients retry, this only orders logs
@@ -185,11 +186,11 @@ class Peaks:
         for p in procs:
             if p.popen is None or p.popen.poll() is not None:
                 continue
-            parts = _status_kb(p.popen.pid, ("VmRSS", "RssAnon", "RssShmem"))
+            parts = status_bytes(p.popen.pid, ("VmRSS", "RssAnon", "RssShmem"))
             if parts:
                 name = f"{p.role}{p.index}"
-                self.rss[name] = max(self.rss.get(name, 0), parts.get("VmRSS", 0) << 10)
-                fixed = (parts.get("RssAnon", 0) + parts.get("RssShmem", 0)) << 10
+                self.rss[name] = max(self.rss.get(name, 0), parts.get("VmRSS", 0))
+                fixed = parts.get("RssAnon", 0) + parts.get("RssShmem", 0)
                 self.unreclaimable[name] = max(self.unreclaimable.get(name, 0), fixed)
 
     def as_dict(self) -> dict[str, dict[str, int]]:
@@ -197,14 +198,6 @@ class Peaks:
             name: {"peak_rss_bytes": self.rss[name], "peak_unreclaimable_bytes": self.unreclaimable[name]}
             for name in sorted(self.rss)
         }
-
-
-def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            return {k: int(v.split()[0]) for k, _, v in (ln.partition(":") for ln in f) if k in keys}
-    except (OSError, ValueError, IndexError):
-        return {}
 
 
 def _start(p: Proc, log_dir: Path | None, enter: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:

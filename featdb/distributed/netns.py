@@ -30,7 +30,6 @@ from ..errors import ConfigError
 
 PREFIX = "featdb-sim-"
 SUBNET = "10.213.{i}.0"  # private, and only inside namespaces this module creates
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
 SHM_SIZE = "4g"  # tmpfs size cap; pages are only used as written
 
 
@@ -165,10 +164,12 @@ def machine_argv(m: Machine, argv: list[str]) -> list[str]:
 def _cgroup_mount() -> str:
     """Shell that mounts the host's memory cgroup hierarchy (v1 or v2) at its usual place; the
     mounts vanish with the machine's private mount namespace."""
-    if (V1_MEMORY / "memory.limit_in_bytes").exists():
+    from ..cgroup import V1_ROOT
+
+    if (V1_ROOT / "memory.limit_in_bytes").exists():
         return (
-            f"mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup && mkdir {V1_MEMORY} && "
-            f"mount -t cgroup -o memory memory {V1_MEMORY};"
+            f"mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup && mkdir {V1_ROOT} && "
+            f"mount -t cgroup -o memory memory {V1_ROOT};"
         )
     try:
         if "memory" in Path("/sys/fs/cgroup/cgroup.controllers").read_text().split():

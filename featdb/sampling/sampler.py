@@ -54,10 +54,10 @@ def relation_edge_ids(etypes: NDArray[Any], chunk: int = 1 << 20) -> tuple[NDArr
     """Edge ids that number the edges relation by relation (relation 0's first, each relation's
     in stored order), and the relation of each edge id (sorted). Works a chunk at a time: besides
     the two results, memory is a few chunk-sized arrays."""
-    counts = np.zeros(1, dtype=np.int64)
+    relations = int(etypes.max()) + 1 if len(etypes) else 1
+    counts = np.zeros(relations, dtype=np.int64)
     for lo in range(0, len(etypes), chunk):
-        c = np.bincount(etypes[lo : lo + chunk])
-        counts = np.pad(counts, (0, max(0, len(c) - len(counts)))) + np.pad(c, (0, max(0, len(counts) - len(c))))
+        counts += np.bincount(etypes[lo : lo + chunk], minlength=relations)
     next_id = np.concatenate(([0], np.cumsum(counts)[:-1]))
     ids = np.empty(len(etypes), dtype=np.int64)
     for lo in range(0, len(etypes), chunk):
@@ -66,7 +66,7 @@ def relation_edge_ids(etypes: NDArray[Any], chunk: int = 1 << 20) -> tuple[NDArr
         ts = t[order]
         first = np.searchsorted(ts, ts, side="left")  # each edge's rank among its relation's edges here
         ids[lo + order] = next_id[ts] + np.arange(len(ts)) - first
-        next_id += np.bincount(t, minlength=len(next_id))
+        next_id += np.bincount(t, minlength=relations)
     return ids, np.repeat(np.arange(len(counts), dtype=etypes.dtype), counts)
 
 
