@@ -105,6 +105,7 @@ def assert_summary(s: dict[str, Any], epochs: int) -> None:
     assert s["best_val_acc"] == max(s["val_acc"])
     assert s["stage_s"]["compute"] > 0
     assert all(v >= 0 for v in s["stage_s"].values())
+    assert set(s["stage_stall_s"]) == set(s["stage_s"]) and all(v >= 0 for v in s["stage_stall_s"].values())
 
 
 def pipe_threads(*names: str) -> list[threading.Thread]:

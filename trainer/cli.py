@@ -166,6 +166,8 @@ def render(s: dict) -> str:  # type: ignore[type-arg]
     ]
     lines.append("epoch s: " + ", ".join(f"{x:.2f}" for x in s["epoch_s"]))
     lines.append("stage busy s: " + ", ".join(f"{k}={v:.2f}" for k, v in s["stage_s"].items()))
+    if "stage_stall_s" in s:  # waiting for input or for room downstream (featdb's pipeline)
+        lines.append("stage stall s: " + ", ".join(f"{k}={v:.2f}" for k, v in s["stage_stall_s"].items()))
     mem = s["memory"]
     lines.append(
         f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (memory budget "

@@ -388,9 +388,11 @@ def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Loader, ckpt: Path
     hist = state["history"]
     serve = loader.serve_stats()
     stage_s: dict[str, float] = {}
+    stall_s: dict[str, float] = {}
     for rec in hist:
         for k, v in rec["stages"].items():
             stage_s[k] = round(stage_s.get(k, 0.0) + v["busy_s"], 3)
+            stall_s[k] = round(stall_s.get(k, 0.0) + v["stall_s"], 3)
     return {
         "loader": cfg.loader,
         "model": cfg.model,
@@ -398,6 +400,7 @@ def _summary(cfg: TrainConfig, state: dict[str, Any], loader: Loader, ckpt: Path
         "epochs": len(hist),
         "epoch_s": [r["epoch_s"] for r in hist],
         "stage_s": stage_s,
+        "stage_stall_s": stall_s,
         "epoch_over_slowest": [r["epoch_over_slowest"] for r in hist],
         "val_acc": [r["val_acc"] for r in hist],
         "test_acc": state["test_at_best"],
