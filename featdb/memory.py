@@ -137,7 +137,8 @@ def children_peak_rss() -> int:
 
 def available_memory() -> int:
     """Bytes this process could still fill without pressure: the kernel's ``MemAvailable``, or less
-    where this process's memory cgroup (v1 or v2) is closer to its limit (limit minus usage)."""
+    where this process's memory cgroup (v1 or v2), or any group above it, is closer to its limit
+    (limit minus usage): a limit set on a parent (a systemd slice, a pod) binds its children too."""
     avail = _meminfo_available()
     try:
         with open("/proc/self/cgroup", encoding="ascii") as f:
@@ -146,14 +147,17 @@ def available_memory() -> int:
         return avail
     for _, controllers, path in (ln for ln in lines if len(ln) == 3):
         if "memory" in controllers.split(","):
-            base, files = f"/sys/fs/cgroup/memory{path}", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            root, files = "/sys/fs/cgroup/memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
         elif controllers == "":
-            base, files = f"/sys/fs/cgroup{path}", ("memory.max", "memory.current")
+            root, files = "/sys/fs/cgroup", ("memory.max", "memory.current")
         else:
             continue
-        limit, usage = (_read_text(f"{base}/{name}") for name in files)
-        if limit.isdigit() and usage.isdigit():
-            avail = min(avail, max(0, int(limit) - int(usage)))
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):  # the group itself, then each group above it
+            base = root + "".join(f"/{p}" for p in parts[:depth])
+            limit, usage = (_read_text(f"{base}/{name}") for name in files)
+            if limit.isdigit() and usage.isdigit():
+                avail = min(avail, max(0, int(limit) - int(usage)))
     return avail
 
 

@@ -77,6 +77,27 @@ def test_available_memory_sees_the_cgroup_limit() -> None:
     assert 0 < int(done.stdout) <= 256 << 20 < free
 
 
+def test_available_memory_sees_a_limit_set_on_a_parent_group() -> None:
+    """A process in an unlimited group under a capped one is bound by the cap (a slice, a pod)."""
+    code = (
+        "import os, sys; from pathlib import Path; from featdb.memory import available_memory\n"
+        "inner = Path(sys.argv[1]) / 'inner'; inner.mkdir()\n"
+        "(inner / 'cgroup.procs').write_text(str(os.getpid()))\n"
+        "print(available_memory())"
+    )
+    with MemoryCap(256 << 20, "featdb-test-avail-parent") as cap:
+        if not cap.capped:
+            pytest.skip(f"no memory cgroup: {cap.why_uncapped}")
+        assert cap.path is not None
+        try:
+            done = cap.run([sys.executable, "-c", code, str(cap.path)])
+        finally:
+            if (cap.path / "inner").exists():
+                (cap.path / "inner").rmdir()
+    assert done.returncode == 0, done.stderr_tail
+    assert 0 < int(done.stdout) <= 256 << 20
+
+
 def test_the_reader_charges_its_parts_and_shrinks_the_queue_to_fit(layout_store: Any) -> None:
     with open_reader(layout_store, queue_depth=8) as free:
         parts = free.memory.as_dict()["parts"]
