@@ -135,15 +135,18 @@ class MemoryCap:
         )
 
     def close(self) -> None:
-        """Remove the group (it is empty once its commands have ended)."""
+        """Remove the group and any groups its commands made inside it, deepest first (each is
+        empty once its commands have ended; removal is retried while the kernel lets go of it)."""
         if self.path is None:
             return
-        for _ in range(50):
-            try:
-                self.path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        groups = sorted((d for d in self.path.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
+        for group in [*groups, self.path]:
+            for _ in range(50):
+                try:
+                    group.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
         self.path = None
 
     def __enter__(self) -> MemoryCap:

@@ -137,8 +137,9 @@ def children_peak_rss() -> int:
 
 def available_memory() -> int:
     """Bytes this process could still fill without pressure: the kernel's ``MemAvailable``, or less
-    where this process's memory cgroup (v1 or v2), or any group above it, is closer to its limit
-    (limit minus usage): a limit set on a parent (a systemd slice, a pod) binds its children too."""
+    where this process's memory cgroup (v1 or v2), or any group above it that the process can see,
+    is closer to its limit (limit minus usage): a limit set on a parent (a systemd slice) binds its
+    children too."""
     avail = _meminfo_available()
     try:
         with open("/proc/self/cgroup", encoding="ascii") as f:
@@ -152,7 +153,7 @@ def available_memory() -> int:
             root, files = "/sys/fs/cgroup", ("memory.max", "memory.current")
         else:
             continue
-        parts = [p for p in path.split("/") if p]
+        parts = [p for p in path.split("/") if p not in ("", ".", "..")]
         for depth in range(len(parts), -1, -1):  # the group itself, then each group above it
             base = root + "".join(f"/{p}" for p in parts[:depth])
             limit, usage = (_read_text(f"{base}/{name}") for name in files)

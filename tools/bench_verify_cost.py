@@ -11,7 +11,8 @@ seconds the process used (user, system); then per mode the mean epoch, the ratio
 ``--control DUTY`` runs a control instead: every run without checks, alternately alone and beside
 a process at ``SCHED_IDLE`` priority that hashes a 1 MiB buffer of its own (no memory or lock
 shared with the trainer) for DUTY of every 26 ms. ``verify_over_off`` is then that run's ratio:
-what work on the core the model step leaves idle costs the step.
+what work on the core the model step leaves idle costs the step. ``--threads N`` is passed to
+featdb-train (torch's intra-op threads).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +47,25 @@ while True:
 """
 
 
-def beside_hasher(duty: float, fn: Any) -> Any:
+def beside_hasher(duty: float, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``fn()`` with the idle-priority hasher running beside it."""
     p = subprocess.Popen([sys.executable, "-c", HASHER, str(duty)])
     try:
         time.sleep(0.5)  # started and hashing
+        if p.poll() is not None:
+            raise SystemExit(f"the control's hasher exited ({p.returncode}) before the run")
         return fn()
     finally:
         p.kill()
         p.wait()
 
 
-def train(store: str, sample_set: str, epochs: int, budget: str, extra: list[str]) -> dict[str, Any]:
+def train(a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """One featdb-train run: its summary's timings and the CPU seconds it used."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = [command_path("featdb-train"), store, "--sample-set", sample_set, "--epochs", str(epochs)]
-        args += ["--memory-budget", budget, "--checkpoint", str(Path(tmp) / "ckpt.pt"), "--json", *extra]
+        args = [command_path("featdb-train"), a.store, "--sample-set", a.sample_set, "--epochs", str(a.epochs)]
+        args += ["--memory-budget", a.memory_budget, "--threads", str(a.threads)]
+        args += ["--checkpoint", str(Path(tmp) / "ckpt.pt"), "--json", *extra]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(args, capture_output=True, text=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -88,20 +93,28 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--memory-budget", default="1.6GiB")
+    ap.add_argument("--threads", type=int, default=0, help="featdb-train --threads (0: torch's default)")
     ap.add_argument("--control", type=float, default=None, metavar="DUTY")
     a = ap.parse_args()
+    if a.control is not None and not 0 < a.control < 1:
+        ap.error("--control DUTY is a fraction of each 26 ms, between 0 and 1")
+
+    def unchecked() -> dict[str, Any]:
+        return train(a, MODES["off"])
+
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for i in range(a.pairs):
-        for mode, extra in MODES.items():
+        order = list(MODES) if i % 2 == 0 else list(MODES)[::-1]  # neither mode always runs first
+        for mode in order:
             if a.control is None:
-                r = train(a.store, a.sample_set, a.epochs, a.memory_budget, extra)
+                r = train(a, MODES[mode])
             else:  # "verify" stands for the run beside the hasher; both runs unchecked
-                run = lambda: train(a.store, a.sample_set, a.epochs, a.memory_budget, MODES["off"])  # noqa: E731
-                r = beside_hasher(a.control, run) if mode == "verify" else run()
+                r = beside_hasher(a.control, unchecked) if mode == "verify" else unchecked()
             runs[mode].append(r)
             print(f"pair {i + 1}/{a.pairs} {mode}: epochs {r['epoch_s']}", file=sys.stderr)
     epoch = {m: statistics.mean(statistics.mean(r["epoch_s"]) for r in rs) for m, rs in runs.items()}
     busy = {m: mean_of(rs, "stage_busy_s") for m, rs in runs.items()}
+    stall = {m: {k: round(v, 3) for k, v in mean_of(rs, "stage_stall_s").items()} for m, rs in runs.items()}
     cpu = {m: statistics.mean(r["cpu_user_s"] + r["cpu_sys_s"] for r in rs) for m, rs in runs.items()}
     out = {
         "runs": runs,
@@ -109,6 +122,7 @@ def main() -> None:
         "verify_over_off": round(epoch["verify"] / epoch["off"], 4),
         "added_stage_busy_s_per_run": {k: round(busy["verify"][k] - busy["off"][k], 3) for k in busy["off"]},
         "added_cpu_s_per_run": round(cpu["verify"] - cpu["off"], 2),
+        "mean_stage_stall_s": stall,
         "control_duty": a.control,
     }
     print(json.dumps(out, indent=1))
