@@ -106,10 +106,19 @@ def run_step(
         out["error"] = f.stderr_tail.strip().splitlines()[-1:] if f.stderr_tail.strip() else []
     out["last_io_read_bytes"] = f.last_io_read_bytes
     say(
-        f"{label}: {'done' if out['completed'] else 'FAILED ' + str(out.get('error'))} in {f.seconds} s, "
+        f"{label}: {'done' if out['completed'] else 'FAILED (' + why_failed(out) + ')'} in {f.seconds} s, "
         f"peak RSS {f.peak_rss_bytes >> 20} MiB"
     )
     return out
+
+
+def why_failed(out: dict[str, Any]) -> str:
+    """One line on why a step failed: OOM-killed, timed out, or its exit status and last error line."""
+    if out["oom_killed"]:
+        return "OOM-killed"
+    if out["timed_out"]:
+        return "timed out"
+    return f"exit {out['returncode']}" + (f": {out['error'][-1]}" if out.get("error") else "")
 
 
 def featdb_argv(command: str, *args: object) -> list[str]:

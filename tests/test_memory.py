@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from helpers import assert_one_error_line, make_layout, make_sample_set, make_synth_store
 
 import featdb
-from featdb.bench_train import _ratios, system_result
+from featdb.bench_train import _ratios, system_result, why_failed
 from featdb.cgroup import MemoryCap
 from featdb.cli import cli
 from featdb.errors import BudgetExceededError, ConfigError
@@ -206,6 +206,14 @@ def test_commands_take_one_memory_option_and_report_the_peak(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_a_failed_bench_step_says_why() -> None:
+    step = {"oom_killed": False, "timed_out": False, "returncode": 2, "error": ["Error: no sample set 'x'"]}
+    assert why_failed(step) == "exit 2: Error: no sample set 'x'"
+    assert why_failed({**step, "error": []}) == "exit 2"
+    assert why_failed({**step, "timed_out": True}) == "timed out"
+    assert why_failed({**step, "oom_killed": True, "returncode": -9}) == "OOM-killed"
+
+
 def test_bench_train_small_preset_end_to_end(tmp_path: Path) -> None:
     """The regression preset: every step completes under the cap, featdb within its budget + 10 %."""
     result = CliRunner().invoke(cli, ["bench", "train", "--preset", "small", "--dir", str(tmp_path), "--json"])
