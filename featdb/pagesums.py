@@ -4,9 +4,10 @@ layout's ``copies.dat`` and ``l3.dat``) kept beside it in a ``.crc`` sidecar (li
 whole extents read whole. The sidecars are covered by the catalog's block checksums (``verify``).
 
 The crc is CRC-32C (the ``crc32c`` package: the CPU's crc32 instruction, about 18 GB/s whole and
-13 GB/s page by page here, against zlib's crc32 at 2.3 and 3.4), so checking every byte a training
-epoch reads costs about 0.3 s of CPU per 5 GB. Files written before it was chosen name no algorithm
-and are checked with zlib's crc32."""
+13 GB/s page by page here, against zlib's crc32 at 2.3 and 3.4). Bytes that have just arrived by
+O_DIRECT come from memory, not the CPU's cache, so the check reads them once more
+(docs/reliability.md has what that costs a training epoch). Files written before it was chosen
+name no algorithm and are checked with zlib's crc32."""
 
 from __future__ import annotations
 
