@@ -137,29 +137,39 @@ def children_peak_rss() -> int:
 
 def available_memory() -> int:
     """Bytes this process could still fill without pressure: the kernel's ``MemAvailable``, or less
-    where this process's memory cgroup (v1 or v2), or any group above it that the process can see,
-    is closer to its limit (limit minus usage): a limit set on a parent (a systemd slice) binds its
-    children too."""
+    where its memory cgroups are closer to their limits (:func:`cgroup_headroom`)."""
     avail = _meminfo_available()
     try:
         with open("/proc/self/cgroup", encoding="ascii") as f:
-            lines = [ln.rstrip("\n").split(":", 2) for ln in f]
+            lines = f.read().splitlines()
     except OSError:
         return avail
-    for _, controllers, path in (ln for ln in lines if len(ln) == 3):
+    headroom = cgroup_headroom(lines)
+    return avail if headroom is None else min(avail, headroom)
+
+
+def cgroup_headroom(cgroup_lines: list[str], sysfs: str = "/sys/fs/cgroup") -> int | None:
+    """The least limit-minus-usage over the memory cgroups of a ``/proc/<pid>/cgroup`` listing (v1
+    or v2): the process's own group and every group above it that it can see, since a limit set on a
+    parent (a systemd slice) binds its children too. On v2 ``memory.high`` (where the kernel starts
+    reclaiming and throttling) counts as a limit beside ``memory.max``. None: no limit anywhere."""
+    least: int | None = None
+    for controllers, path in (ln.split(":", 2)[1:] for ln in cgroup_lines if ln.count(":") >= 2):
         if "memory" in controllers.split(","):
-            root, files = "/sys/fs/cgroup/memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            root, used, limits = f"{sysfs}/memory", "memory.usage_in_bytes", ("memory.limit_in_bytes",)
         elif controllers == "":
-            root, files = "/sys/fs/cgroup", ("memory.max", "memory.current")
+            root, used, limits = sysfs, "memory.current", ("memory.max", "memory.high")
         else:
             continue
         parts = [p for p in path.split("/") if p not in ("", ".", "..")]
         for depth in range(len(parts), -1, -1):  # the group itself, then each group above it
             base = root + "".join(f"/{p}" for p in parts[:depth])
-            limit, usage = (_read_text(f"{base}/{name}") for name in files)
-            if limit.isdigit() and usage.isdigit():
-                avail = min(avail, max(0, int(limit) - int(usage)))
-    return avail
+            usage = _read_text(f"{base}/{used}")
+            for limit in (_read_text(f"{base}/{name}") for name in limits):
+                if limit.isdigit() and usage.isdigit():  # "max" (none) and missing files are skipped
+                    room = max(0, int(limit) - int(usage))
+                    least = room if least is None else min(least, room)
+    return least
 
 
 def _meminfo_available() -> int:

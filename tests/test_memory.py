@@ -17,7 +17,7 @@ from featdb.bench_train import _ratios, system_result, why_failed
 from featdb.cgroup import MemoryCap
 from featdb.cli import cli
 from featdb.errors import BudgetExceededError, ConfigError
-from featdb.memory import MemoryBudget, available_memory, peak_rss
+from featdb.memory import MemoryBudget, available_memory, cgroup_headroom, peak_rss
 from featdb.serve import open_reader
 
 
@@ -95,6 +95,29 @@ def test_available_memory_sees_a_limit_set_on_a_parent_group() -> None:
     assert not path.exists()  # the inner group went with it
     assert done.returncode == 0, done.stderr_tail
     assert 0 < int(done.stdout) <= 256 << 20 < free
+
+
+def test_cgroup_headroom_takes_the_least_over_the_group_and_its_parents(tmp_path: Path) -> None:
+    def group(path: Path, **files: str) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (path / name.replace("_", ".", 1)).write_text(text + "\n")
+
+    group(tmp_path / "slice", memory_max="max", memory_high="1000", memory_current="400")
+    group(tmp_path / "slice" / "job", memory_max="5000", memory_current="100")
+    assert cgroup_headroom(["0::/slice/job"], str(tmp_path)) == 600  # the parent's memory.high binds
+    group(tmp_path / "slice" / "job", memory_max="300")
+    assert cgroup_headroom(["0::/slice/job"], str(tmp_path)) == 200
+    v1 = tmp_path / "memory"
+    group(v1 / "a", memory_limit_in_bytes="9223372036854771712", memory_usage_in_bytes="10")
+    group(v1 / "a" / "b", memory_limit_in_bytes="9223372036854771712", memory_usage_in_bytes="5")
+    group(v1, memory_limit_in_bytes="9223372036854771712", memory_usage_in_bytes="50")
+    lines = ["12:memory:/a/b", "3:cpu,cpuacct:/a", "0::/nowhere"]
+    assert cgroup_headroom(lines, str(tmp_path)) == 9223372036854771712 - 50
+    group(v1 / "a", memory_limit_in_bytes="2048")
+    assert cgroup_headroom(lines, str(tmp_path)) == 2038
+    assert cgroup_headroom(["12:memory:/../a/./b"], str(tmp_path)) == 2038  # no climbing out
+    assert cgroup_headroom(["1:cpu:/a", "garbage"], str(tmp_path)) is None
 
 
 def test_the_reader_charges_its_parts_and_shrinks_the_queue_to_fit(layout_store: Any) -> None:
