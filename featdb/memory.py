@@ -154,6 +154,7 @@ def cgroup_headroom(cgroup_lines: list[str], sysfs: str = "/sys/fs/cgroup") -> i
     parent (a systemd slice) binds its children too. On v2 ``memory.high`` (where the kernel starts
     reclaiming and throttling) counts as a limit beside ``memory.max``. None: no limit anywhere."""
     least: int | None = None
+    limits: tuple[str, ...]
     for controllers, path in (ln.split(":", 2)[1:] for ln in cgroup_lines if ln.count(":") >= 2):
         if "memory" in controllers.split(","):
             root, used, limits = f"{sysfs}/memory", "memory.usage_in_bytes", ("memory.limit_in_bytes",)
