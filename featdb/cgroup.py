@@ -94,9 +94,6 @@ class MemoryCap:
 
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer has ended in this group so far."""
-        return self._oom_kills()
-
-    def _oom_kills(self) -> int:
         if self.path is None:
             return 0
         for name in ("memory.oom_control", "memory.events"):
@@ -117,7 +114,7 @@ class MemoryCap:
         on_poll: Callable[[int], None] | None = None,
     ) -> Finished:
         """Run ``argv`` inside the group; its own peak RSS comes from ``wait4``."""
-        before = self._oom_kills()
+        before = self.oom_kills()
         t = time.perf_counter()
         with open(os.devnull, "rb") as devnull:
             proc = subprocess.Popen(
@@ -131,7 +128,7 @@ class MemoryCap:
             )
         status, usage, out, err, io_seen = _wait(proc, timeout, on_poll)
         return Finished(
-            status, round(time.perf_counter() - t, 3), usage, out, err[-4000:], self._oom_kills() > before, io_seen
+            status, round(time.perf_counter() - t, 3), usage, out, err[-4000:], self.oom_kills() > before, io_seen
         )
 
     def close(self) -> None:

@@ -292,7 +292,7 @@ def relation_sampler(fanouts: list[int], g: Any) -> Any:
     heterogeneous graph and as ``featdb sample --per-relation`` does."""
     import dgl
 
-    from featdb.sampling import relation_offsets
+    from featdb.sampling import relation_frontier, relation_offsets
 
     offsets = relation_offsets(g)
 
@@ -301,8 +301,7 @@ def relation_sampler(fanouts: list[int], g: Any) -> Any:
             output_nodes = seed_nodes
             blocks: list[Any] = []
             for fanout in reversed(fanouts):
-                per = torch.full((len(offsets) - 1,), fanout, dtype=torch.int64)
-                frontier = dgl.sampling.sample_etype_neighbors(g, seed_nodes, offsets, per, copy_ndata=False)
+                frontier = relation_frontier(g, seed_nodes, offsets, fanout)
                 block = dgl.to_block(frontier, seed_nodes)
                 block.edata[dgl.EID] = frontier.edata[dgl.EID]
                 seed_nodes = block.srcdata[dgl.NID]

@@ -18,6 +18,12 @@ from ..io import write_atomic
 from ..units import format_size
 from .common import SIZE, cli, emit, memory_option, output_options, progress
 
+server_cap_option = click.option(
+    "--server-memory-cap",
+    type=SIZE,
+    help="Run each machine's servers in a cgroup limited to SIZE (heap, shared memory and page cache; root).",
+)
+
 
 @cli.command()
 @click.argument("store")
@@ -140,11 +146,7 @@ def dist_server(partitions: str, stock: bool, report: str | None, as_json: bool,
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True, help="Seconds before all stop.")
 @click.option("--logs", type=click.Path(file_okay=False), default="dist-logs", show_default=True)
 @click.option("--port", type=int, default=29500, show_default=True, help="torch.distributed master port.")
-@click.option(
-    "--server-memory-cap",
-    type=SIZE,
-    help="Run each machine's servers in a cgroup limited to SIZE (heap, shared memory and page cache; root).",
-)
+@server_cap_option
 @output_options
 def dist_machine(
     ip_config: str,
@@ -205,11 +207,7 @@ def dist_machine(
 @click.option("--timeout", type=click.IntRange(min=30), default=900, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="dist-sim", show_default=True)
 @click.option("--cleanup", is_flag=True, help="Only remove what killed simulations left behind, then exit.")
-@click.option(
-    "--server-memory-cap",
-    type=SIZE,
-    help="Run each machine's servers in a cgroup limited to SIZE (heap, shared memory and page cache; root).",
-)
+@server_cap_option
 @output_options
 def dist_simulate(
     partitions: str,
@@ -271,11 +269,7 @@ def dist_simulate(
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True)
 @click.option("--ssh", default="ssh", show_default=True, help="ssh command (e.g. 'ssh -i key').")
 @click.option("--dry-run", is_flag=True, help="Print the commands only.")
-@click.option(
-    "--server-memory-cap",
-    type=SIZE,
-    help="Run each machine's servers in a cgroup limited to SIZE (heap, shared memory and page cache; root).",
-)
+@server_cap_option
 @output_options
 def dist_launch(
     ip_config: str,

@@ -2,7 +2,17 @@
 
 from .mfg import Batch, Layer
 from .offline import EVAL_SPLITS, SampleConfig, dgl_graph, sample
-from .sampler import relation_offsets
+from .sampler import relation_frontier, relation_offsets
 from .sampleset import SampleSet
 
-__all__ = ["EVAL_SPLITS", "Batch", "Layer", "SampleConfig", "SampleSet", "dgl_graph", "relation_offsets", "sample"]
+__all__ = [
+    "EVAL_SPLITS",
+    "Batch",
+    "Layer",
+    "SampleConfig",
+    "SampleSet",
+    "dgl_graph",
+    "relation_frontier",
+    "relation_offsets",
+    "sample",
+]

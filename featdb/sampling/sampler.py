@@ -55,18 +55,18 @@ def relation_edge_ids(etypes: NDArray[Any], chunk: int = 1 << 20) -> tuple[NDArr
     in stored order), and the relation of each edge id (sorted). Works a chunk at a time: besides
     the two results, memory is a few chunk-sized arrays."""
     relations = int(etypes.max()) + 1 if len(etypes) else 1
-    counts = np.zeros(relations, dtype=np.int64)
-    for lo in range(0, len(etypes), chunk):
-        counts += np.bincount(etypes[lo : lo + chunk], minlength=relations)
+    starts = range(0, len(etypes), chunk)
+    per_chunk = [np.bincount(etypes[lo : lo + chunk], minlength=relations) for lo in starts]
+    counts = np.sum(per_chunk, axis=0, dtype=np.int64) if per_chunk else np.zeros(relations, dtype=np.int64)
     next_id = np.concatenate(([0], np.cumsum(counts)[:-1]))
     ids = np.empty(len(etypes), dtype=np.int64)
-    for lo in range(0, len(etypes), chunk):
+    for lo, in_chunk in zip(starts, per_chunk, strict=True):
         t = etypes[lo : lo + chunk].astype(np.int64)
         order = np.argsort(t, kind="stable")
         ts = t[order]
         first = np.searchsorted(ts, ts, side="left")  # each edge's rank among its relation's edges here
         ids[lo + order] = next_id[ts] + np.arange(len(ts)) - first
-        next_id += np.bincount(t, minlength=relations)
+        next_id += in_chunk
     return ids, np.repeat(np.arange(len(counts), dtype=etypes.dtype), counts)
 
 
@@ -79,6 +79,16 @@ def relation_offsets(graph: Any) -> list[int]:
     by_id = graph.edata[dgl.ETYPE].numpy()
     top = int(by_id[-1]) if len(by_id) else 0
     return np.searchsorted(by_id, np.arange(top + 2)).tolist()  # type: ignore[no-any-return]
+
+
+def relation_frontier(graph: Any, dst: Any, offsets: list[int], fanout: int, copy_edata: bool = True) -> Any:
+    """DGL's in-neighbour sample of ``dst`` (a tensor) with ``fanout`` edges per relation, in a
+    :func:`dgl_graph` built per relation with these :func:`relation_offsets`."""
+    import dgl
+    import torch
+
+    per = torch.full((len(offsets) - 1,), fanout, dtype=torch.int64)
+    return dgl.sampling.sample_etype_neighbors(graph, dst, offsets, per, copy_ndata=False, copy_edata=copy_edata)
 
 
 def blocks_to_batch(blocks: list[Any]) -> Batch:
@@ -129,10 +139,7 @@ def sample_batch(
     typed = dgl.ETYPE in graph.edata  # copy_edata: the frontier carries each sampled edge's relation
     for fanout in reversed(fanouts):
         if offsets is not None:
-            per = torch.full((len(offsets) - 1,), fanout, dtype=torch.int64)
-            frontier = dgl.sampling.sample_etype_neighbors(
-                graph, torch.from_numpy(dst), offsets, per, copy_ndata=False, copy_edata=True
-            )
+            frontier = relation_frontier(graph, torch.from_numpy(dst), offsets, fanout)
         else:
             frontier = dgl.sampling.sample_neighbors(
                 graph, torch.from_numpy(dst), fanout, copy_ndata=False, copy_edata=typed
